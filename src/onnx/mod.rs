@@ -1,0 +1,389 @@
+//! Reading an ONNX model file: every weight tensor it holds, as bytes.
+//!
+//! The file is memory-mapped and decoded with prost into views of the map, so
+//! raw and external tensor data are never copied. A tensor comes out as the
+//! little-endian, contiguous bytes that `onnx.numpy_helper.to_array` would give
+//! (sub-byte types packed as ONNX packs them), whatever storage form the model
+//! used: `raw_data`, the typed fields, external data, a sparse initializer, or a
+//! `Constant` node's value. Every tensor is checked against its dims here, so
+//! later stages can trust lengths.
+
+pub mod dtype;
+mod external;
+mod typed;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+
+pub use dtype::DataType;
+use external::ExternalFiles;
+
+/// Messages of the ONNX schema subset in `proto/onnx.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+/// Why a model could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{} is not a valid ONNX model (protobuf decode failed: {source}); is the file truncated?", path.display())]
+    Decode { path: PathBuf, source: prost::DecodeError },
+    #[error("{} is empty", path.display())]
+    Empty { path: PathBuf },
+    #[error("{} has no graph", path.display())]
+    NoGraph { path: PathBuf },
+    #[error("tensor '{tensor}': {problem}")]
+    Tensor { tensor: String, problem: String },
+}
+
+impl OnnxError {
+    fn tensor(tensor: &str, problem: impl Into<String>) -> OnnxError {
+        OnnxError::Tensor { tensor: tensor.to_string(), problem: problem.into() }
+    }
+}
+
+/// How the model file holds a tensor's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// `raw_data` inside the model file.
+    Raw,
+    /// One of the typed repeated fields (`float_data`, `int32_data`, …).
+    Typed,
+    /// A separate file next to the model (`data_location = EXTERNAL`).
+    External,
+    /// A `sparse_initializer`, densified.
+    Sparse,
+}
+
+impl Storage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Raw => "raw",
+            Storage::Typed => "typed",
+            Storage::External => "external",
+            Storage::Sparse => "sparse",
+        }
+    }
+}
+
+/// A tensor's elements.
+#[derive(Debug, Clone)]
+pub enum TensorData {
+    /// Little-endian contiguous element bytes; often a view into the file map.
+    Bytes(Bytes),
+    /// The elements of a STRING tensor.
+    Strings(Vec<Bytes>),
+}
+
+/// One weight tensor of a model.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    /// Initializer name; for a subgraph's tensors `node/attribute/name`; for a
+    /// Constant node its output's name.
+    pub name: String,
+    pub dtype: DataType,
+    pub dims: Vec<i64>,
+    pub data: TensorData,
+    pub storage: Storage,
+    /// The value of a `Constant` node rather than an initializer.
+    pub constant: bool,
+}
+
+impl Tensor {
+    /// Byte length of the data (for strings: the sum of element lengths).
+    pub fn nbytes(&self) -> u64 {
+        match &self.data {
+            TensorData::Bytes(b) => b.len() as u64,
+            TensorData::Strings(s) => s.iter().map(|e| e.len() as u64).sum(),
+        }
+    }
+}
+
+/// A graph input or output as the model declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueInfo {
+    pub name: String,
+    /// ONNX type name (`FLOAT`, …) or a description for non-tensor values.
+    pub dtype: String,
+    /// -1 where the dimension is symbolic or unknown.
+    pub dims: Vec<i64>,
+}
+
+/// Facts about a model besides its tensors.
+#[derive(Debug, Clone, Default)]
+pub struct ModelInfo {
+    pub ir_version: i64,
+    pub producer_name: String,
+    pub producer_version: String,
+    pub opset_imports: Vec<(String, i64)>,
+    pub metadata: Vec<(String, String)>,
+    pub inputs: Vec<ValueInfo>,
+    pub outputs: Vec<ValueInfo>,
+}
+
+/// A model file, read.
+#[derive(Debug)]
+pub struct OnnxModel {
+    pub path: PathBuf,
+    pub info: ModelInfo,
+    pub tensors: Vec<Tensor>,
+}
+
+impl OnnxModel {
+    /// Memory-maps and reads the model at `path`.
+    ///
+    /// The map is shared, read-only: a model must be replaced by renaming a new
+    /// file over it (as `weightcast pull` does), never rewritten in place.
+    pub fn open(path: &Path) -> Result<OnnxModel, OnnxError> {
+        let io = |source| OnnxError::Io { path: path.to_path_buf(), source };
+        let file = File::open(path).map_err(io)?;
+        if file.metadata().map_err(io)?.len() == 0 {
+            return Err(OnnxError::Empty { path: path.to_path_buf() });
+        }
+        // SAFETY: the map is read-only and we document that files are replaced
+        // by rename, not modified in place.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let bytes = Bytes::from_owner(map);
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_bytes(path, bytes, &dir)
+    }
+
+    /// Reads a model from bytes already in memory; external data is looked up
+    /// in `dir`.
+    pub fn from_bytes(path: &Path, bytes: Bytes, dir: &Path) -> Result<OnnxModel, OnnxError> {
+        let model = proto::ModelProto::decode(bytes)
+            .map_err(|source| OnnxError::Decode { path: path.to_path_buf(), source })?;
+        let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.to_path_buf() })?;
+        let mut reader = Reader { external: ExternalFiles::new(dir), tensors: Vec::new(), names: HashSet::new() };
+        reader.graph(graph, "")?;
+        let info = model_info(&model, graph);
+        Ok(OnnxModel { path: path.to_path_buf(), info, tensors: reader.tensors })
+    }
+}
+
+fn model_info(model: &proto::ModelProto, graph: &proto::GraphProto) -> ModelInfo {
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+    ModelInfo {
+        ir_version: model.ir_version(),
+        producer_name: model.producer_name().to_string(),
+        producer_version: model.producer_version().to_string(),
+        opset_imports: model.opset_import.iter().map(|o| (o.domain().to_string(), o.version())).collect(),
+        metadata: model.metadata_props.iter().map(|p| (p.key().to_string(), p.value().to_string())).collect(),
+        inputs: graph.input.iter().filter(|v| !initializers.contains(v.name())).map(value_info).collect(),
+        outputs: graph.output.iter().map(value_info).collect(),
+    }
+}
+
+fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
+    use proto::type_proto::Value;
+    use proto::tensor_shape_proto::dimension::Value as Dim;
+    let (dtype, dims) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(Value::TensorType(t)) => {
+            let dtype = DataType::from_onnx(t.elem_type()).map_or_else(|| format!("type {}", t.elem_type()), |d| d.name().to_string());
+            let dims = t.shape.as_ref().map_or_else(Vec::new, |s| {
+                s.dim.iter().map(|d| match d.value { Some(Dim::DimValue(n)) => n, _ => -1 }).collect()
+            });
+            (dtype, dims)
+        }
+        Some(Value::SequenceType(_)) => ("sequence".to_string(), Vec::new()),
+        Some(Value::MapType(_)) => ("map".to_string(), Vec::new()),
+        Some(Value::OptionalType(_)) => ("optional".to_string(), Vec::new()),
+        Some(Value::SparseTensorType(_)) => ("sparse_tensor".to_string(), Vec::new()),
+        None => ("unknown".to_string(), Vec::new()),
+    };
+    ValueInfo { name: v.name().to_string(), dtype, dims }
+}
+
+/// Walks a graph and its subgraphs, collecting tensors.
+struct Reader {
+    external: ExternalFiles,
+    tensors: Vec<Tensor>,
+    names: HashSet<String>,
+}
+
+impl Reader {
+    fn graph(&mut self, graph: &proto::GraphProto, scope: &str) -> Result<(), OnnxError> {
+        for t in &graph.initializer {
+            let name = format!("{scope}{}", t.name());
+            let (data, storage) = self.tensor_data(t, &name)?;
+            self.push(name, t, data, storage, false)?;
+        }
+        for s in &graph.sparse_initializer {
+            let values = s.values.as_ref().ok_or_else(|| OnnxError::tensor(scope, "sparse initializer without values"))?;
+            let name = format!("{scope}{}", values.name());
+            let (dtype, data) = self.densify(s, &name)?;
+            self.push_data(name, dtype, s.dims.clone(), data, Storage::Sparse, false)?;
+        }
+        for (index, node) in graph.node.iter().enumerate() {
+            if node.op_type() == "Constant" && matches!(node.domain(), "" | "ai.onnx") {
+                self.constant(node, scope)?;
+            }
+            let label = if node.name().is_empty() { format!("{}{index}", node.op_type()) } else { node.name().to_string() };
+            for attr in &node.attribute {
+                if let Some(g) = &attr.g {
+                    self.graph(g, &format!("{scope}{label}/{}/", attr.name()))?;
+                }
+                for (i, g) in attr.graphs.iter().enumerate() {
+                    self.graph(g, &format!("{scope}{label}/{}.{i}/", attr.name()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn constant(&mut self, node: &proto::NodeProto, scope: &str) -> Result<(), OnnxError> {
+        let Some(output) = node.output.first() else { return Ok(()) };
+        let name = format!("{scope}{output}");
+        let Some(attr) = node.attribute.iter().find(|a| a.name().starts_with("value") || a.name() == "sparse_value") else {
+            return Err(OnnxError::tensor(&name, "Constant node without a value attribute"));
+        };
+        let (dtype, dims, data) = match attr.name() {
+            "value" => {
+                let t = attr.t.as_ref().ok_or_else(|| OnnxError::tensor(&name, "Constant 'value' holds no tensor"))?;
+                let (data, storage) = self.tensor_data(t, &name)?;
+                return self.push(name, t, data, storage, true);
+            }
+            "sparse_value" => {
+                let s = attr.sparse_tensor.as_ref().ok_or_else(|| OnnxError::tensor(&name, "Constant 'sparse_value' holds no tensor"))?;
+                let (dtype, data) = self.densify(s, &name)?;
+                return self.push_data(name, dtype, s.dims.clone(), data, Storage::Sparse, true);
+            }
+            "value_float" => (DataType::Float, vec![], TensorData::Bytes(le_bytes(&[attr.f()], f32::to_le_bytes))),
+            "value_floats" => (DataType::Float, vec![attr.floats.len() as i64], TensorData::Bytes(le_bytes(&attr.floats, f32::to_le_bytes))),
+            "value_int" => (DataType::Int64, vec![], TensorData::Bytes(le_bytes(&[attr.i()], i64::to_le_bytes))),
+            "value_ints" => (DataType::Int64, vec![attr.ints.len() as i64], TensorData::Bytes(le_bytes(&attr.ints, i64::to_le_bytes))),
+            "value_string" => (DataType::String, vec![], TensorData::Strings(vec![attr.s.clone().unwrap_or_default()])),
+            "value_strings" => (DataType::String, vec![attr.strings.len() as i64], TensorData::Strings(attr.strings.clone())),
+            other => return Err(OnnxError::tensor(&name, format!("Constant attribute '{other}' is not an ONNX Constant value"))),
+        };
+        self.push_data(name, dtype, dims, data, Storage::Typed, true)
+    }
+
+    fn push(&mut self, name: String, t: &proto::TensorProto, data: TensorData, storage: Storage, constant: bool) -> Result<(), OnnxError> {
+        let dtype = known_dtype(t, &name)?;
+        self.push_data(name, dtype, t.dims.clone(), data, storage, constant)
+    }
+
+    fn push_data(&mut self, name: String, dtype: DataType, dims: Vec<i64>, data: TensorData, storage: Storage, constant: bool) -> Result<(), OnnxError> {
+        let count = element_count(&dims, &name)?;
+        match &data {
+            TensorData::Strings(s) if s.len() as u64 != count => {
+                return Err(OnnxError::tensor(&name, format!("dims {dims:?} need {count} strings, found {}", s.len())));
+            }
+            TensorData::Bytes(b) => {
+                let want = dtype.byte_len(count).ok_or_else(|| OnnxError::tensor(&name, "tensor is too large"))?;
+                if b.len() as u64 != want {
+                    return Err(OnnxError::tensor(&name, format!(
+                        "{dtype} dims {dims:?} need {want} bytes of data, found {}", b.len())));
+                }
+            }
+            _ => {}
+        }
+        if !self.names.insert(name.clone()) {
+            return Err(OnnxError::tensor(&name, "two tensors have this name"));
+        }
+        self.tensors.push(Tensor { name, dtype, dims, data, storage, constant });
+        Ok(())
+    }
+
+    /// The tensor's bytes in whichever form the model stores them.
+    fn tensor_data(&mut self, t: &proto::TensorProto, name: &str) -> Result<(TensorData, Storage), OnnxError> {
+        let dtype = known_dtype(t, name)?;
+        if t.segment.is_some() {
+            return Err(OnnxError::tensor(name, "segmented tensors are not supported"));
+        }
+        let external = t.data_location() == proto::tensor_proto::DataLocation::External;
+        if external {
+            let bytes = self.external.read(t, name)?;
+            if dtype == DataType::String {
+                return Err(OnnxError::tensor(name, "STRING tensors cannot use external data"));
+            }
+            return Ok((TensorData::Bytes(bytes), Storage::External));
+        }
+        if dtype == DataType::String {
+            return Ok((TensorData::Strings(t.string_data.clone()), Storage::Typed));
+        }
+        if let Some(raw) = &t.raw_data {
+            return Ok((TensorData::Bytes(raw.clone()), Storage::Raw));
+        }
+        let count = element_count(&t.dims, name)?;
+        let bytes = typed::to_bytes(t, dtype, count).map_err(|p| OnnxError::tensor(name, p))?;
+        Ok((TensorData::Bytes(bytes), Storage::Typed))
+    }
+
+    /// A sparse tensor as dense bytes: zeros, with the values scattered in.
+    fn densify(&mut self, s: &proto::SparseTensorProto, name: &str) -> Result<(DataType, TensorData), OnnxError> {
+        let values = s.values.as_ref().ok_or_else(|| OnnxError::tensor(name, "sparse tensor without values"))?;
+        let indices = s.indices.as_ref().ok_or_else(|| OnnxError::tensor(name, "sparse tensor without indices"))?;
+        let dtype = known_dtype(values, name)?;
+        let elem = match dtype.bits() {
+            Some(b) if b % 8 == 0 => (b / 8) as usize,
+            _ => return Err(OnnxError::tensor(name, format!("sparse {dtype} tensors are not supported"))),
+        };
+        let (TensorData::Bytes(vals), _) = self.tensor_data(values, name)? else {
+            return Err(OnnxError::tensor(name, "sparse values are not numeric"));
+        };
+        let nnz = element_count(&values.dims, name)?;
+        if vals.len() as u64 != nnz * elem as u64 {
+            return Err(OnnxError::tensor(name, format!("sparse values: {} bytes for {nnz} values", vals.len())));
+        }
+        if known_dtype(indices, name)? != DataType::Int64 {
+            return Err(OnnxError::tensor(name, "sparse indices must be INT64"));
+        }
+        let (TensorData::Bytes(idx), _) = self.tensor_data(indices, name)? else {
+            return Err(OnnxError::tensor(name, "sparse indices are not numeric"));
+        };
+        let idx: Vec<i64> = idx.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let count = element_count(&s.dims, name)?;
+        let total = count.checked_mul(elem as u64).filter(|n| *n <= isize::MAX as u64)
+            .ok_or_else(|| OnnxError::tensor(name, "sparse tensor is too large"))?;
+        // Indices are either linear ([NNZ]) or coordinates ([NNZ, rank]).
+        let linear: Vec<u64> = if indices.dims.len() == 1 && idx.len() as u64 == nnz {
+            idx.iter().map(|&i| i as u64).collect()
+        } else if indices.dims.len() == 2 && idx.len() as u64 == nnz * s.dims.len() as u64 {
+            idx.chunks(s.dims.len().max(1)).map(|c| {
+                c.iter().zip(&s.dims).try_fold(0u64, |acc, (&i, &d)| {
+                    (i >= 0 && i < d).then(|| acc * d as u64 + i as u64)
+                }).unwrap_or(u64::MAX)
+            }).collect()
+        } else {
+            return Err(OnnxError::tensor(name, format!("sparse indices dims {:?} do not fit {nnz} values", indices.dims)));
+        };
+        let mut dense = vec![0u8; total as usize];
+        for (k, &i) in linear.iter().enumerate() {
+            if i >= count {
+                return Err(OnnxError::tensor(name, format!("sparse index {} is outside dims {:?}", idx[k], s.dims)));
+            }
+            let at = i as usize * elem;
+            dense[at..at + elem].copy_from_slice(&vals[k * elem..(k + 1) * elem]);
+        }
+        Ok((dtype, TensorData::Bytes(Bytes::from(dense))))
+    }
+}
+
+fn known_dtype(t: &proto::TensorProto, name: &str) -> Result<DataType, OnnxError> {
+    DataType::from_onnx(t.data_type()).ok_or_else(|| match t.data_type() {
+        0 => OnnxError::tensor(name, "data type is UNDEFINED"),
+        n => OnnxError::tensor(name, format!("unknown data type {n} (newer than this weightcast build knows)")),
+    })
+}
+
+fn element_count(dims: &[i64], name: &str) -> Result<u64, OnnxError> {
+    dims.iter().try_fold(1u64, |acc, &d| {
+        if d < 0 {
+            return Err(OnnxError::tensor(name, format!("negative dimension in {dims:?}")));
+        }
+        acc.checked_mul(d as u64).ok_or_else(|| OnnxError::tensor(name, format!("dims {dims:?} overflow")))
+    })
+}
+
+fn le_bytes<T: Copy, const N: usize>(values: &[T], f: fn(T) -> [u8; N]) -> Bytes {
+    values.iter().flat_map(|v| f(*v)).collect::<Vec<u8>>().into()
+}

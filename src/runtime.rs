@@ -1,0 +1,344 @@
+//! ONNX Runtime: finding its library, opening a session per model with the
+//! configured execution providers, and a warm-up inference.
+//!
+//! weightcast serves weights; the session is there to prove the model loads
+//! where it will run, to tell which execution providers really work on this
+//! host, and to report the model's inputs and outputs as ORT sees them.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::ep;
+use ort::session::Session;
+use ort::value::{Tensor, TensorElementType, ValueType};
+use serde::Deserialize;
+
+use crate::onnx::ValueInfo;
+
+/// The ONNX Runtime version whose library `scripts/fetch-ort.sh` fetches and
+/// whose C API the `ort` crate is built against.
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Why the runtime or a session could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("ONNX Runtime library (libonnxruntime.so) not found; looked in: {}. \
+             Get it with `scripts/fetch-ort.sh` (takes it from the onnxruntime=={ORT_VERSION} PyPI wheel), \
+             or `pip install onnxruntime=={ORT_VERSION}`, or point --ort-lib / ORT_DYLIB_PATH / [runtime] ort_lib at it; \
+             or serve without it: --runtime none", .searched.join(", "))]
+    NotFound { searched: Vec<String> },
+    #[error("cannot load ONNX Runtime from {}: {message}", path.display())]
+    Load { path: PathBuf, message: String },
+    #[error("ONNX Runtime cannot load the model: {0}")]
+    Session(String),
+    #[error("warm-up inference failed: {0}")]
+    Warmup(String),
+}
+
+/// An execution provider, in the names the config uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Tensorrt => "tensorrt",
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+        }
+    }
+}
+
+/// Options of the CUDA execution provider (`[runtime.cuda]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CudaOptions {
+    pub device_id: Option<i32>,
+}
+
+/// Options of the TensorRT execution provider (`[runtime.tensorrt]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorrtOptions {
+    pub device_id: Option<i32>,
+    pub fp16: Option<bool>,
+    pub engine_cache: Option<bool>,
+    pub engine_cache_path: Option<String>,
+    pub max_workspace_size: Option<usize>,
+}
+
+/// How sessions are opened (`[runtime]` in the config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionOptions {
+    /// Execution providers to try, in order; CPU is always the last resort.
+    pub providers: Vec<Provider>,
+    /// Run one inference on zero-filled inputs at load; fail the load if it fails.
+    pub warmup: bool,
+    pub cuda: CudaOptions,
+    pub tensorrt: TensorrtOptions,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { providers: vec![Provider::Cpu], warmup: false, cuda: Default::default(), tensorrt: Default::default() }
+    }
+}
+
+/// Where to look for the library, besides the built-in places.
+#[derive(Debug, Clone, Default)]
+pub struct LibrarySearch {
+    /// `--ort-lib`
+    pub flag: Option<PathBuf>,
+    /// `[runtime] ort_lib`
+    pub config: Option<PathBuf>,
+}
+
+/// Finds libonnxruntime: the flag, `ORT_DYLIB_PATH`, the config, the
+/// project-local `.ort/<arch>/` (next to the binary or in the working
+/// directory or its parents), then an installed Python `onnxruntime`.
+pub fn find_library(search: &LibrarySearch) -> Result<PathBuf, RuntimeError> {
+    let mut searched = Vec::new();
+    let mut candidates: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(p) = &search.flag {
+        candidates.push(("--ort-lib".into(), p.clone()));
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        candidates.push(("ORT_DYLIB_PATH".into(), PathBuf::from(p)));
+    }
+    if let Some(p) = &search.config {
+        candidates.push(("config ort_lib".into(), p.clone()));
+    }
+    for (what, path) in &candidates {
+        if path.is_file() {
+            return Ok(path.clone());
+        }
+        // An explicit choice that is wrong is an error, not a reason to guess.
+        return Err(RuntimeError::Load { path: path.clone(), message: format!("{what} names a file that does not exist") });
+    }
+    let local = Path::new(".ort").join(std::env::consts::ARCH).join("libonnxruntime.so");
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        roots.push(exe_dir.join("lib"));
+        roots.extend(exe_dir.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    for root in &roots {
+        for path in [root.join(&local), root.join("libonnxruntime.so")] {
+            if path.is_file() {
+                return Ok(path);
+            }
+        }
+    }
+    searched.push("--ort-lib, ORT_DYLIB_PATH, [runtime] ort_lib (none set)".to_string());
+    searched.push(format!("{} next to the binary and in the working directory and its parents", local.display()));
+    if let Some(p) = python_onnxruntime() {
+        return Ok(p);
+    }
+    searched.push("python3's onnxruntime package".to_string());
+    Err(RuntimeError::NotFound { searched })
+}
+
+fn python_onnxruntime() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(dir).ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .collect();
+    libs.sort();
+    libs.pop()
+}
+
+/// A loaded ONNX Runtime library.
+pub struct Runtime {
+    pub library: PathBuf,
+    env: ort::environment::Environment,
+    /// Providers whose failure has been logged, so each is logged once.
+    reported: Mutex<HashSet<Provider>>,
+}
+
+static RUNTIME: OnceLock<Result<&'static Runtime, String>> = OnceLock::new();
+
+impl Runtime {
+    /// Loads the library once per process; later calls return the same runtime.
+    pub fn load(search: &LibrarySearch) -> Result<&'static Runtime, RuntimeError> {
+        let loaded = RUNTIME.get_or_init(|| {
+            let library = find_library(search).map_err(|e| e.to_string())?;
+            let load_error = |message: String| RuntimeError::Load { path: library.clone(), message }.to_string();
+            let env = ort::init_from(&library)
+                .map_err(|e| load_error(e.to_string()))?
+                .with_name("weightcast")
+                .build()
+                .map_err(|e| load_error(e.to_string()))?;
+            tracing::info!(library = %library.display(), "loaded ONNX Runtime");
+            let rt = Runtime { library, env, reported: Mutex::new(HashSet::new()) };
+            Ok(&*Box::leak(Box::new(rt)))
+        });
+        loaded.clone().map_err(|message| RuntimeError::Load { path: PathBuf::new(), message })
+    }
+
+    /// Opens a session on the model at `path`.
+    pub fn open(&self, path: &Path, options: &SessionOptions) -> Result<OpenSession, RuntimeError> {
+        let err = |e: ort::Error| RuntimeError::Session(e.to_string());
+        // One intra-op thread: the session validates the model and answers the
+        // warm-up; the cores are for serving.
+        let mut builder = Session::builder(&self.env).map_err(err)?.with_intra_threads(1).map_err(|e| err(e.into()))?;
+        let mut active = Vec::new();
+        for &provider in &options.providers {
+            let dispatch = match provider {
+                Provider::Cpu => {
+                    active.push(provider);
+                    continue;
+                }
+                Provider::Cuda => cuda_provider(&options.cuda).build(),
+                Provider::Tensorrt => tensorrt_provider(&options.tensorrt).build(),
+            };
+            match builder.with_execution_providers([dispatch.error_on_failure()]) {
+                Ok(b) => {
+                    builder = b;
+                    active.push(provider);
+                }
+                Err(e) => {
+                    let first = self.reported.lock().map(|mut r| r.insert(provider)).unwrap_or(true);
+                    if first {
+                        tracing::warn!("execution provider {} is not available, skipping it (falling back to the next; CPU last): {e}", provider.name());
+                    }
+                    builder = e.recover();
+                }
+            }
+        }
+        if !active.contains(&Provider::Cpu) {
+            // ONNX Runtime always keeps CPU for the nodes other providers decline.
+            active.push(Provider::Cpu);
+        }
+        let session = builder.commit_from_file(path).map_err(err)?;
+        let mut open = OpenSession {
+            requested: options.providers.clone(),
+            active,
+            inputs: session.inputs().iter().map(|o| value_info(o.name(), o.dtype())).collect(),
+            outputs: session.outputs().iter().map(|o| value_info(o.name(), o.dtype())).collect(),
+            warmed_up: false,
+            session: Mutex::new(session),
+        };
+        if options.warmup {
+            open.warmup()?;
+        }
+        Ok(open)
+    }
+}
+
+pub(crate) fn cuda_provider(o: &CudaOptions) -> ep::CUDA {
+    let mut p = ep::CUDA::default();
+    if let Some(id) = o.device_id {
+        p = p.with_device_id(id);
+    }
+    p
+}
+
+pub(crate) fn tensorrt_provider(o: &TensorrtOptions) -> ep::TensorRT {
+    let mut p = ep::TensorRT::default();
+    if let Some(id) = o.device_id {
+        p = p.with_device_id(id);
+    }
+    if let Some(v) = o.fp16 {
+        p = p.with_fp16(v);
+    }
+    if let Some(v) = o.engine_cache {
+        p = p.with_engine_cache(v);
+    }
+    if let Some(v) = &o.engine_cache_path {
+        p = p.with_engine_cache_path(v);
+    }
+    if let Some(v) = o.max_workspace_size {
+        p = p.with_max_workspace_size(v);
+    }
+    p
+}
+
+fn value_info(name: &str, t: &ValueType) -> ValueInfo {
+    match t {
+        ValueType::Tensor { ty, shape, .. } => ValueInfo {
+            name: name.to_string(),
+            dtype: element_name(*ty),
+            dims: shape.iter().copied().collect(),
+        },
+        other => ValueInfo { name: name.to_string(), dtype: format!("{other:?}"), dims: Vec::new() },
+    }
+}
+
+fn element_name(t: TensorElementType) -> String {
+    use TensorElementType::*;
+    match t {
+        Float32 => "FLOAT".into(),
+        Float64 => "DOUBLE".into(),
+        other => format!("{other:?}").to_uppercase(),
+    }
+}
+
+/// An open session and what it reported.
+pub struct OpenSession {
+    pub requested: Vec<Provider>,
+    pub active: Vec<Provider>,
+    pub inputs: Vec<ValueInfo>,
+    pub outputs: Vec<ValueInfo>,
+    pub warmed_up: bool,
+    session: Mutex<Session>,
+}
+
+impl OpenSession {
+    /// Runs one inference with every input zero-filled (symbolic dims as 1).
+    pub fn warmup(&mut self) -> Result<(), RuntimeError> {
+        let mut session = self.session.lock().map_err(|_| RuntimeError::Warmup("session lock poisoned".into()))?;
+        let mut inputs: Vec<(String, ort::value::DynValue)> = Vec::new();
+        for input in session.inputs() {
+            let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
+                return Err(RuntimeError::Warmup(format!("input '{}' is not a tensor", input.name())));
+            };
+            let dims: Vec<i64> = shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let value = zeros(*ty, &dims).map_err(|e| RuntimeError::Warmup(format!("input '{}': {e}", input.name())))?;
+            inputs.push((input.name().to_string(), value));
+        }
+        session.run(inputs).map_err(|e| RuntimeError::Warmup(e.to_string()))?;
+        drop(session);
+        self.warmed_up = true;
+        Ok(())
+    }
+}
+
+fn zeros(ty: TensorElementType, dims: &[i64]) -> Result<ort::value::DynValue, std::string::String> {
+    fn make<T: Clone + Default + ort::value::PrimitiveTensorElementType + std::fmt::Debug + 'static>(dims: &[i64]) -> Result<ort::value::DynValue, std::string::String> {
+        let n: i64 = dims.iter().product();
+        let shape: Vec<i64> = dims.to_vec();
+        Tensor::<T>::from_array((shape, vec![T::default(); n.max(0) as usize]))
+            .map(|t| t.into_dyn())
+            .map_err(|e| e.to_string())
+    }
+    use TensorElementType::*;
+    match ty {
+        Float32 => make::<f32>(dims),
+        Float64 => make::<f64>(dims),
+        Int8 => make::<i8>(dims),
+        Int16 => make::<i16>(dims),
+        Int32 => make::<i32>(dims),
+        Int64 => make::<i64>(dims),
+        Uint8 => make::<u8>(dims),
+        Uint16 => make::<u16>(dims),
+        Uint32 => make::<u32>(dims),
+        Uint64 => make::<u64>(dims),
+        Bool => make::<bool>(dims),
+        other => Err(format!("weightcast cannot make a zero {other:?} input for warm-up")),
+    }
+}

@@ -1,0 +1,434 @@
+//! The loaded models: their tensors, digests and versions, the runtime
+//! session each one holds, and a byte-bounded cache of derived bytes.
+//!
+//! Digests of the stored bytes are computed once at load; those of a cast
+//! representation once, on first use, and kept with the model.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::encode::cast::{self, Target};
+use crate::onnx::{DataType, ModelInfo, OnnxModel, Tensor, TensorData};
+use crate::runtime::{self, OpenSession, Runtime};
+
+/// Why a model did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("model '{model}': {source}")]
+    Onnx { model: String, source: crate::onnx::OnnxError },
+    #[error("model '{model}': {source}")]
+    Runtime { model: String, source: runtime::RuntimeError },
+}
+
+/// A model to load: its name and file.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Checks a model name: `[A-Za-z0-9._-]+`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// One tensor as a representation serves it.
+#[derive(Debug, Clone)]
+pub struct TensorMeta {
+    pub dtype: DataType,
+    /// The stored dtype, when `dtype` is a cast of it.
+    pub source_dtype: Option<DataType>,
+    pub nbytes: u64,
+    pub sha256: [u8; 32],
+    pub overflowed: u64,
+}
+
+/// Which representation of a model's weights: as stored, or cast.
+pub type Representation = Option<Target>;
+
+/// Per-tensor facts and the version of one representation.
+#[derive(Debug)]
+pub struct View {
+    pub tensors: Vec<TensorMeta>,
+    pub version: String,
+}
+
+/// What the runtime reported for a model.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeInfo {
+    /// "ort" or "none".
+    pub engine: &'static str,
+    pub requested: Vec<String>,
+    pub active: Vec<String>,
+    pub inputs: Vec<crate::onnx::ValueInfo>,
+    pub outputs: Vec<crate::onnx::ValueInfo>,
+    pub warmed_up: bool,
+}
+
+/// A loaded model.
+pub struct Model {
+    pub name: String,
+    pub path: PathBuf,
+    pub info: ModelInfo,
+    pub tensors: Vec<Tensor>,
+    pub runtime: RuntimeInfo,
+    index: HashMap<String, usize>,
+    stored: View,
+    cast: [OnceLock<Arc<View>>; 2],
+    /// Kept open for the model's lifetime: the session is the proof it loads.
+    _session: Option<OpenSession>,
+    cache: Arc<Cache>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("name", &self.name).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Index of the tensor called `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// The version of the weights as stored.
+    pub fn version(&self) -> &str {
+        &self.stored.version
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.stored.tensors.iter().map(|t| t.nbytes).sum()
+    }
+
+    /// Per-tensor facts in a representation (computing the cast once).
+    pub fn view(&self, repr: Representation) -> Arc<View> {
+        let Some(target) = repr else {
+            return Arc::new(View { tensors: self.stored.tensors.clone(), version: self.stored.version.clone() });
+        };
+        self.cast[target as usize]
+            .get_or_init(|| {
+                let tensors = (0..self.tensors.len())
+                    .map(|i| {
+                        let t = &self.tensors[i];
+                        match self.cast_data(i, target) {
+                            Some((bytes, overflowed)) => TensorMeta {
+                                dtype: target.dtype(),
+                                source_dtype: Some(t.dtype),
+                                nbytes: bytes.len() as u64,
+                                sha256: Sha256::digest(&bytes).into(),
+                                overflowed,
+                            },
+                            None => self.stored.tensors[i].clone(),
+                        }
+                    })
+                    .collect();
+                Arc::new(View::new(&self.tensors, tensors))
+            })
+            .clone()
+    }
+
+    /// A tensor's data in a representation: the stored bytes (zero copy), or
+    /// the cast bytes from the cache (computed on a miss).
+    pub fn data(&self, index: usize, repr: Representation) -> TensorData {
+        match repr.and_then(|target| self.cast_data(index, target)) {
+            Some((bytes, _)) => TensorData::Bytes(bytes),
+            None => self.tensors[index].data.clone(),
+        }
+    }
+
+    fn cast_data(&self, index: usize, target: Target) -> Option<(Bytes, u64)> {
+        let t = &self.tensors[index];
+        let TensorData::Bytes(stored) = &t.data else { return None };
+        if !cast::applies(t.dtype) {
+            return None;
+        }
+        let key = CacheKey { model: self.name.clone(), version: self.stored.version.clone(), tensor: index, variant: format!("cast-{target:?}") };
+        if let Some(hit) = self.cache.get(&key) {
+            let overflowed = self.cast[target as usize].get().map_or(0, |v| v.tensors[index].overflowed);
+            return Some((hit, overflowed));
+        }
+        let c = cast::cast(t.dtype, stored, target)?;
+        let bytes = Bytes::from(c.bytes);
+        self.cache.put(key, bytes.clone());
+        Some((bytes, c.overflowed))
+    }
+
+    /// The shared cache of derived bytes (for the encoders).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+impl View {
+    fn new(tensors: &[Tensor], metas: Vec<TensorMeta>) -> View {
+        let version = version(tensors.iter().zip(&metas).map(|(t, m)| (t.name.as_str(), m.dtype, t.dims.as_slice(), &m.sha256)));
+        View { tensors: metas, version }
+    }
+}
+
+/// The version of a list of tensors: hex sha256 over one line per tensor,
+/// `name \t DTYPE \t dims,comma,separated \t sha256hex \n`, in manifest order.
+pub fn version<'a>(tensors: impl Iterator<Item = (&'a str, DataType, &'a [i64], &'a [u8; 32])>) -> String {
+    let mut h = Sha256::new();
+    for (name, dtype, dims, digest) in tensors {
+        let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+        h.update(format!("{name}\t{}\t{}\t{}\n", dtype.name(), dims.join(","), hex::encode(digest)));
+    }
+    hex::encode(h.finalize())
+}
+
+/// sha256 of a tensor's data. For STRING tensors: over each element as its
+/// length (u64 little-endian) followed by its bytes.
+pub fn digest(data: &TensorData) -> [u8; 32] {
+    match data {
+        TensorData::Bytes(b) => Sha256::digest(b).into(),
+        TensorData::Strings(s) => {
+            let mut h = Sha256::new();
+            for e in s {
+                h.update((e.len() as u64).to_le_bytes());
+                h.update(e);
+            }
+            h.finalize().into()
+        }
+    }
+}
+
+/// The runtime choice for loading models.
+pub enum Engine<'a> {
+    /// Open an ONNX Runtime session per model.
+    Ort(&'a Runtime, &'a runtime::SessionOptions),
+    /// Serve weights without ONNX Runtime.
+    None,
+}
+
+/// Loads one model: reads it, opens its session, computes digests.
+pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Model, LoadError> {
+    let onnx = OnnxModel::open(&spec.path).map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
+    let (session, runtime) = match engine {
+        Engine::None => (None, RuntimeInfo { engine: "none", inputs: onnx.info.inputs.clone(), outputs: onnx.info.outputs.clone(), ..Default::default() }),
+        Engine::Ort(rt, options) => {
+            let s = rt.open(&spec.path, options).map_err(|source| LoadError::Runtime { model: spec.name.clone(), source })?;
+            let info = RuntimeInfo {
+                engine: "ort",
+                requested: s.requested.iter().map(|p| p.name().to_string()).collect(),
+                active: s.active.iter().map(|p| p.name().to_string()).collect(),
+                inputs: s.inputs.clone(),
+                outputs: s.outputs.clone(),
+                warmed_up: s.warmed_up,
+            };
+            (Some(s), info)
+        }
+    };
+    let metas = digests(&onnx.tensors);
+    let stored = View::new(&onnx.tensors, metas);
+    let index = onnx.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    Ok(Model {
+        name: spec.name.clone(),
+        path: spec.path.clone(),
+        info: onnx.info,
+        tensors: onnx.tensors,
+        runtime,
+        index,
+        stored,
+        cast: [OnceLock::new(), OnceLock::new()],
+        _session: session,
+        cache,
+    })
+}
+
+/// Digests of every tensor, spread over the available cores.
+fn digests(tensors: &[Tensor]) -> Vec<TensorMeta> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(tensors.len().max(1));
+    let mut out: Vec<Option<[u8; 32]>> = vec![None; tensors.len()];
+    std::thread::scope(|s| {
+        let chunk = tensors.len().div_ceil(threads).max(1);
+        for (ts, slots) in tensors.chunks(chunk).zip(out.chunks_mut(chunk)) {
+            s.spawn(move || {
+                for (t, slot) in ts.iter().zip(slots) {
+                    *slot = Some(digest(&t.data));
+                }
+            });
+        }
+    });
+    tensors
+        .iter()
+        .zip(out)
+        .map(|(t, d)| TensorMeta { dtype: t.dtype, source_dtype: None, nbytes: t.nbytes(), sha256: d.unwrap_or_else(|| digest(&t.data)), overflowed: 0 })
+        .collect()
+}
+
+/// Every model the server was asked to serve: loaded, or failed with a reason.
+pub struct Store {
+    models: Vec<Arc<Model>>,
+    failed: Vec<(String, String)>,
+}
+
+/// A model in the listing.
+pub enum Entry<'a> {
+    Loaded(&'a Model),
+    Failed { name: &'a str, error: &'a str },
+}
+
+impl Store {
+    /// Loads each model; one that fails is logged and listed with its error.
+    pub fn load(specs: &[ModelSpec], engine: &Engine, cache: Arc<Cache>) -> Store {
+        let mut store = Store { models: Vec::new(), failed: Vec::new() };
+        for spec in specs {
+            let started = std::time::Instant::now();
+            match load(spec, engine, cache.clone()) {
+                Ok(m) => {
+                    tracing::info!(model = %m.name, path = %spec.path.display(), tensors = m.tensors.len(), bytes = m.total_bytes(),
+                        version = %&m.version()[..16], providers = ?m.runtime.active, ms = started.elapsed().as_millis() as u64, "model loaded");
+                    store.models.push(Arc::new(m));
+                }
+                Err(e) => {
+                    tracing::error!(model = %spec.name, "model failed to load: {e}");
+                    store.failed.push((spec.name.clone(), e.to_string()));
+                }
+            }
+        }
+        store
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// Loaded and failed models, in the order they were given.
+    pub fn entries(&self) -> Vec<Entry<'_>> {
+        let mut e: Vec<Entry> = self.models.iter().map(|m| Entry::Loaded(m)).collect();
+        e.extend(self.failed.iter().map(|(name, error)| Entry::Failed { name, error }));
+        e
+    }
+
+    /// The error of a model that failed to load.
+    pub fn failure(&self, name: &str) -> Option<&str> {
+        self.failed.iter().find(|(n, _)| n == name).map(|(_, e)| e.as_str())
+    }
+}
+
+/// Names models after their files unless told otherwise, and refuses two
+/// models with one name or a name outside `[A-Za-z0-9._-]+`.
+pub fn specs(named: &[(Option<String>, PathBuf)]) -> Result<Vec<ModelSpec>, String> {
+    let mut out: Vec<ModelSpec> = Vec::new();
+    for (name, path) in named {
+        let name = match name {
+            Some(n) => n.clone(),
+            None => path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string(),
+        };
+        if !valid_name(&name) {
+            return Err(format!("model name '{name}' (from {}) must match [A-Za-z0-9._-]+", path.display()));
+        }
+        if let Some(other) = out.iter().find(|s| s.name == name) {
+            return Err(format!("two models are named '{name}': {} and {}", other.path.display(), path.display()));
+        }
+        out.push(ModelSpec { name, path: path.clone() });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub model: String,
+    pub version: String,
+    pub tensor: usize,
+    /// What was derived: a cast, an encoding of a record, …
+    pub variant: String,
+}
+
+/// Derived bytes (cast tensors, compressed records), least recently used out
+/// once they exceed the byte budget.
+pub struct Cache {
+    budget: u64,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<CacheKey, (Bytes, u64)>,
+    used: u64,
+    clock: u64,
+}
+
+impl Cache {
+    pub fn new(budget: u64) -> Cache {
+        Cache { budget, inner: Mutex::new(CacheInner::default()) }
+    }
+
+    pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
+        let mut inner = self.inner.lock().ok()?;
+        inner.clock += 1;
+        let now = inner.clock;
+        inner.map.get_mut(key).map(|(b, last)| {
+            *last = now;
+            b.clone()
+        })
+    }
+
+    /// Keeps `bytes` unless they alone exceed the budget.
+    pub fn put(&self, key: CacheKey, bytes: Bytes) {
+        let size = bytes.len() as u64;
+        if size > self.budget {
+            return;
+        }
+        let Ok(mut inner) = self.inner.lock() else { return };
+        inner.clock += 1;
+        let now = inner.clock;
+        if let Some((old, _)) = inner.map.insert(key, (bytes, now)) {
+            inner.used -= old.len() as u64;
+        }
+        inner.used += size;
+        while inner.used > self.budget {
+            let Some(oldest) = inner.map.iter().min_by_key(|(_, (_, last))| *last).map(|(k, _)| k.clone()) else { break };
+            if let Some((b, _)) = inner.map.remove(&oldest) {
+                inner.used -= b.len() as u64;
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.inner.lock().map_or(0, |i| i.used)
+    }
+}
+
+/// A model file's folder, for resolving relative paths in config.
+pub fn relative_to(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> CacheKey {
+        CacheKey { model: "m".into(), version: "v".into(), tensor: i, variant: "x".into() }
+    }
+
+    #[test]
+    fn cache_evicts_least_recently_used_within_budget() {
+        let c = Cache::new(10);
+        c.put(key(1), Bytes::from_static(b"aaaa"));
+        c.put(key(2), Bytes::from_static(b"bbbb"));
+        assert!(c.get(&key(1)).is_some()); // 1 is now the most recent
+        c.put(key(3), Bytes::from_static(b"cccc"));
+        assert!(c.get(&key(2)).is_none(), "2 was least recently used");
+        assert!(c.get(&key(1)).is_some() && c.get(&key(3)).is_some());
+        assert_eq!(c.used(), 8);
+        c.put(key(4), Bytes::from(vec![0u8; 11]));
+        assert!(c.get(&key(4)).is_none(), "larger than the whole budget: not kept");
+    }
+
+    #[test]
+    fn names_and_duplicates() {
+        let s = specs(&[(None, "a/m.onnx".into()), (Some("n".into()), "b/m.onnx".into())]).unwrap();
+        assert_eq!(s[0].name, "m");
+        assert!(specs(&[(None, "a/m.onnx".into()), (None, "b/m.onnx".into())]).unwrap_err().contains("two models are named 'm'"));
+        assert!(specs(&[(Some("a b".into()), "x.onnx".into())]).is_err());
+    }
+}
