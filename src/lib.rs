@@ -10,3 +10,6 @@ pub mod onnx;
 pub mod runtime;
 pub mod store;
 pub mod encode;
+pub mod http;
+pub mod config;
+pub mod demo;

@@ -73,10 +73,23 @@ pub struct TensorrtOptions {
     pub max_workspace_size: Option<usize>,
 }
 
-/// How sessions are opened (`[runtime]` in the config).
+/// Whether to use ONNX Runtime at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Open an ONNX Runtime session per model (the default).
+    Ort,
+    /// Serve weights without ONNX Runtime (hosts without the library).
+    None,
+}
+
+/// The `[runtime]` table of the config: how sessions are opened.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionOptions {
+    pub engine: Engine,
+    /// Path of libonnxruntime.so (after --ort-lib and ORT_DYLIB_PATH).
+    pub ort_lib: Option<PathBuf>,
     /// Execution providers to try, in order; CPU is always the last resort.
     pub providers: Vec<Provider>,
     /// Run one inference on zero-filled inputs at load; fail the load if it fails.
@@ -87,7 +100,7 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { providers: vec![Provider::Cpu], warmup: false, cuda: Default::default(), tensorrt: Default::default() }
+        SessionOptions { engine: Engine::Ort, ort_lib: None, providers: vec![Provider::Cpu], warmup: false, cuda: Default::default(), tensorrt: Default::default() }
     }
 }
 

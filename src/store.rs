@@ -5,7 +5,7 @@
 //! representation once, on first use, and kept with the model.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -397,10 +397,6 @@ impl Cache {
     }
 }
 
-/// A model file's folder, for resolving relative paths in config.
-pub fn relative_to(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,107 @@
+//! The TOML config file (`configs/weightcast.toml` shows every key).
+//! Unknown keys are an error: a typo must not be silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::runtime::SessionOptions;
+
+/// Default listen address: loopback only; LAN exposure is a choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    /// zstd level for `Content-Encoding: zstd` (1–22).
+    pub zstd_level: i32,
+    /// Bytes of derived data (casts, compressed records) kept in memory.
+    pub cache_bytes: u64,
+    /// Largest tensor payload one JSON response may carry.
+    pub json_max_bytes: u64,
+    pub runtime: SessionOptions,
+    pub models: Vec<ModelEntry>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.to_string(),
+            zstd_level: 3,
+            cache_bytes: 256 << 20,
+            json_max_bytes: 16 << 20,
+            runtime: SessionOptions::default(),
+            models: Vec::new(),
+        }
+    }
+}
+
+/// A `[[models]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Defaults to the file's stem.
+    pub name: Option<String>,
+    /// Relative paths are relative to the config file's folder.
+    pub path: PathBuf,
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("config {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads `path`; relative paths inside it become relative to its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for m in &mut config.models {
+            if m.path.is_relative() {
+                m.path = base.join(&m.path);
+            }
+        }
+        if let Some(lib) = &mut config.runtime.ort_lib {
+            if lib.is_relative() {
+                *lib = base.join(&*lib);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if !(1..=22).contains(&config.zstd_level) {
+            return Err(format!("zstd_level {} is outside 1..=22", config.zstd_level));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../configs/weightcast.toml");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(e.contains("listen_port"), "{e}");
+        let e = Config::parse("[runtime.cuda]\ndevice = 1\n").unwrap_err();
+        assert!(e.contains("device"), "{e}");
+        let e = Config::parse("[runtime]\nproviders = [\"gpu\"]\n").unwrap_err();
+        assert!(e.contains("gpu"), "{e}");
+    }
+}

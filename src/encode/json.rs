@@ -1,0 +1,33 @@
+//! Tensors as JSON: exact, because the data travels as base64 of the bytes,
+//! not as decimal text. Meant for small models and debugging; the bundle size
+//! is capped (`json_max_bytes`) and the binary formats are the way past it.
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::manifest::dtype_name;
+use crate::onnx::TensorData;
+use crate::store::TensorMeta;
+
+/// One tensor as a JSON object.
+pub fn tensor(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorData) -> Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut o = json!({
+        "name": name,
+        "dtype": dtype_name(meta.dtype as i32),
+        "dims": dims,
+        "nbytes": meta.nbytes,
+        "sha256": hex::encode(meta.sha256),
+    });
+    match data {
+        TensorData::Bytes(b) => o["data_b64"] = b64.encode(b).into(),
+        TensorData::Strings(s) => {
+            o["data_b64"] = "".into();
+            o["strings_b64"] = s.iter().map(|e| Value::from(b64.encode(e))).collect::<Vec<_>>().into();
+        }
+    }
+    if let Some(src) = meta.source_dtype {
+        o["source_dtype"] = dtype_name(src as i32);
+    }
+    o
+}

@@ -1,0 +1,147 @@
+//! A response body made of chunks that are either ready (slices of the model's
+//! memory map, cached blobs) or computed on the blocking pool when the reader
+//! comes near them (one chunk ahead), so a model of any size streams without
+//! being built in memory and without compressing on the executor's threads.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_lite::io::{AsyncBufRead, AsyncRead};
+use futures_lite::Future;
+
+/// Work that yields one chunk.
+pub type Compute = Box<dyn FnOnce() -> io::Result<Bytes> + Send + Sync + 'static>;
+
+/// One piece of a body.
+pub enum Chunk {
+    Ready(Bytes),
+    Later(Compute),
+}
+
+enum Slot {
+    Ready(Bytes),
+    Later(Compute),
+    Running(smol::Task<io::Result<Bytes>>),
+}
+
+/// The body's length, if every chunk is ready.
+pub fn known_len(chunks: &[Chunk]) -> Option<usize> {
+    chunks.iter().map(|c| match c { Chunk::Ready(b) => Some(b.len()), Chunk::Later(_) => None }).sum()
+}
+
+/// Streams chunks in order.
+pub struct ChunkReader {
+    queue: VecDeque<Slot>,
+    current: Bytes,
+}
+
+impl ChunkReader {
+    pub fn new(chunks: Vec<Chunk>) -> ChunkReader {
+        let queue = chunks.into_iter().map(|c| match c { Chunk::Ready(b) => Slot::Ready(b), Chunk::Later(f) => Slot::Later(f) }).collect();
+        ChunkReader { queue, current: Bytes::new() }
+    }
+
+    fn start_front(&mut self) {
+        if let Some(slot) = self.queue.front_mut() {
+            if matches!(slot, Slot::Later(_)) {
+                if let Slot::Later(job) = std::mem::replace(slot, Slot::Ready(Bytes::new())) {
+                    *slot = Slot::Running(smol::unblock(job));
+                }
+            }
+        }
+    }
+
+    fn start_second(&mut self) {
+        if let Some(slot) = self.queue.get_mut(1) {
+            if let Slot::Later(_) = slot {
+                if let Slot::Later(job) = std::mem::replace(slot, Slot::Ready(Bytes::new())) {
+                    *slot = Slot::Running(smol::unblock(job));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncBufRead for ChunkReader {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        while this.current.is_empty() {
+            this.start_front();
+            this.start_second();
+            match this.queue.front_mut() {
+                None => return Poll::Ready(Ok(&[])),
+                Some(Slot::Ready(b)) => {
+                    this.current = std::mem::take(b);
+                    this.queue.pop_front();
+                }
+                Some(Slot::Running(task)) => match Pin::new(task).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(b)) => {
+                        this.current = b;
+                        this.queue.pop_front();
+                    }
+                    Poll::Ready(Err(e)) => {
+                        // The status line is already sent: all we can do is cut
+                        // the body short, which framing lets a client detect.
+                        tracing::error!("response body failed mid-stream: {e}");
+                        this.queue.clear();
+                        return Poll::Ready(Err(e));
+                    }
+                },
+                Some(Slot::Later(_)) => this.start_front(),
+            }
+        }
+        Poll::Ready(Ok(&this.current[..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        let _ = this.current.split_to(amt.min(this.current.len()));
+    }
+}
+
+impl AsyncRead for ChunkReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let n = match self.as_mut().poll_fill_buf(cx) {
+            Poll::Ready(Ok(data)) => {
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                n
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        self.consume(n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncReadExt;
+
+    #[test]
+    fn ready_and_computed_chunks_come_out_in_order() {
+        let chunks = vec![
+            Chunk::Ready(Bytes::from_static(b"ab")),
+            Chunk::Later(Box::new(|| Ok(Bytes::from_static(b"cd")))),
+            Chunk::Later(Box::new(|| Ok(Bytes::from_static(b"")))),
+            Chunk::Ready(Bytes::from_static(b"e")),
+        ];
+        assert_eq!(known_len(&chunks), None);
+        let mut out = Vec::new();
+        smol::block_on(ChunkReader::new(chunks).read_to_end(&mut out)).unwrap();
+        assert_eq!(out, b"abcde");
+    }
+
+    #[test]
+    fn a_failed_chunk_is_an_error_not_a_short_success() {
+        let chunks = vec![Chunk::Ready(Bytes::from_static(b"ab")), Chunk::Later(Box::new(|| Err(io::Error::other("boom"))))];
+        let mut out = Vec::new();
+        assert!(smol::block_on(ChunkReader::new(chunks).read_to_end(&mut out)).is_err());
+    }
+}

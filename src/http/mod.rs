@@ -1,0 +1,353 @@
+//! The HTTP/1.1 API (smol + async-h1 + http-types): routes, negotiation,
+//! conditional requests and errors. See README.md for the API itself.
+
+mod body;
+pub mod negotiate;
+
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_lite::FutureExt;
+use http_types::{Method, Request, Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+use body::{Chunk, ChunkReader};
+use negotiate::Query;
+
+use crate::encode::{self, manifest, records, Encoding, Format};
+use crate::store::{CacheKey, Model, Store};
+
+/// Serving choices from the config.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// zstd level for `Content-Encoding: zstd`.
+    pub zstd_level: i32,
+    /// Largest tensor payload a JSON bundle may carry.
+    pub json_max_bytes: u64,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { zstd_level: 3, json_max_bytes: 16 << 20 }
+    }
+}
+
+/// What every request handler sees.
+pub struct State {
+    pub store: Store,
+    pub options: ServeOptions,
+}
+
+/// An error answer: status, a short message and what to do about it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    detail: String,
+    allow: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>, detail: impl Into<String>) -> ApiError {
+        ApiError { status, error: error.into(), detail: detail.into(), allow: false }
+    }
+
+    fn into_response(self) -> Response {
+        let mut r = Response::new(self.status);
+        let body = serde_json::json!({ "error": self.error, "detail": self.detail });
+        r.set_body(serde_json::to_vec(&body).unwrap_or_default());
+        r.insert_header("Content-Type", "application/json");
+        r.insert_header("Cache-Control", "no-store");
+        if self.allow {
+            r.insert_header("Allow", "GET, HEAD");
+        }
+        r
+    }
+}
+
+fn bad_request(detail: String) -> ApiError {
+    ApiError::new(StatusCode::BadRequest, "bad request", detail)
+}
+
+/// Accepts connections until the listener fails.
+pub async fn serve(listener: smol::net::TcpListener, state: Arc<State>) -> io::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        smol::spawn(async move {
+            let served = async_h1::accept(stream, |req| {
+                let state = state.clone();
+                async move { Ok(respond(&state, req).await) }
+            });
+            if let Err(e) = served.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        })
+        .detach();
+    }
+}
+
+/// Answers one request; a panic inside becomes a logged 500.
+pub async fn respond(state: &Arc<State>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method();
+    let path = req.url().path().to_string();
+    let answer = AssertUnwindSafe(route(state.clone(), req)).catch_unwind().await;
+    let response = match answer {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(panic) => {
+            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            tracing::error!(%method, %path, "handler panicked: {what}");
+            ApiError::new(StatusCode::InternalServerError, "internal error", "the server hit a bug answering this request; it is logged").into_response()
+        }
+    };
+    tracing::debug!(%method, %path, status = u16::from(response.status()), us = started.elapsed().as_micros() as u64, "request");
+    response
+}
+
+async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
+    if !matches!(req.method(), Method::Get | Method::Head) {
+        let mut e = ApiError::new(StatusCode::MethodNotAllowed, "method not allowed", format!("{} is not served; use GET or HEAD", req.method()));
+        e.allow = true;
+        return Err(e);
+    }
+    let path = req.url().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let pairs: Vec<(String, String)> = req.url().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let header = |name: &str| req.header(name).map(|v| v.as_str().to_string());
+    let ask = Ask {
+        if_none_match: header("If-None-Match"),
+        accept: header("Accept"),
+        encoding: negotiate::encoding(header("Accept-Encoding").as_deref()),
+    };
+    match segments.as_slice() {
+        ["healthz"] => {
+            negotiate::query(pairs, &[]).map_err(bad_request)?;
+            let mut r = Response::new(StatusCode::Ok);
+            r.set_body("ok\n");
+            r.insert_header("Content-Type", "text/plain");
+            r.insert_header("Cache-Control", "no-store");
+            Ok(r)
+        }
+        ["v1", "models"] => {
+            let q = negotiate::query(pairs, &["format"]).map_err(bad_request)?;
+            let format = ask.format(&q)?;
+            let body = manifest::render_listing(&manifest::listing(&state.store.entries()), format);
+            let versions: Vec<String> = state.store.entries().iter().map(|e| match e {
+                crate::store::Entry::Loaded(m) => m.version().to_string(),
+                crate::store::Entry::Failed { name, .. } => format!("failed:{name}"),
+            }).collect();
+            ask.document(&versions.join(","), "models", format, body, state.options.zstd_level)
+        }
+        ["v1", "models", model] => {
+            let q = negotiate::query(pairs, &["format", "dtype"]).map_err(bad_request)?;
+            let format = ask.format(&q)?;
+            let model = find_model(&state, model)?;
+            let m = model.clone();
+            let view = smol::unblock(move || m.view(q.dtype)).await;
+            let body = manifest::render_manifest(&manifest::manifest(&model, &view), format);
+            let key = format!("manifest|{:?}", q.dtype);
+            ask.document(model.version(), &key, format, body, state.options.zstd_level)
+        }
+        ["v1", "models", model, "weights"] => {
+            let q = negotiate::query(pairs, &["format", "dtype", "names"]).map_err(bad_request)?;
+            let model = find_model(&state, model)?;
+            let selection = select(&model, q.names.as_deref())?;
+            tensors(&state, &ask, &q, model, selection, false).await
+        }
+        ["v1", "models", model, "tensors", name @ ..] if !name.is_empty() => {
+            let q = negotiate::query(pairs, &["format", "dtype"]).map_err(bad_request)?;
+            let model = find_model(&state, model)?;
+            let name = percent_decode(&name.join("/"));
+            let index = model.position(&name).ok_or_else(|| {
+                ApiError::new(StatusCode::NotFound, "unknown tensor", format!("model '{}' has no tensor '{name}'; GET /v1/models/{} lists them", model.name, model.name))
+            })?;
+            tensors(&state, &ask, &q, model, vec![index], true).await
+        }
+        _ => Err(ApiError::new(StatusCode::NotFound, "not found", format!("no route for {path}; routes: /healthz, /v1/models, /v1/models/{{model}}, /v1/models/{{model}}/weights, /v1/models/{{model}}/tensors/{{name}}"))),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+fn find_model(state: &State, raw: &str) -> Result<Arc<Model>, ApiError> {
+    let name = percent_decode(raw);
+    if let Some(m) = state.store.get(&name) {
+        return Ok(m.clone());
+    }
+    Err(match state.store.failure(&name) {
+        Some(error) => ApiError::new(StatusCode::NotFound, "model failed to load", error.to_string()),
+        None => ApiError::new(StatusCode::NotFound, "unknown model", format!("no model '{name}'; GET /v1/models lists them")),
+    })
+}
+
+/// Indices of the named tensors (model order, no repeats), or all of them.
+fn select(model: &Model, names: Option<&[String]>) -> Result<Vec<usize>, ApiError> {
+    let Some(names) = names else { return Ok((0..model.tensors.len()).collect()) };
+    let mut picked = Vec::with_capacity(names.len());
+    for n in names {
+        let i = model.position(n).ok_or_else(|| {
+            ApiError::new(StatusCode::NotFound, "unknown tensor", format!("model '{}' has no tensor '{n}'", model.name))
+        })?;
+        picked.push(i);
+    }
+    picked.sort_unstable();
+    picked.dedup();
+    Ok(picked)
+}
+
+/// What the client's headers ask for.
+struct Ask {
+    if_none_match: Option<String>,
+    accept: Option<String>,
+    encoding: Encoding,
+}
+
+impl Ask {
+    fn format(&self, q: &Query) -> Result<Format, ApiError> {
+        negotiate::format(q.format, self.accept.as_deref()).ok_or_else(|| {
+            ApiError::new(StatusCode::NotAcceptable, "not acceptable", format!(
+                "Accept: {} matches none of: {}; or use ?format=protobuf|json",
+                self.accept.as_deref().unwrap_or(""), Format::ALL.map(|f| f.media_type()).join(", ")))
+        })
+    }
+
+    /// The strong ETag of one representation of one resource.
+    fn etag(&self, version: &str, resource: &str, format: Format) -> String {
+        let mut h = Sha256::new();
+        h.update(format!("{version}|{resource}|{}|{}", format.name(), self.encoding.name()));
+        format!("\"{}\"", &hex::encode(h.finalize())[..32])
+    }
+
+    fn not_modified(&self, etag: &str) -> bool {
+        self.if_none_match.as_deref().is_some_and(|h| {
+            h.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == etag || t == "*")
+        })
+    }
+
+    /// Headers every successful answer carries.
+    fn headers(&self, r: &mut Response, etag: &str, format: Format) {
+        r.insert_header("ETag", etag);
+        r.insert_header("Cache-Control", "no-cache");
+        r.insert_header("Vary", "Accept, Accept-Encoding");
+        r.insert_header("Content-Type", format.media_type());
+        if self.encoding == Encoding::Zstd {
+            r.insert_header("Content-Encoding", "zstd");
+        }
+    }
+
+    fn not_modified_response(&self, etag: &str, format: Format) -> Response {
+        let mut r = Response::new(StatusCode::NotModified);
+        self.headers(&mut r, etag, format);
+        r.remove_header("Content-Type");
+        r
+    }
+
+    /// A small document (manifest, listing), compressed whole if asked.
+    fn document(&self, version: &str, resource: &str, format: Format, body: Vec<u8>, level: i32) -> Result<Response, ApiError> {
+        let etag = self.etag(version, resource, format);
+        if self.not_modified(&etag) {
+            return Ok(self.not_modified_response(&etag, format));
+        }
+        let body = match self.encoding {
+            Encoding::Identity => body,
+            Encoding::Zstd => encode::zstd_frame(&body, level).map_err(internal)?,
+        };
+        let mut r = Response::new(StatusCode::Ok);
+        r.set_body(body);
+        self.headers(&mut r, &etag, format);
+        Ok(r)
+    }
+}
+
+fn internal(e: io::Error) -> ApiError {
+    tracing::error!("internal error: {e}");
+    ApiError::new(StatusCode::InternalServerError, "internal error", e.to_string())
+}
+
+/// Tensor data: a protobuf `Bundle` streamed record by record, or JSON (a
+/// bundle object, or for the tensor route (`single`) the tensor object).
+async fn tensors(state: &State, ask: &Ask, q: &Query, model: Arc<Model>, selection: Vec<usize>, single: bool) -> Result<Response, ApiError> {
+    let format = ask.format(q)?;
+    let resource = format!("tensors|{single}|{:?}|{:?}", q.dtype, selection);
+    let etag = ask.etag(model.version(), &resource, format);
+    if ask.not_modified(&etag) {
+        return Ok(ask.not_modified_response(&etag, format));
+    }
+    let m = model.clone();
+    let repr = q.dtype;
+    let view = smol::unblock(move || m.view(repr)).await;
+    let level = state.options.zstd_level;
+    let mut r = Response::new(StatusCode::Ok);
+    ask.headers(&mut r, &etag, format);
+    r.insert_header("X-Weightcast-Version", view.version.as_str());
+    match format {
+        Format::Json => {
+            let total: u64 = selection.iter().map(|&i| view.tensors[i].nbytes).sum();
+            if total > state.options.json_max_bytes {
+                return Err(ApiError::new(StatusCode::PayloadTooLarge, "too large for JSON", format!(
+                    "{total} bytes of tensor data exceed the JSON limit of {} bytes (json_max_bytes); \
+                     ask for application/x-protobuf (the default), which streams any size, or fewer tensors with ?names=",
+                    state.options.json_max_bytes)));
+            }
+                        let encoding = ask.encoding;
+            let body = smol::unblock(move || -> io::Result<Vec<u8>> {
+                let items: Vec<serde_json::Value> = selection.iter().map(|&i| {
+                    let t = &model.tensors[i];
+                    encode::json::tensor(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr))
+                }).collect();
+                let doc = if single {
+                    items.into_iter().next().unwrap_or_default()
+                } else {
+                    serde_json::json!({ "model": model.name, "version": view.version, "tensors": items })
+                };
+                let body = serde_json::to_vec(&doc).map_err(io::Error::other)?;
+                match encoding {
+                    Encoding::Identity => Ok(body),
+                    Encoding::Zstd => encode::zstd_frame(&body, level),
+                }
+            }).await.map_err(internal)?;
+            r.set_body(body);
+        }
+        Format::Protobuf => {
+            let mut chunks = Vec::new();
+            for i in selection {
+                let model = model.clone();
+                let view = view.clone();
+                match ask.encoding {
+                    Encoding::Identity if repr.is_none() => {
+                        let t = &model.tensors[i];
+                        chunks.extend(records::tensor_records(&t.name, &t.dims, &view.tensors[i], &t.data).into_iter().map(Chunk::Ready));
+                    }
+                    Encoding::Identity => chunks.push(Chunk::Later(Box::new(move || {
+                        let t = &model.tensors[i];
+                        Ok(records::tensor_records(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr)).concat().into())
+                    }))),
+                    Encoding::Zstd => {
+                        let key = CacheKey { model: model.name.clone(), version: model.version().to_string(), tensor: i, variant: format!("pb-zstd{level}-{repr:?}") };
+                        match model.cache().get(&key) {
+                            Some(hit) => chunks.push(Chunk::Ready(hit)),
+                            None => chunks.push(Chunk::Later(Box::new(move || {
+                                let t = &model.tensors[i];
+                                let record = records::tensor_records(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr)).concat();
+                                let frame = Bytes::from(encode::zstd_frame(&record, level)?);
+                                model.cache().put(key, frame.clone());
+                                Ok(frame)
+                            }))),
+                        }
+                    }
+                }
+            }
+            let len = body::known_len(&chunks);
+            r.set_body(http_types::Body::from_reader(ChunkReader::new(chunks), len));
+        }
+    }
+    Ok(r)
+}

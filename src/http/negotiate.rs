@@ -1,0 +1,147 @@
+//! Content negotiation and query parsing: which format, which encoding,
+//! which representation a request asks for.
+
+use crate::encode::cast::Target;
+use crate::encode::{Encoding, Format};
+
+/// Weight of `media` in an `Accept` header (0 = not acceptable). Exact type
+/// beats `type/*` beats `*/*`; no header accepts everything.
+fn quality(accept: &str, media: &str) -> f32 {
+    let (ty, _) = media.split_once('/').unwrap_or((media, ""));
+    let mut best: Option<(u8, f32)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let r = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.trim().parse::<f32>().ok()))
+            .next()
+            .unwrap_or(1.0);
+        let specificity = if r == media {
+            3
+        } else if r.strip_suffix("/*") == Some(ty) {
+            2
+        } else if r == "*/*" {
+            1
+        } else {
+            continue;
+        };
+        if best.is_none_or(|(s, _)| specificity > s) {
+            best = Some((specificity, q));
+        }
+    }
+    best.map_or(0.0, |(_, q)| q)
+}
+
+/// The format to answer in: `?format=` wins, then the best `Accept` match
+/// (protobuf first on ties); `None` when nothing offered is acceptable.
+pub fn format(query_format: Option<Format>, accept: Option<&str>) -> Option<Format> {
+    if let Some(f) = query_format {
+        return Some(f);
+    }
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Some(Format::Protobuf) };
+    let mut best: Option<(Format, f32)> = None;
+    for f in Format::ALL {
+        let q = quality(accept, f.media_type());
+        if q > 0.0 && best.is_none_or(|(_, bq)| q > bq) {
+            best = Some((f, q));
+        }
+    }
+    best.map(|(f, _)| f)
+}
+
+/// zstd if `Accept-Encoding` allows it, else identity.
+pub fn encoding(accept_encoding: Option<&str>) -> Encoding {
+    let Some(header) = accept_encoding else { return Encoding::Identity };
+    for coding in header.split(',') {
+        let mut parts = coding.split(';');
+        if parts.next().unwrap_or("").trim().eq_ignore_ascii_case("zstd") {
+            let q = parts.filter_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.trim().parse::<f32>().ok())).next().unwrap_or(1.0);
+            if q > 0.0 {
+                return Encoding::Zstd;
+            }
+        }
+    }
+    Encoding::Identity
+}
+
+/// The query parameters weightcast understands.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Query {
+    pub format: Option<Format>,
+    /// `None` = as stored.
+    pub dtype: Option<Target>,
+    pub names: Option<Vec<String>>,
+}
+
+/// Parses a query string, allowing only `allowed` parameters.
+pub fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, String> {
+    let mut q = Query::default();
+    for (key, value) in pairs {
+        if !allowed.contains(&key.as_str()) {
+            return Err(if allowed.is_empty() {
+                format!("unknown query parameter '{key}': this route takes none")
+            } else {
+                format!("unknown query parameter '{key}' (this route takes: {})", allowed.join(", "))
+            });
+        }
+        match key.as_str() {
+            "format" => {
+                q.format = Some(Format::from_name(&value).ok_or_else(|| {
+                    format!("format '{value}' is not one of: {}", Format::ALL.map(|f| f.name()).join(", "))
+                })?)
+            }
+            "dtype" => {
+                q.dtype = match value.as_str() {
+                    "f16" => Some(Target::F16),
+                    "bf16" => Some(Target::Bf16),
+                    "f32" | "" => None,
+                    other => return Err(format!("dtype '{other}' is not one of: f16, bf16, f32 (f32 = as stored)")),
+                }
+            }
+            "names" => {
+                let list = q.names.get_or_insert_with(Vec::new);
+                list.extend(value.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+            }
+            _ => unreachable_param(&key)?,
+        }
+    }
+    Ok(q)
+}
+
+fn unreachable_param(key: &str) -> Result<(), String> {
+    Err(format!("query parameter '{key}' is not handled"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        assert_eq!(format(None, None), Some(Format::Protobuf));
+        assert_eq!(format(None, Some("*/*")), Some(Format::Protobuf));
+        assert_eq!(format(None, Some("application/json")), Some(Format::Json));
+        assert_eq!(format(None, Some("application/x-protobuf;q=0.5, application/json")), Some(Format::Json));
+        assert_eq!(format(None, Some("application/*;q=0.2, application/json;q=0")), Some(Format::Protobuf));
+        assert_eq!(format(None, Some("text/html")), None);
+        assert_eq!(format(Some(Format::Json), Some("text/html")), Some(Format::Json));
+    }
+
+    #[test]
+    fn accept_encoding() {
+        assert_eq!(encoding(Some("gzip, zstd")), Encoding::Zstd);
+        assert_eq!(encoding(Some("zstd;q=0")), Encoding::Identity);
+        assert_eq!(encoding(Some("gzip")), Encoding::Identity);
+        assert_eq!(encoding(None), Encoding::Identity);
+    }
+
+    #[test]
+    fn query_rules() {
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let q = query(vec![p("names", "a,b"), p("names", "c/d"), p("dtype", "f16")], &["names", "dtype"]).unwrap();
+        assert_eq!(q.names.unwrap(), vec!["a", "b", "c/d"]);
+        assert_eq!(q.dtype, Some(Target::F16));
+        assert!(query(vec![p("x", "1")], &["names"]).unwrap_err().contains("unknown query parameter 'x'"));
+        assert!(query(vec![p("dtype", "f8")], &["dtype"]).unwrap_err().contains("dtype 'f8'"));
+    }
+}
