@@ -1,0 +1,167 @@
+"""HTTP behaviour: conditional GETs, ETags per representation, HEAD, every
+error status with its JSON body, awkward tensor names, broken models."""
+
+from urllib.parse import quote
+
+import pytest
+import requests
+
+
+@pytest.fixture
+def demo(serve):
+    return serve("--runtime", "none")
+
+
+def test_healthz_and_listing(demo):
+    assert demo.get("/healthz").status_code == 200
+    m = demo.get("/v1/models?format=json").json()["models"]
+    assert [x["name"] for x in m] == ["demo"]
+    assert m[0]["tensor_count"] == 13 and m[0]["total_bytes"] > 3_000_000 and len(m[0]["version"]) == 64
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/demo", "/v1/models/demo/weights",
+                                  "/v1/models/demo/tensors/mlp.0.bias"])
+def test_conditional_get(demo, path):
+    r = demo.get(path)
+    etag = r.headers["ETag"]
+    assert etag.startswith('"') and r.headers["Cache-Control"] == "no-cache"
+    again = demo.get(path, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == etag
+    other = demo.get(path, headers={"If-None-Match": '"something-else"'})
+    assert other.status_code == 200
+
+
+def test_etags_differ_per_representation(demo):
+    variants = [
+        ("/v1/models/demo/weights", {"Accept-Encoding": "identity"}),
+        ("/v1/models/demo/weights", {"Accept-Encoding": "zstd"}),
+        ("/v1/models/demo/weights?dtype=f16", {}),
+        ("/v1/models/demo/weights?dtype=bf16", {}),
+        ("/v1/models/demo/weights?format=json", {}),
+        ("/v1/models/demo/weights?names=mlp.0.bias", {}),
+        ("/v1/models/demo/tensors/mlp.0.bias", {}),
+        ("/v1/models/demo", {}),
+        ("/v1/models/demo?dtype=f16", {}),
+    ]
+    tags = [demo.get(p, headers=h).headers["ETag"] for p, h in variants]
+    assert len(set(tags)) == len(tags), tags
+    # Same representation, same tag: the name order in ?names= does not matter.
+    a = demo.get("/v1/models/demo/weights?names=mlp.0.bias,class_ids").headers["ETag"]
+    b = demo.get("/v1/models/demo/weights?names=class_ids&names=mlp.0.bias").headers["ETag"]
+    assert a == b
+    # A 304 only for the representation the tag belongs to.
+    tag = demo.get("/v1/models/demo/weights", headers={"Accept-Encoding": "identity"}).headers["ETag"]
+    assert demo.get("/v1/models/demo/weights", headers={"If-None-Match": tag, "Accept-Encoding": "zstd"}).status_code == 200
+
+
+def test_head_matches_get(demo):
+    for path in ["/v1/models/demo", "/v1/models/demo/weights", "/v1/models/demo/tensors/labels"]:
+        plain = {"Accept-Encoding": "identity"}
+        g = demo.get(path, headers=plain)
+        h = requests.head(demo.url + path, headers=plain, timeout=10)
+        assert h.status_code == 200 and h.content == b""
+        assert h.headers["ETag"] == g.headers["ETag"]
+        assert int(h.headers["Content-Length"]) == len(g.content)
+
+
+def test_zstd_and_vary(demo):
+    r = demo.get("/v1/models/demo/weights", headers={"Accept-Encoding": "gzip, zstd"})
+    assert r.headers["Content-Encoding"] == "zstd" and "Accept-Encoding" in r.headers["Vary"]
+    plain = demo.get("/v1/models/demo/weights", headers={"Accept-Encoding": "identity"})
+    assert r.content == plain.content, "requests decodes the zstd stream to the identical bundle"
+
+
+def error(r, status, *words):
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"error", "detail"}
+    for w in words:
+        assert w in body["detail"], body
+    return body
+
+
+def test_errors(demo):
+    error(demo.get("/v1/models/demo/weights?color=red"), 400, "color")
+    error(demo.get("/v1/models/demo/weights?dtype=int3"), 400, "int3")
+    error(demo.get("/v1/models/demo?format=xml"), 400, "xml")
+    error(demo.get("/healthz?x=1"), 400, "'x'")
+    error(demo.get("/v1/models/nope"), 404, "nope")
+    error(demo.get("/v1/models/demo/tensors/nope"), 404, "nope")
+    error(demo.get("/v1/models/demo/weights?names=mlp.0.bias,ghost"), 404, "ghost")
+    error(demo.get("/v2/anything"), 404, "/v1/models")
+    r = requests.post(demo.url + "/v1/models/demo", data=b"x", timeout=10)
+    error(r, 405, "POST")
+    assert r.headers["Allow"] == "GET, HEAD"
+    error(requests.delete(demo.url + "/v1/models/demo", timeout=10), 405)
+    error(demo.get("/v1/models/demo", headers={"Accept": "text/html"}), 406, "text/html")
+    assert demo.get("/v1/models/demo", headers={"Accept": "application/json"}).headers["Content-Type"] == "application/json"
+
+
+def test_malformed_requests_do_not_kill_the_server(demo):
+    import socket
+
+    host, port = demo.url.removeprefix("http://").split(":")
+    for junk in [b"GARBAGE\r\n\r\n", b"GET /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"\x00" * 100,
+                 b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n"]:
+        with socket.create_connection((host, int(port)), timeout=0.5) as s:
+            s.sendall(junk)
+            try:
+                s.recv(1024)
+            except OSError:
+                pass
+    assert demo.get("/healthz").status_code == 200
+
+
+def test_tensor_names_with_slash_and_percent(zoo, serve, pb2):
+    s = serve("--runtime", "none", zoo / "names.onnx")
+    for name in ["layer/0/weight", "100%", "a:b.c", "with space", "ünï"]:
+        r = s.get("/v1/models/names/tensors/" + quote(name, safe=""))
+        assert r.status_code == 200, name
+        assert pb2.Bundle.FromString(r.content).tensors[0].name == name
+    # A literal '/' in the path also reaches the tensor.
+    r = s.get("/v1/models/names/tensors/layer/0/weight")
+    assert pb2.Bundle.FromString(r.content).tensors[0].name == "layer/0/weight"
+
+
+def test_broken_models_fail_alone(zoo, serve):
+    d = zoo / "broken"
+    s = serve("--runtime", "none", *(d / f for f in ["good.onnx", "truncated.onnx", "wrong_len.onnx", "escape.onnx",
+                                                       "future.onnx", "garbage.onnx"]))
+    models = {m["name"]: m for m in s.get("/v1/models?format=json").json()["models"]}
+    assert "error" not in models["good"] and models["good"]["tensor_count"] == 4
+    assert "truncated" in models["truncated"]["error"] and "is the file truncated" in models["truncated"]["error"]
+    assert "short_tensor" in models["wrong_len"]["error"] and "need 24 bytes" in models["wrong_len"]["error"]
+    assert "escaping" in models["escape"]["error"] and "inside the model's folder" in models["escape"]["error"]
+    assert "future_dtype" in models["future"]["error"] and "99" in models["future"]["error"]
+    assert "not a valid ONNX model" in models["garbage"]["error"]
+    error(s.get("/v1/models/wrong_len"), 404, "short_tensor")
+    assert s.get("/v1/models/good/weights").status_code == 200
+    assert "model failed to load" in s.logs()
+
+
+def test_start_up_errors(zoo, tmp_path):
+    import subprocess
+
+    from conftest import binary
+
+    def run(*args):
+        return subprocess.run([str(binary()), "serve", "--runtime", "none", "--listen", "127.0.0.1:0", *map(str, args)],
+                              capture_output=True, text=True, timeout=30)
+
+    r = run(zoo / "mlp.onnx", zoo / "broken" / "good.onnx", zoo / "mlp.onnx")
+    assert r.returncode != 0 and "two models are named 'mlp'" in r.stderr
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("listen = '127.0.0.1:0'\nzstd_levle = 3\n")
+    r = run("--config", cfg)
+    assert r.returncode != 0 and "zstd_levle" in r.stderr
+
+
+def test_json_cap(zoo, serve, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"json_max_bytes = 1000\n[[models]]\npath = '{zoo / 'mlp.onnx'}'\n")
+    s = serve("--runtime", "none", "--config", cfg)
+    body = error(s.get("/v1/models/mlp/weights?format=json"), 413, "application/x-protobuf")
+    assert "1000" in body["detail"]
+    assert s.get("/v1/models/mlp/weights?format=json&names=b1").status_code == 200
+    assert s.get("/v1/models/mlp/weights").status_code == 200
