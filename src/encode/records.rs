@@ -23,6 +23,10 @@ const TENSOR_DATA_TAG: u8 = (2 << 3) | 2;
 
 /// The chunks of one tensor's records, in order: header, payload, header, …
 pub fn tensor_records(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorData) -> Vec<Bytes> {
+    records_in_pieces(name, dims, meta, data, PIECE)
+}
+
+fn records_in_pieces(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorData, piece: usize) -> Vec<Bytes> {
     let base = proto::Tensor {
         name: name.to_string(),
         dtype: meta.dtype as i32,
@@ -40,7 +44,7 @@ pub fn tensor_records(name: &str, dims: &[i64], meta: &TensorMeta, data: &Tensor
             let mut out = Vec::new();
             let mut offset = 0;
             loop {
-                let end = (offset + PIECE).min(b.len());
+                let end = (offset + piece).min(b.len());
                 let msg = proto::Tensor { offset: offset as u64, ..base.clone() };
                 let payload = b.slice(offset..end);
                 out.push(wrap(&msg, &payload));
@@ -96,5 +100,15 @@ mod tests {
         assert_eq!(bundle.tensors[0].total_bytes, 8);
         assert!(bundle.tensors[1].data.is_empty());
         assert_eq!(bundle.tensors[2].strings.len(), 2);
+    }
+
+    #[test]
+    fn large_tensors_go_in_pieces_with_offsets() {
+        let meta = TensorMeta { dtype: DataType::Uint8, source_dtype: None, nbytes: 7, sha256: [0; 32], overflowed: 0 };
+        let data = TensorData::Bytes(Bytes::from_static(b"abcdefg"));
+        let body = records_in_pieces("t", &[7], &meta, &data, 3).concat();
+        let bundle = proto::Bundle::decode(body.as_slice()).unwrap();
+        let pieces: Vec<(u64, &[u8], u64)> = bundle.tensors.iter().map(|t| (t.offset, &t.data[..], t.total_bytes)).collect();
+        assert_eq!(pieces, vec![(0, &b"abc"[..], 7), (3, &b"def"[..], 7), (6, &b"g"[..], 7)]);
     }
 }
