@@ -148,14 +148,18 @@ impl Model {
             return None;
         }
         let key = CacheKey { model: self.name.clone(), version: self.stored.version.clone(), tensor: index, variant: format!("cast-{target:?}") };
-        if let Some(hit) = self.cache.get(&key) {
-            let overflowed = self.cast[target as usize].get().map_or(0, |v| v.tensors[index].overflowed);
-            return Some((hit, overflowed));
-        }
-        let c = cast::cast(t.dtype, stored, target)?;
-        let bytes = Bytes::from(c.bytes);
-        self.cache.put(key, bytes.clone());
-        Some((bytes, c.overflowed))
+        let mut overflowed = None;
+        let bytes = self
+            .cache
+            .get_or_compute(key, || {
+                let c = cast::cast(t.dtype, stored, target).ok_or("not castable")?;
+                overflowed = Some(c.overflowed);
+                Ok(Bytes::from(c.bytes))
+            })
+            .ok()?;
+        // A cached cast's overflow count lives in the view computed with it.
+        let overflowed = overflowed.or_else(|| self.cast[target as usize].get().map(|v| v.tensors[index].overflowed));
+        Some((bytes, overflowed.unwrap_or(0)))
     }
 
     /// The shared cache of derived bytes (for the encoders).
@@ -342,10 +346,12 @@ pub struct CacheKey {
 }
 
 /// Derived bytes (cast tensors, compressed records), least recently used out
-/// once they exceed the byte budget.
+/// once they exceed the byte budget. A value being computed is computed once:
+/// concurrent requesters of the same key wait for it and share it.
 pub struct Cache {
     budget: u64,
     inner: Mutex<CacheInner>,
+    in_flight: Mutex<HashMap<CacheKey, Arc<OnceLock<Result<Bytes, String>>>>>,
 }
 
 #[derive(Default)]
@@ -357,7 +363,35 @@ struct CacheInner {
 
 impl Cache {
     pub fn new(budget: u64) -> Cache {
-        Cache { budget, inner: Mutex::new(CacheInner::default()) }
+        Cache { budget, inner: Mutex::new(CacheInner::default()), in_flight: Mutex::new(HashMap::new()) }
+    }
+
+    /// The cached value, or `compute`'s, computed by one caller at a time per
+    /// key (others block until it is ready; call from a blocking thread).
+    pub fn get_or_compute(&self, key: CacheKey, compute: impl FnOnce() -> Result<Bytes, String>) -> Result<Bytes, String> {
+        if let Some(hit) = self.get(&key) {
+            return Ok(hit);
+        }
+        let cell = match self.in_flight.lock() {
+            Ok(mut m) => m.entry(key.clone()).or_default().clone(),
+            Err(_) => Arc::new(OnceLock::new()),
+        };
+        let mut computed_here = false;
+        let result = cell
+            .get_or_init(|| {
+                computed_here = true;
+                compute()
+            })
+            .clone();
+        if computed_here {
+            if let Ok(bytes) = &result {
+                self.put(key.clone(), bytes.clone());
+            }
+            if let Ok(mut m) = self.in_flight.lock() {
+                m.remove(&key);
+            }
+        }
+        result
     }
 
     pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
@@ -418,6 +452,28 @@ mod tests {
         assert_eq!(c.used(), 8);
         c.put(key(4), Bytes::from(vec![0u8; 11]));
         assert!(c.get(&key(4)).is_none(), "larger than the whole budget: not kept");
+    }
+
+    #[test]
+    fn concurrent_requesters_share_one_computation() {
+        let c = Arc::new(Cache::new(1 << 20));
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, runs) = (c.clone(), runs.clone());
+                std::thread::spawn(move || {
+                    c.get_or_compute(key(9), || {
+                        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        Ok(Bytes::from_static(b"v"))
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().unwrap(), Bytes::from_static(b"v"));
+        }
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -69,3 +69,16 @@ impl Encoding {
 pub fn zstd_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     zstd::bulk::compress(data, level)
 }
+
+/// One zstd frame of several pieces, without joining them first (a record's
+/// header and its payload straight from the memory map).
+pub fn zstd_frame_of(pieces: &[bytes::Bytes], level: i32) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut encoder = zstd::stream::Encoder::new(Vec::with_capacity(total / 2 + 64), level)?;
+    encoder.set_pledged_src_size(Some(total as u64))?;
+    for p in pieces {
+        encoder.write_all(p)?;
+    }
+    encoder.finish()
+}

@@ -335,11 +335,11 @@ async fn tensors(state: &State, ask: &Ask, q: &Query, model: Arc<Model>, selecti
                         match model.cache().get(&key) {
                             Some(hit) => chunks.push(Chunk::Ready(hit)),
                             None => chunks.push(Chunk::Later(Box::new(move || {
-                                let t = &model.tensors[i];
-                                let record = records::tensor_records(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr)).concat();
-                                let frame = Bytes::from(encode::zstd_frame(&record, level)?);
-                                model.cache().put(key, frame.clone());
-                                Ok(frame)
+                                model.cache().get_or_compute(key, || {
+                                    let t = &model.tensors[i];
+                                    let record = records::tensor_records(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr));
+                                    encode::zstd_frame_of(&record, level).map(Bytes::from).map_err(|e| e.to_string())
+                                }).map_err(io::Error::other)
                             }))),
                         }
                     }

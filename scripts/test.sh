@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine too: fetches the ONNX Runtime
+# library, makes the Python test venv (pinned versions), builds, then runs
+# `cargo test` and the Python reference/interop suite (pytest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-ort.sh
+scripts/venv.sh
+cargo build --locked
+cargo test --locked
+.venv/bin/python -m pytest -q tests/python "$@"
