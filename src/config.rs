@@ -59,8 +59,10 @@ pub enum ConfigError {
 impl Config {
     /// Reads `path`; relative paths inside it become relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        let mut config = Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let mut config =
+            Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for m in &mut config.models {
             if m.path.is_relative() {

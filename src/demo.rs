@@ -9,8 +9,9 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::onnx::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType as D, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
-    ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType as D, tensor_shape_proto, type_proto, AttributeProto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
 };
 
 /// Deterministic pseudo-random floats in [-scale, scale) (xorshift).
@@ -27,7 +28,13 @@ fn floats(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 }
 
 fn raw(name: &str, dtype: D, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
-    TensorProto { name: Some(name.into()), data_type: Some(dtype as i32), dims: dims.to_vec(), raw_data: Some(Bytes::from(bytes)), ..Default::default() }
+    TensorProto {
+        name: Some(name.into()),
+        data_type: Some(dtype as i32),
+        dims: dims.to_vec(),
+        raw_data: Some(Bytes::from(bytes)),
+        ..Default::default()
+    }
 }
 
 fn f32_tensor(name: &str, dims: &[i64], seed: u64) -> TensorProto {
@@ -40,14 +47,21 @@ fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(if d < 0 { tensor_shape_proto::dimension::Value::DimParam("batch".into()) } else { tensor_shape_proto::dimension::Value::DimValue(d) }),
+            value: Some(if d < 0 {
+                tensor_shape_proto::dimension::Value::DimParam("batch".into())
+            } else {
+                tensor_shape_proto::dimension::Value::DimValue(d)
+            }),
             ..Default::default()
         })
         .collect();
     ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(D::Float as i32), shape: Some(TensorShapeProto { dim }) })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(D::Float as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -71,7 +85,12 @@ pub fn model_bytes() -> Vec<u8> {
     scale.attribute.push(AttributeProto {
         name: Some("value".into()),
         r#type: Some(AttributeType::Tensor as i32),
-        t: Some(TensorProto { name: Some("output_scale".into()), data_type: Some(D::Float as i32), float_data: vec![0.5], ..Default::default() }),
+        t: Some(TensorProto {
+            name: Some("output_scale".into()),
+            data_type: Some(D::Float as i32),
+            float_data: vec![0.5],
+            ..Default::default()
+        }),
         ..Default::default()
     });
     let initializer = vec![
@@ -82,9 +101,25 @@ pub fn model_bytes() -> Vec<u8> {
         f32_tensor("mlp.4.weight", &[h2, o], 5),
         f32_tensor("mlp.4.bias", &[o], 6),
         // Side tensors: not used by the graph, there to show other dtypes.
-        raw("embedding.fp16", D::Float16, &[64, 32], floats(7, 64 * 32, 1.0).iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
-        raw("embedding.bf16", D::Bfloat16, &[64, 32], floats(8, 64 * 32, 1.0).iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
-        TensorProto { name: Some("class_ids".into()), data_type: Some(D::Int64 as i32), dims: vec![o], int64_data: (0..o).collect(), ..Default::default() },
+        raw(
+            "embedding.fp16",
+            D::Float16,
+            &[64, 32],
+            floats(7, 64 * 32, 1.0).iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        ),
+        raw(
+            "embedding.bf16",
+            D::Bfloat16,
+            &[64, 32],
+            floats(8, 64 * 32, 1.0).iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        ),
+        TensorProto {
+            name: Some("class_ids".into()),
+            data_type: Some(D::Int64 as i32),
+            dims: vec![o],
+            int64_data: (0..o).collect(),
+            ..Default::default()
+        },
         raw("lookup.u8", D::Uint8, &[256], (0..=255u8).collect()),
         raw("mask.bool", D::Bool, &[o], (0..o).map(|k| (k % 2) as u8).collect()),
         TensorProto {
@@ -119,7 +154,10 @@ pub fn model_bytes() -> Vec<u8> {
         producer_name: Some("weightcast".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
-        metadata_props: vec![StringStringEntryProto { key: Some("description".into()), value: Some("weightcast built-in demo MLP".into()) }],
+        metadata_props: vec![StringStringEntryProto {
+            key: Some("description".into()),
+            value: Some("weightcast built-in demo MLP".into()),
+        }],
         graph: Some(graph),
         ..Default::default()
     }

@@ -6,10 +6,10 @@
 //! on the wire, and [`http`] answers requests. [`config`] is the TOML file and
 //! [`demo`] the built-in demo model.
 
+pub mod config;
+pub mod demo;
+pub mod encode;
+pub mod http;
 pub mod onnx;
 pub mod runtime;
 pub mod store;
-pub mod encode;
-pub mod http;
-pub mod config;
-pub mod demo;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use weightcast::config::Config;
+use weightcast::demo;
 use weightcast::http::{self, ServeOptions};
 use weightcast::onnx::OnnxModel;
 use weightcast::runtime::{self, LibrarySearch, Runtime};
 use weightcast::store::{self, Cache, Store};
-use weightcast::demo;
 
 #[derive(Parser)]
 #[command(name = "weightcast", version, about = "Serve an ONNX model's weights over HTTP")]
@@ -43,9 +43,7 @@ enum Command {
         models: Vec<PathBuf>,
     },
     /// Print a model's tensors: name, dtype, shape, bytes, storage.
-    Inspect {
-        model: PathBuf,
-    },
+    Inspect { model: PathBuf },
     /// Write the built-in demo model to a file.
     Demo {
         /// Where to write it.
@@ -56,7 +54,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = if cli.verbose { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},async_io=warn,polling=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},async_io=warn,polling=warn")));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Serve { config, listen, runtime, ort_lib, models } => serve(config, listen, runtime, ort_lib, models),
@@ -72,7 +71,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>, listen: Option<String>, engine: Option<String>, ort_lib: Option<PathBuf>, models: Vec<PathBuf>) -> Result<(), String> {
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    engine: Option<String>,
+    ort_lib: Option<PathBuf>,
+    models: Vec<PathBuf>,
+) -> Result<(), String> {
     let mut cfg = match &config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
@@ -83,7 +88,8 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, engine: Option<String>
     if let Some(e) = engine {
         cfg.runtime.engine = if e == "none" { runtime::Engine::None } else { runtime::Engine::Ort };
     }
-    let mut named: Vec<(Option<String>, PathBuf)> = cfg.models.iter().map(|m| (m.name.clone(), m.path.clone())).collect();
+    let mut named: Vec<(Option<String>, PathBuf)> =
+        cfg.models.iter().map(|m| (m.name.clone(), m.path.clone())).collect();
     named.extend(models.into_iter().map(|p| (None, p)));
     if named.is_empty() {
         let path = demo::default_path();
@@ -96,15 +102,21 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, engine: Option<String>
     let engine = match cfg.runtime.engine {
         runtime::Engine::None => store::Engine::None,
         runtime::Engine::Ort => {
-            rt = Runtime::load(&LibrarySearch { flag: ort_lib, config: cfg.runtime.ort_lib.clone() }).map_err(|e| e.to_string())?;
+            rt = Runtime::load(&LibrarySearch { flag: ort_lib, config: cfg.runtime.ort_lib.clone() })
+                .map_err(|e| e.to_string())?;
             store::Engine::Ort(rt, &cfg.runtime)
         }
     };
     let cache = Arc::new(Cache::new(cfg.cache_bytes));
     let store = Store::load(&specs, &engine, cache);
-    let state = Arc::new(http::State { store, options: ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes } });
+    let state = Arc::new(http::State {
+        store,
+        options: ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes },
+    });
     smol::block_on(async {
-        let listener = smol::net::TcpListener::bind(cfg.listen.as_str()).await.map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let listener = smol::net::TcpListener::bind(cfg.listen.as_str())
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         // On stdout, for scripts and tests that start us on port 0.
         println!("weightcast listening on http://{addr}");
@@ -116,11 +128,12 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, engine: Option<String>
 fn inspect(path: &std::path::Path) -> Result<(), String> {
     let model = OnnxModel::open(path).map_err(|e| e.to_string())?;
     let width = model.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    println!("{:<width$}  {:<14}  {:<20}  {:>12}  {}", "name", "dtype", "shape", "bytes", "storage");
+    println!("{:<width$}  {:<14}  {:<20}  {:>12}  storage", "name", "dtype", "shape", "bytes");
     let mut total = 0;
     for t in &model.tensors {
         let shape = format!("{:?}", t.dims);
-        let storage = if t.constant { format!("{} (Constant)", t.storage.name()) } else { t.storage.name().to_string() };
+        let storage =
+            if t.constant { format!("{} (Constant)", t.storage.name()) } else { t.storage.name().to_string() };
         println!("{:<width$}  {:<14}  {:<20}  {:>12}  {}", t.name, t.dtype.name(), shape, t.nbytes(), storage);
         total += t.nbytes();
     }

@@ -100,7 +100,14 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { engine: Engine::Ort, ort_lib: None, providers: vec![Provider::Cpu], warmup: false, cuda: Default::default(), tensorrt: Default::default() }
+        SessionOptions {
+            engine: Engine::Ort,
+            ort_lib: None,
+            providers: vec![Provider::Cpu],
+            warmup: false,
+            cuda: Default::default(),
+            tensorrt: Default::default(),
+        }
     }
 }
 
@@ -128,12 +135,15 @@ pub fn find_library(search: &LibrarySearch) -> Result<PathBuf, RuntimeError> {
     if let Some(p) = &search.config {
         candidates.push(("config ort_lib".into(), p.clone()));
     }
-    for (what, path) in &candidates {
+    // The first explicit choice wins; a wrong one is an error, not a reason to guess.
+    if let Some((what, path)) = candidates.first() {
         if path.is_file() {
             return Ok(path.clone());
         }
-        // An explicit choice that is wrong is an error, not a reason to guess.
-        return Err(RuntimeError::Load { path: path.clone(), message: format!("{what} names a file that does not exist") });
+        return Err(RuntimeError::Load {
+            path: path.clone(),
+            message: format!("{what} names a file that does not exist"),
+        });
     }
     let local = Path::new(".ort").join(std::env::consts::ARCH).join("libonnxruntime.so");
     let mut roots: Vec<PathBuf> = Vec::new();
@@ -167,7 +177,8 @@ fn python_onnxruntime() -> Option<PathBuf> {
         .output()
         .ok()?;
     let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-    let mut libs: Vec<PathBuf> = std::fs::read_dir(dir).ok()?
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
         .collect();
@@ -283,11 +294,9 @@ pub(crate) fn tensorrt_provider(o: &TensorrtOptions) -> ep::TensorRT {
 
 fn value_info(name: &str, t: &ValueType) -> ValueInfo {
     match t {
-        ValueType::Tensor { ty, shape, .. } => ValueInfo {
-            name: name.to_string(),
-            dtype: element_name(*ty),
-            dims: shape.iter().copied().collect(),
-        },
+        ValueType::Tensor { ty, shape, .. } => {
+            ValueInfo { name: name.to_string(), dtype: element_name(*ty), dims: shape.iter().copied().collect() }
+        }
         other => ValueInfo { name: name.to_string(), dtype: format!("{other:?}"), dims: Vec::new() },
     }
 }
@@ -321,7 +330,8 @@ impl OpenSession {
                 return Err(RuntimeError::Warmup(format!("input '{}' is not a tensor", input.name())));
             };
             let dims: Vec<i64> = shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
-            let value = zeros(*ty, &dims).map_err(|e| RuntimeError::Warmup(format!("input '{}': {e}", input.name())))?;
+            let value =
+                zeros(*ty, &dims).map_err(|e| RuntimeError::Warmup(format!("input '{}': {e}", input.name())))?;
             inputs.push((input.name().to_string(), value));
         }
         session.run(inputs).map_err(|e| RuntimeError::Warmup(e.to_string()))?;
@@ -332,7 +342,9 @@ impl OpenSession {
 }
 
 fn zeros(ty: TensorElementType, dims: &[i64]) -> Result<ort::value::DynValue, std::string::String> {
-    fn make<T: Clone + Default + ort::value::PrimitiveTensorElementType + std::fmt::Debug + 'static>(dims: &[i64]) -> Result<ort::value::DynValue, std::string::String> {
+    fn make<T: Clone + Default + ort::value::PrimitiveTensorElementType + std::fmt::Debug + 'static>(
+        dims: &[i64],
+    ) -> Result<ort::value::DynValue, std::string::String> {
         let n: i64 = dims.iter().product();
         let shape: Vec<i64> = dims.to_vec();
         Tensor::<T>::from_array((shape, vec![T::default(); n.max(0) as usize]))

@@ -147,7 +147,12 @@ impl Model {
         if !cast::applies(t.dtype) {
             return None;
         }
-        let key = CacheKey { model: self.name.clone(), version: self.stored.version.clone(), tensor: index, variant: format!("cast-{target:?}") };
+        let key = CacheKey {
+            model: self.name.clone(),
+            version: self.stored.version.clone(),
+            tensor: index,
+            variant: format!("cast-{target:?}"),
+        };
         let mut overflowed = None;
         let bytes = self
             .cache
@@ -170,7 +175,8 @@ impl Model {
 
 impl View {
     fn new(tensors: &[Tensor], metas: Vec<TensorMeta>) -> View {
-        let version = version(tensors.iter().zip(&metas).map(|(t, m)| (t.name.as_str(), m.dtype, t.dims.as_slice(), &m.sha256)));
+        let version =
+            version(tensors.iter().zip(&metas).map(|(t, m)| (t.name.as_str(), m.dtype, t.dims.as_slice(), &m.sha256)));
         View { tensors: metas, version }
     }
 }
@@ -214,9 +220,19 @@ pub enum Engine<'a> {
 pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Model, LoadError> {
     let onnx = OnnxModel::open(&spec.path).map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
     let (session, runtime) = match engine {
-        Engine::None => (None, RuntimeInfo { engine: "none", inputs: onnx.info.inputs.clone(), outputs: onnx.info.outputs.clone(), ..Default::default() }),
+        Engine::None => (
+            None,
+            RuntimeInfo {
+                engine: "none",
+                inputs: onnx.info.inputs.clone(),
+                outputs: onnx.info.outputs.clone(),
+                ..Default::default()
+            },
+        ),
         Engine::Ort(rt, options) => {
-            let s = rt.open(&spec.path, options).map_err(|source| LoadError::Runtime { model: spec.name.clone(), source })?;
+            let s = rt
+                .open(&spec.path, options)
+                .map_err(|source| LoadError::Runtime { model: spec.name.clone(), source })?;
             let info = RuntimeInfo {
                 engine: "ort",
                 requested: s.requested.iter().map(|p| p.name().to_string()).collect(),
@@ -262,7 +278,13 @@ fn digests(tensors: &[Tensor]) -> Vec<TensorMeta> {
     tensors
         .iter()
         .zip(out)
-        .map(|(t, d)| TensorMeta { dtype: t.dtype, source_dtype: None, nbytes: t.nbytes(), sha256: d.unwrap_or_else(|| digest(&t.data)), overflowed: 0 })
+        .map(|(t, d)| TensorMeta {
+            dtype: t.dtype,
+            source_dtype: None,
+            nbytes: t.nbytes(),
+            sha256: d.unwrap_or_else(|| digest(&t.data)),
+            overflowed: 0,
+        })
         .collect()
 }
 
@@ -345,13 +367,16 @@ pub struct CacheKey {
     pub variant: String,
 }
 
+/// A value being computed: the first requester fills it, others wait on it.
+type InFlight = OnceLock<Result<Bytes, String>>;
+
 /// Derived bytes (cast tensors, compressed records), least recently used out
 /// once they exceed the byte budget. A value being computed is computed once:
 /// concurrent requesters of the same key wait for it and share it.
 pub struct Cache {
     budget: u64,
     inner: Mutex<CacheInner>,
-    in_flight: Mutex<HashMap<CacheKey, Arc<OnceLock<Result<Bytes, String>>>>>,
+    in_flight: Mutex<HashMap<CacheKey, Arc<InFlight>>>,
 }
 
 #[derive(Default)]
@@ -368,7 +393,11 @@ impl Cache {
 
     /// The cached value, or `compute`'s, computed by one caller at a time per
     /// key (others block until it is ready; call from a blocking thread).
-    pub fn get_or_compute(&self, key: CacheKey, compute: impl FnOnce() -> Result<Bytes, String>) -> Result<Bytes, String> {
+    pub fn get_or_compute(
+        &self,
+        key: CacheKey,
+        compute: impl FnOnce() -> Result<Bytes, String>,
+    ) -> Result<Bytes, String> {
         if let Some(hit) = self.get(&key) {
             return Ok(hit);
         }
@@ -418,7 +447,9 @@ impl Cache {
         }
         inner.used += size;
         while inner.used > self.budget {
-            let Some(oldest) = inner.map.iter().min_by_key(|(_, (_, last))| *last).map(|(k, _)| k.clone()) else { break };
+            let Some(oldest) = inner.map.iter().min_by_key(|(_, (_, last))| *last).map(|(k, _)| k.clone()) else {
+                break;
+            };
             if let Some((b, _)) = inner.map.remove(&oldest) {
                 inner.used -= b.len() as u64;
             }
@@ -430,7 +461,6 @@ impl Cache {
         self.inner.lock().map_or(0, |i| i.used)
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -480,7 +510,9 @@ mod tests {
     fn names_and_duplicates() {
         let s = specs(&[(None, "a/m.onnx".into()), (Some("n".into()), "b/m.onnx".into())]).unwrap();
         assert_eq!(s[0].name, "m");
-        assert!(specs(&[(None, "a/m.onnx".into()), (None, "b/m.onnx".into())]).unwrap_err().contains("two models are named 'm'"));
+        assert!(specs(&[(None, "a/m.onnx".into()), (None, "b/m.onnx".into())])
+            .unwrap_err()
+            .contains("two models are named 'm'"));
         assert!(specs(&[(Some("a b".into()), "x.onnx".into())]).is_err());
     }
 }

@@ -53,8 +53,22 @@ pub fn cast(dtype: DataType, data: &[u8], target: Target) -> Option<Cast> {
                     *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
                 }
                 overflowed += match target {
-                    Target::F16 => emit(&src[..n], &mut bytes, |s, d: &mut [f16]| d.convert_from_f32_slice(s), |x| x.is_finite(), f16::is_infinite, f16::to_le_bytes),
-                    Target::Bf16 => emit(&src[..n], &mut bytes, |s, d: &mut [bf16]| d.convert_from_f32_slice(s), |x| x.is_finite(), bf16::is_infinite, bf16::to_le_bytes),
+                    Target::F16 => emit(
+                        &src[..n],
+                        &mut bytes,
+                        |s, d: &mut [f16]| d.convert_from_f32_slice(s),
+                        |x| x.is_finite(),
+                        f16::is_infinite,
+                        f16::to_le_bytes,
+                    ),
+                    Target::Bf16 => emit(
+                        &src[..n],
+                        &mut bytes,
+                        |s, d: &mut [bf16]| d.convert_from_f32_slice(s),
+                        |x| x.is_finite(),
+                        bf16::is_infinite,
+                        bf16::to_le_bytes,
+                    ),
                 };
             }
         }
@@ -66,8 +80,22 @@ pub fn cast(dtype: DataType, data: &[u8], target: Target) -> Option<Cast> {
                     *d = f64::from_le_bytes(s.try_into().unwrap_or_default());
                 }
                 overflowed += match target {
-                    Target::F16 => emit(&src[..n], &mut bytes, |s, d: &mut [f16]| d.convert_from_f64_slice(s), |x| x.is_finite(), f16::is_infinite, f16::to_le_bytes),
-                    Target::Bf16 => emit(&src[..n], &mut bytes, |s, d: &mut [bf16]| d.convert_from_f64_slice(s), |x| x.is_finite(), bf16::is_infinite, bf16::to_le_bytes),
+                    Target::F16 => emit(
+                        &src[..n],
+                        &mut bytes,
+                        |s, d: &mut [f16]| d.convert_from_f64_slice(s),
+                        |x| x.is_finite(),
+                        f16::is_infinite,
+                        f16::to_le_bytes,
+                    ),
+                    Target::Bf16 => emit(
+                        &src[..n],
+                        &mut bytes,
+                        |s, d: &mut [bf16]| d.convert_from_f64_slice(s),
+                        |x| x.is_finite(),
+                        bf16::is_infinite,
+                        bf16::to_le_bytes,
+                    ),
                 };
             }
         }
@@ -107,7 +135,8 @@ mod tests {
     #[test]
     fn f16_rounds_to_nearest_even_and_counts_overflow() {
         // 1 + 2^-11 is halfway between two f16 values: ties to even (1.0).
-        let c = cast(DataType::Float, &f32s(&[1.0 + 2f32.powi(-11), 70000.0, f32::INFINITY, f32::NAN]), Target::F16).unwrap();
+        let c = cast(DataType::Float, &f32s(&[1.0 + 2f32.powi(-11), 70000.0, f32::INFINITY, f32::NAN]), Target::F16)
+            .unwrap();
         let h: Vec<f16> = c.bytes.chunks(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
         assert_eq!(h[0], f16::ONE);
         assert!(h[1].is_infinite() && h[2].is_infinite() && h[3].is_nan());

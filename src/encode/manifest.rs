@@ -12,7 +12,11 @@ use crate::store::{Entry, Model, View};
 pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
     let rt = &model.runtime;
     let info = &model.info;
-    let value_info = |v: &crate::onnx::ValueInfo| proto::ValueInfo { name: v.name.clone(), dtype: v.dtype.clone(), dims: v.dims.clone() };
+    let value_info = |v: &crate::onnx::ValueInfo| proto::ValueInfo {
+        name: v.name.clone(),
+        dtype: v.dtype.clone(),
+        dims: v.dims.clone(),
+    };
     proto::Manifest {
         model: model.name.clone(),
         version: view.version.clone(),
@@ -24,7 +28,11 @@ pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
             outputs: rt.outputs.iter().map(value_info).collect(),
             producer_name: info.producer_name.clone(),
             producer_version: info.producer_version.clone(),
-            opset_imports: info.opset_imports.iter().map(|(d, v)| proto::OpsetImport { domain: d.clone(), version: *v }).collect(),
+            opset_imports: info
+                .opset_imports
+                .iter()
+                .map(|(d, v)| proto::OpsetImport { domain: d.clone(), version: *v })
+                .collect(),
             metadata: info.metadata.iter().cloned().collect(),
             ir_version: info.ir_version,
             warmed_up: rt.warmed_up,
@@ -61,7 +69,9 @@ pub fn listing(entries: &[Entry]) -> proto::ModelList {
                     total_bytes: m.total_bytes(),
                     error: String::new(),
                 },
-                Entry::Failed { name, error } => proto::ModelSummary { name: name.to_string(), error: error.to_string(), ..Default::default() },
+                Entry::Failed { name, error } => {
+                    proto::ModelSummary { name: name.to_string(), error: error.to_string(), ..Default::default() }
+                }
             })
             .collect(),
     }
@@ -87,7 +97,8 @@ fn manifest_json(m: &proto::Manifest) -> Value {
             o
         })
         .collect();
-    let metadata: serde_json::Map<String, Value> = rt.metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
+    let metadata: serde_json::Map<String, Value> =
+        rt.metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
     json!({
         "model": m.model,
         "version": m.version,

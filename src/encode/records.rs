@@ -65,7 +65,8 @@ fn records_in_pieces(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorD
 /// bytes (the payload itself is not included).
 fn wrap(msg: &proto::Tensor, payload: &[u8]) -> Bytes {
     let fields = msg.encoded_len();
-    let data_field = if payload.is_empty() { 0 } else { 1 + prost::length_delimiter_len(payload.len()) + payload.len() };
+    let data_field =
+        if payload.is_empty() { 0 } else { 1 + prost::length_delimiter_len(payload.len()) + payload.len() };
     let inner = fields + data_field;
     let mut out = Vec::with_capacity(1 + prost::length_delimiter_len(inner) + fields + 6);
     out.push(BUNDLE_TENSORS_TAG);
@@ -91,7 +92,15 @@ mod tests {
         let empty = TensorMeta { nbytes: 0, ..meta.clone() };
         body.extend(tensor_records("z", &[0], &empty, &TensorData::Bytes(Bytes::new())).concat());
         let strings = TensorMeta { dtype: DataType::String, nbytes: 2, ..meta };
-        body.extend(tensor_records("s", &[2], &strings, &TensorData::Strings(vec![Bytes::from_static(b"x"), Bytes::from_static(b"y")])).concat());
+        body.extend(
+            tensor_records(
+                "s",
+                &[2],
+                &strings,
+                &TensorData::Strings(vec![Bytes::from_static(b"x"), Bytes::from_static(b"y")]),
+            )
+            .concat(),
+        );
         let bundle = proto::Bundle::decode(body.as_slice()).unwrap();
         assert_eq!(bundle.tensors.len(), 3);
         assert_eq!(bundle.tensors[0].name, "a/b");
@@ -108,7 +117,8 @@ mod tests {
         let data = TensorData::Bytes(Bytes::from_static(b"abcdefg"));
         let body = records_in_pieces("t", &[7], &meta, &data, 3).concat();
         let bundle = proto::Bundle::decode(body.as_slice()).unwrap();
-        let pieces: Vec<(u64, &[u8], u64)> = bundle.tensors.iter().map(|t| (t.offset, &t.data[..], t.total_bytes)).collect();
+        let pieces: Vec<(u64, &[u8], u64)> =
+            bundle.tensors.iter().map(|t| (t.offset, &t.data[..], t.total_bytes)).collect();
         assert_eq!(pieces, vec![(0, &b"abc"[..], 7), (3, &b"def"[..], 7), (6, &b"g"[..], 7)]);
     }
 }

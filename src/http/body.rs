@@ -29,7 +29,13 @@ enum Slot {
 
 /// The body's length, if every chunk is ready.
 pub fn known_len(chunks: &[Chunk]) -> Option<usize> {
-    chunks.iter().map(|c| match c { Chunk::Ready(b) => Some(b.len()), Chunk::Later(_) => None }).sum()
+    chunks
+        .iter()
+        .map(|c| match c {
+            Chunk::Ready(b) => Some(b.len()),
+            Chunk::Later(_) => None,
+        })
+        .sum()
 }
 
 /// Streams chunks in order.
@@ -40,7 +46,13 @@ pub struct ChunkReader {
 
 impl ChunkReader {
     pub fn new(chunks: Vec<Chunk>) -> ChunkReader {
-        let queue = chunks.into_iter().map(|c| match c { Chunk::Ready(b) => Slot::Ready(b), Chunk::Later(f) => Slot::Later(f) }).collect();
+        let queue = chunks
+            .into_iter()
+            .map(|c| match c {
+                Chunk::Ready(b) => Slot::Ready(b),
+                Chunk::Later(f) => Slot::Later(f),
+            })
+            .collect();
         ChunkReader { queue, current: Bytes::new() }
     }
 
@@ -140,7 +152,8 @@ mod tests {
 
     #[test]
     fn a_failed_chunk_is_an_error_not_a_short_success() {
-        let chunks = vec![Chunk::Ready(Bytes::from_static(b"ab")), Chunk::Later(Box::new(|| Err(io::Error::other("boom"))))];
+        let chunks =
+            vec![Chunk::Ready(Bytes::from_static(b"ab")), Chunk::Later(Box::new(|| Err(io::Error::other("boom"))))];
         let mut out = Vec::new();
         assert!(smol::block_on(ChunkReader::new(chunks).read_to_end(&mut out)).is_err());
     }

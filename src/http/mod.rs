@@ -101,9 +101,18 @@ pub async fn respond(state: &Arc<State>, req: Request) -> Response {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => e.into_response(),
         Err(panic) => {
-            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
             tracing::error!(%method, %path, "handler panicked: {what}");
-            ApiError::new(StatusCode::InternalServerError, "internal error", "the server hit a bug answering this request; it is logged").into_response()
+            ApiError::new(
+                StatusCode::InternalServerError,
+                "internal error",
+                "the server hit a bug answering this request; it is logged",
+            )
+            .into_response()
         }
     };
     tracing::debug!(%method, %path, status = u16::from(response.status()), us = started.elapsed().as_micros() as u64, "request");
@@ -112,7 +121,11 @@ pub async fn respond(state: &Arc<State>, req: Request) -> Response {
 
 async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
     if !matches!(req.method(), Method::Get | Method::Head) {
-        let mut e = ApiError::new(StatusCode::MethodNotAllowed, "method not allowed", format!("{} is not served; use GET or HEAD", req.method()));
+        let mut e = ApiError::new(
+            StatusCode::MethodNotAllowed,
+            "method not allowed",
+            format!("{} is not served; use GET or HEAD", req.method()),
+        );
         e.allow = true;
         return Err(e);
     }
@@ -184,7 +197,11 @@ fn find_model(state: &State, raw: &str) -> Result<Arc<Model>, ApiError> {
     }
     Err(match state.store.failure(&name) {
         Some(error) => ApiError::new(StatusCode::NotFound, "model failed to load", error.to_string()),
-        None => ApiError::new(StatusCode::NotFound, "unknown model", format!("no model '{name}'; GET /v1/models lists them")),
+        None => ApiError::new(
+            StatusCode::NotFound,
+            "unknown model",
+            format!("no model '{name}'; GET /v1/models lists them"),
+        ),
     })
 }
 
@@ -213,9 +230,15 @@ struct Ask {
 impl Ask {
     fn format(&self, q: &Query) -> Result<Format, ApiError> {
         negotiate::format(q.format, self.accept.as_deref()).ok_or_else(|| {
-            ApiError::new(StatusCode::NotAcceptable, "not acceptable", format!(
-                "Accept: {} matches none of: {}; or use ?format=protobuf|json",
-                self.accept.as_deref().unwrap_or(""), Format::ALL.map(|f| f.media_type()).join(", ")))
+            ApiError::new(
+                StatusCode::NotAcceptable,
+                "not acceptable",
+                format!(
+                    "Accept: {} matches none of: {}; or use ?format=protobuf|json",
+                    self.accept.as_deref().unwrap_or(""),
+                    Format::ALL.map(|f| f.media_type()).join(", ")
+                ),
+            )
         })
     }
 
@@ -227,9 +250,9 @@ impl Ask {
     }
 
     fn not_modified(&self, etag: &str) -> bool {
-        self.if_none_match.as_deref().is_some_and(|h| {
-            h.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == etag || t == "*")
-        })
+        self.if_none_match
+            .as_deref()
+            .is_some_and(|h| h.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == etag || t == "*"))
     }
 
     /// Headers every successful answer carries.
@@ -251,7 +274,14 @@ impl Ask {
     }
 
     /// A small document (manifest, listing), compressed whole if asked.
-    fn document(&self, version: &str, resource: &str, format: Format, body: Vec<u8>, level: i32) -> Result<Response, ApiError> {
+    fn document(
+        &self,
+        version: &str,
+        resource: &str,
+        format: Format,
+        body: Vec<u8>,
+        level: i32,
+    ) -> Result<Response, ApiError> {
         let etag = self.etag(version, resource, format);
         if self.not_modified(&etag) {
             return Ok(self.not_modified_response(&etag, format));
@@ -274,7 +304,14 @@ fn internal(e: io::Error) -> ApiError {
 
 /// Tensor data: a protobuf `Bundle` streamed record by record, or JSON (a
 /// bundle object, or for the tensor route (`single`) the tensor object).
-async fn tensors(state: &State, ask: &Ask, q: &Query, model: Arc<Model>, selection: Vec<usize>, single: bool) -> Result<Response, ApiError> {
+async fn tensors(
+    state: &State,
+    ask: &Ask,
+    q: &Query,
+    model: Arc<Model>,
+    selection: Vec<usize>,
+    single: bool,
+) -> Result<Response, ApiError> {
     let format = ask.format(q)?;
     let resource = format!("tensors|{single}|{:?}|{:?}", q.dtype, selection);
     let etag = ask.etag(model.version(), &resource, format);
@@ -297,12 +334,15 @@ async fn tensors(state: &State, ask: &Ask, q: &Query, model: Arc<Model>, selecti
                      ask for application/x-protobuf (the default), which streams any size, or fewer tensors with ?names=",
                     state.options.json_max_bytes)));
             }
-                        let encoding = ask.encoding;
+            let encoding = ask.encoding;
             let body = smol::unblock(move || -> io::Result<Vec<u8>> {
-                let items: Vec<serde_json::Value> = selection.iter().map(|&i| {
-                    let t = &model.tensors[i];
-                    encode::json::tensor(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr))
-                }).collect();
+                let items: Vec<serde_json::Value> = selection
+                    .iter()
+                    .map(|&i| {
+                        let t = &model.tensors[i];
+                        encode::json::tensor(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr))
+                    })
+                    .collect();
                 let doc = if single {
                     items.into_iter().next().unwrap_or_default()
                 } else {
@@ -313,7 +353,9 @@ async fn tensors(state: &State, ask: &Ask, q: &Query, model: Arc<Model>, selecti
                     Encoding::Identity => Ok(body),
                     Encoding::Zstd => encode::zstd_frame(&body, level),
                 }
-            }).await.map_err(internal)?;
+            })
+            .await
+            .map_err(internal)?;
             r.set_body(body);
         }
         Format::Protobuf => {
@@ -324,22 +366,43 @@ async fn tensors(state: &State, ask: &Ask, q: &Query, model: Arc<Model>, selecti
                 match ask.encoding {
                     Encoding::Identity if repr.is_none() => {
                         let t = &model.tensors[i];
-                        chunks.extend(records::tensor_records(&t.name, &t.dims, &view.tensors[i], &t.data).into_iter().map(Chunk::Ready));
+                        chunks.extend(
+                            records::tensor_records(&t.name, &t.dims, &view.tensors[i], &t.data)
+                                .into_iter()
+                                .map(Chunk::Ready),
+                        );
                     }
                     Encoding::Identity => chunks.push(Chunk::Later(Box::new(move || {
                         let t = &model.tensors[i];
-                        Ok(records::tensor_records(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr)).concat().into())
+                        Ok(records::tensor_records(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr))
+                            .concat()
+                            .into())
                     }))),
                     Encoding::Zstd => {
-                        let key = CacheKey { model: model.name.clone(), version: model.version().to_string(), tensor: i, variant: format!("pb-zstd{level}-{repr:?}") };
+                        let key = CacheKey {
+                            model: model.name.clone(),
+                            version: model.version().to_string(),
+                            tensor: i,
+                            variant: format!("pb-zstd{level}-{repr:?}"),
+                        };
                         match model.cache().get(&key) {
                             Some(hit) => chunks.push(Chunk::Ready(hit)),
                             None => chunks.push(Chunk::Later(Box::new(move || {
-                                model.cache().get_or_compute(key, || {
-                                    let t = &model.tensors[i];
-                                    let record = records::tensor_records(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr));
-                                    encode::zstd_frame_of(&record, level).map(Bytes::from).map_err(|e| e.to_string())
-                                }).map_err(io::Error::other)
+                                model
+                                    .cache()
+                                    .get_or_compute(key, || {
+                                        let t = &model.tensors[i];
+                                        let record = records::tensor_records(
+                                            &t.name,
+                                            &t.dims,
+                                            &view.tensors[i],
+                                            &model.data(i, repr),
+                                        );
+                                        encode::zstd_frame_of(&record, level)
+                                            .map(Bytes::from)
+                                            .map_err(|e| e.to_string())
+                                    })
+                                    .map_err(io::Error::other)
                             }))),
                         }
                     }

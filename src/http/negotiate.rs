@@ -55,7 +55,10 @@ pub fn encoding(accept_encoding: Option<&str>) -> Encoding {
     for coding in header.split(',') {
         let mut parts = coding.split(';');
         if parts.next().unwrap_or("").trim().eq_ignore_ascii_case("zstd") {
-            let q = parts.filter_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.trim().parse::<f32>().ok())).next().unwrap_or(1.0);
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.trim().parse::<f32>().ok()))
+                .next()
+                .unwrap_or(1.0);
             if q > 0.0 {
                 return Encoding::Zstd;
             }

@@ -39,9 +39,34 @@ pub enum DataType {
 use DataType::*;
 
 const ALL: [DataType; 28] = [
-    Float, Uint8, Int8, Uint16, Int16, Int32, Int64, String, Bool, Float16, Double, Uint32,
-    Uint64, Complex64, Complex128, Bfloat16, Float8E4M3Fn, Float8E4M3Fnuz, Float8E5M2,
-    Float8E5M2Fnuz, Uint4, Int4, Float4E2M1, Float8E8M0, Uint2, Int2, Float6E2M3, Float6E3M2,
+    Float,
+    Uint8,
+    Int8,
+    Uint16,
+    Int16,
+    Int32,
+    Int64,
+    String,
+    Bool,
+    Float16,
+    Double,
+    Uint32,
+    Uint64,
+    Complex64,
+    Complex128,
+    Bfloat16,
+    Float8E4M3Fn,
+    Float8E4M3Fnuz,
+    Float8E5M2,
+    Float8E5M2Fnuz,
+    Uint4,
+    Int4,
+    Float4E2M1,
+    Float8E8M0,
+    Uint2,
+    Int2,
+    Float6E2M3,
+    Float6E3M2,
 ];
 
 impl DataType {
@@ -97,8 +122,7 @@ impl DataType {
             Uint2 | Int2 => 2,
             Uint4 | Int4 | Float4E2M1 => 4,
             Float6E2M3 | Float6E3M2 => 6,
-            Uint8 | Int8 | Bool | Float8E4M3Fn | Float8E4M3Fnuz | Float8E5M2 | Float8E5M2Fnuz
-            | Float8E8M0 => 8,
+            Uint8 | Int8 | Bool | Float8E4M3Fn | Float8E4M3Fnuz | Float8E5M2 | Float8E5M2Fnuz | Float8E8M0 => 8,
             Uint16 | Int16 | Float16 | Bfloat16 => 16,
             Float | Int32 | Uint32 => 32,
             Double | Int64 | Uint64 | Complex64 => 64,

@@ -32,8 +32,20 @@ impl ExternalFiles {
         for entry in &t.external_data {
             match entry.key() {
                 "location" => location = Some(entry.value()),
-                "offset" => offset = entry.value().parse().map_err(|_| bad(format!("external data offset '{}' is not a number", entry.value())))?,
-                "length" => length = Some(entry.value().parse::<u64>().map_err(|_| bad(format!("external data length '{}' is not a number", entry.value())))?),
+                "offset" => {
+                    offset = entry
+                        .value()
+                        .parse()
+                        .map_err(|_| bad(format!("external data offset '{}' is not a number", entry.value())))?
+                }
+                "length" => {
+                    length = Some(
+                        entry
+                            .value()
+                            .parse::<u64>()
+                            .map_err(|_| bad(format!("external data length '{}' is not a number", entry.value())))?,
+                    )
+                }
                 _ => {} // "checksum" and future keys do not change where the bytes are.
             }
         }
@@ -47,7 +59,9 @@ impl ExternalFiles {
             Some(end) if offset <= end && end <= file.len() as u64 => Ok(file.slice(offset as usize..end as usize)),
             _ => Err(bad(format!(
                 "external data [offset {offset}, length {}] is outside '{location}' ({} bytes)",
-                length.map_or("to end".into(), |l| l.to_string()), file.len()))),
+                length.map_or("to end".into(), |l| l.to_string()),
+                file.len()
+            ))),
         }
     }
 
@@ -62,7 +76,8 @@ impl ExternalFiles {
             Bytes::new()
         } else {
             // SAFETY: read-only map; files are replaced by rename, never rewritten.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map external data '{location}': {e}"))?;
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| format!("cannot map external data '{location}': {e}"))?;
             Bytes::from_owner(map)
         };
         self.maps.insert(path, bytes.clone());
@@ -86,7 +101,11 @@ fn confined(dir: &Path, location: &str) -> Result<PathBuf, String> {
 }
 
 fn dir_or_cwd(dir: &Path) -> &Path {
-    if dir.as_os_str().is_empty() { Path::new(".") } else { dir }
+    if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }
 }
 
 #[cfg(test)]

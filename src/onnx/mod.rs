@@ -182,13 +182,20 @@ fn model_info(model: &proto::ModelProto, graph: &proto::GraphProto) -> ModelInfo
 }
 
 fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
-    use proto::type_proto::Value;
     use proto::tensor_shape_proto::dimension::Value as Dim;
+    use proto::type_proto::Value;
     let (dtype, dims) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(Value::TensorType(t)) => {
-            let dtype = DataType::from_onnx(t.elem_type()).map_or_else(|| format!("type {}", t.elem_type()), |d| d.name().to_string());
+            let dtype = DataType::from_onnx(t.elem_type())
+                .map_or_else(|| format!("type {}", t.elem_type()), |d| d.name().to_string());
             let dims = t.shape.as_ref().map_or_else(Vec::new, |s| {
-                s.dim.iter().map(|d| match d.value { Some(Dim::DimValue(n)) => n, _ => -1 }).collect()
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(Dim::DimValue(n)) => n,
+                        _ => -1,
+                    })
+                    .collect()
             });
             (dtype, dims)
         }
@@ -216,7 +223,8 @@ impl Reader {
             self.push(name, t, data, storage, false)?;
         }
         for s in &graph.sparse_initializer {
-            let values = s.values.as_ref().ok_or_else(|| OnnxError::tensor(scope, "sparse initializer without values"))?;
+            let values =
+                s.values.as_ref().ok_or_else(|| OnnxError::tensor(scope, "sparse initializer without values"))?;
             let name = format!("{scope}{}", values.name());
             let (dtype, data) = self.densify(s, &name)?;
             self.push_data(name, dtype, s.dims.clone(), data, Storage::Sparse, false)?;
@@ -225,7 +233,8 @@ impl Reader {
             if node.op_type() == "Constant" && matches!(node.domain(), "" | "ai.onnx") {
                 self.constant(node, scope)?;
             }
-            let label = if node.name().is_empty() { format!("{}{index}", node.op_type()) } else { node.name().to_string() };
+            let label =
+                if node.name().is_empty() { format!("{}{index}", node.op_type()) } else { node.name().to_string() };
             for attr in &node.attribute {
                 if let Some(g) = &attr.g {
                     self.graph(g, &format!("{scope}{label}/{}/", attr.name()))?;
@@ -241,7 +250,8 @@ impl Reader {
     fn constant(&mut self, node: &proto::NodeProto, scope: &str) -> Result<(), OnnxError> {
         let Some(output) = node.output.first() else { return Ok(()) };
         let name = format!("{scope}{output}");
-        let Some(attr) = node.attribute.iter().find(|a| a.name().starts_with("value") || a.name() == "sparse_value") else {
+        let Some(attr) = node.attribute.iter().find(|a| a.name().starts_with("value") || a.name() == "sparse_value")
+        else {
             return Err(OnnxError::tensor(&name, "Constant node without a value attribute"));
         };
         let (dtype, dims, data) = match attr.name() {
@@ -251,27 +261,60 @@ impl Reader {
                 return self.push(name, t, data, storage, true);
             }
             "sparse_value" => {
-                let s = attr.sparse_tensor.as_ref().ok_or_else(|| OnnxError::tensor(&name, "Constant 'sparse_value' holds no tensor"))?;
+                let s = attr
+                    .sparse_tensor
+                    .as_ref()
+                    .ok_or_else(|| OnnxError::tensor(&name, "Constant 'sparse_value' holds no tensor"))?;
                 let (dtype, data) = self.densify(s, &name)?;
                 return self.push_data(name, dtype, s.dims.clone(), data, Storage::Sparse, true);
             }
             "value_float" => (DataType::Float, vec![], TensorData::Bytes(le_bytes(&[attr.f()], f32::to_le_bytes))),
-            "value_floats" => (DataType::Float, vec![attr.floats.len() as i64], TensorData::Bytes(le_bytes(&attr.floats, f32::to_le_bytes))),
+            "value_floats" => (
+                DataType::Float,
+                vec![attr.floats.len() as i64],
+                TensorData::Bytes(le_bytes(&attr.floats, f32::to_le_bytes)),
+            ),
             "value_int" => (DataType::Int64, vec![], TensorData::Bytes(le_bytes(&[attr.i()], i64::to_le_bytes))),
-            "value_ints" => (DataType::Int64, vec![attr.ints.len() as i64], TensorData::Bytes(le_bytes(&attr.ints, i64::to_le_bytes))),
+            "value_ints" => (
+                DataType::Int64,
+                vec![attr.ints.len() as i64],
+                TensorData::Bytes(le_bytes(&attr.ints, i64::to_le_bytes)),
+            ),
             "value_string" => (DataType::String, vec![], TensorData::Strings(vec![attr.s.clone().unwrap_or_default()])),
-            "value_strings" => (DataType::String, vec![attr.strings.len() as i64], TensorData::Strings(attr.strings.clone())),
-            other => return Err(OnnxError::tensor(&name, format!("Constant attribute '{other}' is not an ONNX Constant value"))),
+            "value_strings" => {
+                (DataType::String, vec![attr.strings.len() as i64], TensorData::Strings(attr.strings.clone()))
+            }
+            other => {
+                return Err(OnnxError::tensor(
+                    &name,
+                    format!("Constant attribute '{other}' is not an ONNX Constant value"),
+                ))
+            }
         };
         self.push_data(name, dtype, dims, data, Storage::Typed, true)
     }
 
-    fn push(&mut self, name: String, t: &proto::TensorProto, data: TensorData, storage: Storage, constant: bool) -> Result<(), OnnxError> {
+    fn push(
+        &mut self,
+        name: String,
+        t: &proto::TensorProto,
+        data: TensorData,
+        storage: Storage,
+        constant: bool,
+    ) -> Result<(), OnnxError> {
         let dtype = known_dtype(t, &name)?;
         self.push_data(name, dtype, t.dims.clone(), data, storage, constant)
     }
 
-    fn push_data(&mut self, name: String, dtype: DataType, dims: Vec<i64>, data: TensorData, storage: Storage, constant: bool) -> Result<(), OnnxError> {
+    fn push_data(
+        &mut self,
+        name: String,
+        dtype: DataType,
+        dims: Vec<i64>,
+        data: TensorData,
+        storage: Storage,
+        constant: bool,
+    ) -> Result<(), OnnxError> {
         let count = element_count(&dims, &name)?;
         match &data {
             TensorData::Strings(s) if s.len() as u64 != count => {
@@ -280,8 +323,10 @@ impl Reader {
             TensorData::Bytes(b) => {
                 let want = dtype.byte_len(count).ok_or_else(|| OnnxError::tensor(&name, "tensor is too large"))?;
                 if b.len() as u64 != want {
-                    return Err(OnnxError::tensor(&name, format!(
-                        "{dtype} dims {dims:?} need {want} bytes of data, found {}", b.len())));
+                    return Err(OnnxError::tensor(
+                        &name,
+                        format!("{dtype} dims {dims:?} need {want} bytes of data, found {}", b.len()),
+                    ));
                 }
             }
             _ => {}
@@ -342,19 +387,27 @@ impl Reader {
         };
         let idx: Vec<i64> = idx.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
         let count = element_count(&s.dims, name)?;
-        let total = count.checked_mul(elem as u64).filter(|n| *n <= isize::MAX as u64)
+        let total = count
+            .checked_mul(elem as u64)
+            .filter(|n| *n <= isize::MAX as u64)
             .ok_or_else(|| OnnxError::tensor(name, "sparse tensor is too large"))?;
         // Indices are either linear ([NNZ]) or coordinates ([NNZ, rank]).
         let linear: Vec<u64> = if indices.dims.len() == 1 && idx.len() as u64 == nnz {
             idx.iter().map(|&i| i as u64).collect()
         } else if indices.dims.len() == 2 && idx.len() as u64 == nnz * s.dims.len() as u64 {
-            idx.chunks(s.dims.len().max(1)).map(|c| {
-                c.iter().zip(&s.dims).try_fold(0u64, |acc, (&i, &d)| {
-                    (i >= 0 && i < d).then(|| acc * d as u64 + i as u64)
-                }).unwrap_or(u64::MAX)
-            }).collect()
+            idx.chunks(s.dims.len().max(1))
+                .map(|c| {
+                    c.iter()
+                        .zip(&s.dims)
+                        .try_fold(0u64, |acc, (&i, &d)| (i >= 0 && i < d).then(|| acc * d as u64 + i as u64))
+                        .unwrap_or(u64::MAX)
+                })
+                .collect()
         } else {
-            return Err(OnnxError::tensor(name, format!("sparse indices dims {:?} do not fit {nnz} values", indices.dims)));
+            return Err(OnnxError::tensor(
+                name,
+                format!("sparse indices dims {:?} do not fit {nnz} values", indices.dims),
+            ));
         };
         let mut dense = vec![0u8; total as usize];
         for (k, &i) in linear.iter().enumerate() {
