@@ -44,6 +44,8 @@ pub struct TensorMeta {
     pub source_dtype: Option<DataType>,
     pub nbytes: u64,
     pub sha256: [u8; 32],
+    /// CRC-32 of the data bytes (zip members need it before the data).
+    pub crc32: u32,
     pub overflowed: u64,
 }
 
@@ -79,6 +81,9 @@ pub struct Model {
     index: HashMap<String, usize>,
     stored: View,
     cast: [OnceLock<Arc<View>>; 2],
+    /// The model file (for `/graph`), and that rewrite once made.
+    file: Bytes,
+    graph: OnceLock<Result<Bytes, String>>,
     /// Kept open for the model's lifetime: the session is the proof it loads.
     _session: Option<OpenSession>,
     cache: Arc<Cache>,
@@ -121,6 +126,7 @@ impl Model {
                                 source_dtype: Some(t.dtype),
                                 nbytes: bytes.len() as u64,
                                 sha256: Sha256::digest(&bytes).into(),
+                                crc32: crc32fast::hash(&bytes),
                                 overflowed,
                             },
                             None => self.stored.tensors[i].clone(),
@@ -165,6 +171,19 @@ impl Model {
         // A cached cast's overflow count lives in the view computed with it.
         let overflowed = overflowed.or_else(|| self.cast[target as usize].get().map(|v| v.tensors[index].overflowed));
         Some((bytes, overflowed.unwrap_or(0)))
+    }
+
+    /// The model file with its main-graph initializers as external data named
+    /// `encode::safe_name(tensor)` (made once, kept: it is small).
+    pub fn graph(&self) -> Result<Bytes, String> {
+        self.graph
+            .get_or_init(|| {
+                crate::onnx::graph::externalize(&self.file, crate::encode::safe_name, |name| {
+                    self.position(name).map(|i| self.stored.tensors[i].nbytes)
+                })
+                .map(Bytes::from)
+            })
+            .clone()
     }
 
     /// The shared cache of derived bytes (for the encoders).
@@ -247,6 +266,7 @@ pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Mode
     let metas = digests(&onnx.tensors);
     let stored = View::new(&onnx.tensors, metas);
     let index = onnx.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let file = onnx.bytes.clone();
     Ok(Model {
         name: spec.name.clone(),
         path: spec.path.clone(),
@@ -256,6 +276,8 @@ pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Mode
         index,
         stored,
         cast: [OnceLock::new(), OnceLock::new()],
+        file,
+        graph: OnceLock::new(),
         _session: session,
         cache,
     })
@@ -264,13 +286,13 @@ pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Mode
 /// Digests of every tensor, spread over the available cores.
 fn digests(tensors: &[Tensor]) -> Vec<TensorMeta> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(tensors.len().max(1));
-    let mut out: Vec<Option<[u8; 32]>> = vec![None; tensors.len()];
+    let mut out: Vec<Option<([u8; 32], u32)>> = vec![None; tensors.len()];
     std::thread::scope(|s| {
         let chunk = tensors.len().div_ceil(threads).max(1);
         for (ts, slots) in tensors.chunks(chunk).zip(out.chunks_mut(chunk)) {
             s.spawn(move || {
                 for (t, slot) in ts.iter().zip(slots) {
-                    *slot = Some(digest(&t.data));
+                    *slot = Some(sums(&t.data));
                 }
             });
         }
@@ -278,14 +300,26 @@ fn digests(tensors: &[Tensor]) -> Vec<TensorMeta> {
     tensors
         .iter()
         .zip(out)
+        .map(|(t, d)| (t, d.unwrap_or_else(|| sums(&t.data))))
         .map(|(t, d)| TensorMeta {
             dtype: t.dtype,
             source_dtype: None,
             nbytes: t.nbytes(),
-            sha256: d.unwrap_or_else(|| digest(&t.data)),
+            sha256: d.0,
+            crc32: d.1,
             overflowed: 0,
         })
         .collect()
+}
+
+/// sha256 and CRC-32 of a tensor's data (STRING tensors: CRC-32 is 0, no
+/// format that needs it can carry strings).
+fn sums(data: &TensorData) -> ([u8; 32], u32) {
+    let crc = match data {
+        TensorData::Bytes(b) => crc32fast::hash(b),
+        TensorData::Strings(_) => 0,
+    };
+    (digest(data), crc)
 }
 
 /// Every model the server was asked to serve: loaded, or failed with a reason.

@@ -1,11 +1,13 @@
 //! Tensors as JSON: exact, because the data travels as base64 of the bytes,
-//! not as decimal text. Meant for small models and debugging; the bundle size
-//! is capped (`json_max_bytes`) and the binary formats are the way past it.
+//! not as decimal text. Meant for small models and debugging; the tensor
+//! payload of one response is capped (`json_max_bytes`) and the binary
+//! formats are the way past it.
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::manifest::dtype_name;
+use super::{EncodeError, Piece, Selection};
 use crate::onnx::TensorData;
 use crate::store::TensorMeta;
 
@@ -30,4 +32,23 @@ pub fn tensor(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorData) ->
         o["source_dtype"] = dtype_name(src as i32);
     }
     o
+}
+
+/// The JSON body: the tensor object for the tensor route, else
+/// `{"model", "version", "tensors": [...]}`; built when the reader gets to it.
+pub fn pieces(sel: &Selection, limit: u64) -> Result<Vec<Piece>, EncodeError> {
+    let total: u64 = sel.tensors.iter().map(|&i| sel.meta(i).nbytes).sum();
+    if total > limit {
+        return Err(EncodeError::TooLarge { total, limit });
+    }
+    let sel = sel.clone();
+    Ok(vec![Piece::Deferred(Box::new(move || {
+        let mut items = sel.tensors.iter().map(|&i| tensor(sel.name(i), sel.dims(i), sel.meta(i), &sel.data(i)));
+        let doc = if sel.single {
+            items.next().unwrap_or_default()
+        } else {
+            json!({ "model": sel.model.name, "version": sel.view.version, "tensors": items.collect::<Vec<_>>() })
+        };
+        serde_json::to_vec(&doc).map(Into::into).map_err(std::io::Error::other)
+    }))])
 }

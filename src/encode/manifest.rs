@@ -134,18 +134,18 @@ fn listing_json(l: &proto::ModelList) -> Value {
     json!({ "models": models })
 }
 
-/// A manifest's body in `format`.
+/// A manifest's body: protobuf, or JSON for any other format asked.
 pub fn render_manifest(m: &proto::Manifest, format: Format) -> Vec<u8> {
     match format {
         Format::Protobuf => m.encode_to_vec(),
-        Format::Json => serde_json::to_vec_pretty(&manifest_json(m)).unwrap_or_default(),
+        _ => serde_json::to_vec_pretty(&manifest_json(m)).unwrap_or_default(),
     }
 }
 
-/// A listing's body in `format`.
+/// A listing's body: protobuf, or JSON for any other format asked.
 pub fn render_listing(l: &proto::ModelList, format: Format) -> Vec<u8> {
     match format {
         Format::Protobuf => l.encode_to_vec(),
-        Format::Json => serde_json::to_vec_pretty(&listing_json(l)).unwrap_or_default(),
+        _ => serde_json::to_vec_pretty(&listing_json(l)).unwrap_or_default(),
     }
 }

@@ -1,15 +1,29 @@
-//! Turning tensors into bytes on the wire: casts ([`cast`]), the protobuf
-//! tensor records of `weightcast.v1` ([`records`]), JSON ([`json`]), the
-//! manifest and listing documents ([`manifest`]), and zstd.
+//! Turning tensors into bytes on the wire.
 //!
-//! A representation is chosen by [`Format`] (what the bytes mean) and
-//! [`Encoding`] (how they are compressed); adding a format is a variant here
-//! and one small module beside these.
+//! A response is chosen by [`Format`] (what the bytes mean) and [`Encoding`]
+//! (how they are compressed). Each format module lays a body out as
+//! [`Piece`]s — small bytes it makes itself, ranges of a tensor's data, and
+//! work that can only run when the reader gets there — and [`body`] turns
+//! them into [`Chunk`]s: stored data stays a zero-copy view of the model's
+//! memory map; casts and zstd frames of tensor data are computed once per
+//! model version and shared through the store's cache. Adding a format is a
+//! variant here and one small module.
 
 pub mod cast;
 pub mod json;
 pub mod manifest;
+pub mod npy;
 pub mod records;
+pub mod safetensors;
+
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::onnx::{DataType, TensorData};
+use crate::store::{CacheKey, Model, Representation, TensorMeta, View};
 
 /// Messages of `proto/weightcast/v1/weightcast.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -22,15 +36,28 @@ pub mod proto {
 pub enum Format {
     Protobuf,
     Json,
+    Npz,
+    Npy,
+    Safetensors,
 }
 
 impl Format {
-    pub const ALL: [Format; 2] = [Format::Protobuf, Format::Json];
+    /// In order of preference when a client accepts several equally.
+    pub const ALL: [Format; 5] = [Format::Protobuf, Format::Json, Format::Npz, Format::Npy, Format::Safetensors];
+    /// Formats for manifests and listings.
+    pub const DOCUMENTS: &'static [Format] = &[Format::Protobuf, Format::Json];
+    /// Formats for several tensors.
+    pub const BUNDLES: &'static [Format] = &[Format::Protobuf, Format::Json, Format::Npz, Format::Safetensors];
+    /// Formats for one tensor.
+    pub const TENSOR: &'static [Format] = &Format::ALL;
 
     pub fn media_type(self) -> &'static str {
         match self {
             Format::Protobuf => "application/x-protobuf",
             Format::Json => "application/json",
+            Format::Npz => "application/x-npz",
+            Format::Npy => "application/x-npy",
+            Format::Safetensors => "application/x-safetensors",
         }
     }
 
@@ -39,6 +66,9 @@ impl Format {
         match self {
             Format::Protobuf => "protobuf",
             Format::Json => "json",
+            Format::Npz => "npz",
+            Format::Npy => "npy",
+            Format::Safetensors => "safetensors",
         }
     }
 
@@ -63,22 +93,185 @@ impl Encoding {
     }
 }
 
+/// Work that yields bytes of a body when the reader reaches it.
+pub type Compute = Box<dyn FnOnce() -> io::Result<Bytes> + Send + Sync + 'static>;
+
+/// A piece of a body as a format lays it out.
+pub enum Piece {
+    /// Small bytes the format made (headers, directories).
+    Inline(Bytes),
+    /// Bytes `range` of a tensor's data in the selection's representation.
+    Data { tensor: usize, range: Range<usize> },
+    /// Bytes that can only be made when the reader gets here.
+    Deferred(Compute),
+}
+
+/// A piece of a body, ready to stream.
+pub enum Chunk {
+    Ready(Bytes),
+    Later(Compute),
+}
+
+/// The tensors a response carries, in one representation.
+#[derive(Clone)]
+pub struct Selection {
+    pub model: Arc<Model>,
+    pub view: Arc<View>,
+    pub repr: Representation,
+    /// Indices into the model's tensors, in model order.
+    pub tensors: Vec<usize>,
+    /// One tensor from the tensor route (some formats answer it differently).
+    pub single: bool,
+}
+
+impl Selection {
+    pub fn name(&self, i: usize) -> &str {
+        &self.model.tensors[i].name
+    }
+
+    pub fn dims(&self, i: usize) -> &[i64] {
+        &self.model.tensors[i].dims
+    }
+
+    pub fn meta(&self, i: usize) -> &TensorMeta {
+        &self.view.tensors[i]
+    }
+
+    /// The tensor's data in this representation (casts computed on a miss:
+    /// call from a blocking thread).
+    pub fn data(&self, i: usize) -> TensorData {
+        self.model.data(i, self.repr)
+    }
+
+    /// The data of a numeric tensor as bytes (empty for STRING).
+    pub fn bytes(&self, i: usize) -> Bytes {
+        match self.data(i) {
+            TensorData::Bytes(b) => b,
+            TensorData::Strings(_) => Bytes::new(),
+        }
+    }
+
+    fn is_stored_bytes(&self, i: usize) -> bool {
+        self.repr.is_none() || !cast::applies(self.model.tensors[i].dtype)
+    }
+}
+
+/// Why a selection cannot be written in a format.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{} cannot express {}; leave them out with ?names=, ask for ?dtype=f16 where they are float, or use protobuf (which carries every ONNX dtype)", .format.name(), describe(.tensors))]
+    Unexpressible { format: Format, tensors: Vec<(String, DataType)> },
+    #[error("{total} bytes of tensor data exceed the JSON limit of {limit} bytes (json_max_bytes); ask for application/x-protobuf (the default), application/x-npz or application/x-safetensors, which stream any size, or fewer tensors with ?names=")]
+    TooLarge { total: u64, limit: u64 },
+    #[error("{} holds one tensor: use GET /v1/models/{{model}}/tensors/{{name}}, or npz for several", .0.name())]
+    SingleOnly(Format),
+}
+
+fn describe(tensors: &[(String, DataType)]) -> String {
+    let mut parts: Vec<String> = tensors.iter().take(5).map(|(n, d)| format!("'{n}' ({d})")).collect();
+    if tensors.len() > 5 {
+        parts.push(format!("and {} more", tensors.len() - 5));
+    }
+    parts.join(", ")
+}
+
+/// Encoding choices from the config and the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub zstd_level: i32,
+    pub json_max_bytes: u64,
+    /// npz members deflated (`?compress=1`), like `numpy.savez_compressed`.
+    pub deflate: bool,
+}
+
+/// The body of a tensor response as chunks to stream.
+pub fn body(sel: &Selection, format: Format, encoding: Encoding, options: Options) -> Result<Vec<Chunk>, EncodeError> {
+    let pieces = match format {
+        Format::Protobuf => records::pieces(sel),
+        Format::Json => json::pieces(sel, options.json_max_bytes)?,
+        Format::Npz => npy::npz_pieces(sel, options.deflate)?,
+        Format::Npy => npy::npy_pieces(sel)?,
+        Format::Safetensors => safetensors::pieces(sel)?,
+    };
+    Ok(pieces.into_iter().filter_map(|p| chunk(sel, p, encoding, options.zstd_level)).collect())
+}
+
+fn chunk(sel: &Selection, piece: Piece, encoding: Encoding, level: i32) -> Option<Chunk> {
+    Some(match (piece, encoding) {
+        (Piece::Inline(b), _) if b.is_empty() => return None,
+        (Piece::Data { range, .. }, _) if range.is_empty() => return None,
+        (Piece::Inline(b), Encoding::Identity) => Chunk::Ready(b),
+        (Piece::Inline(b), Encoding::Zstd) => match zstd_frame(&b, level) {
+            Ok(frame) => Chunk::Ready(frame.into()),
+            Err(e) => Chunk::Later(Box::new(move || Err(e))),
+        },
+        (Piece::Data { tensor, range }, Encoding::Identity) if sel.is_stored_bytes(tensor) => match &sel.model.tensors[tensor].data {
+            TensorData::Bytes(b) => Chunk::Ready(b.slice(range)),
+            TensorData::Strings(_) => return None,
+        },
+        (Piece::Data { tensor, range }, Encoding::Identity) => {
+            let sel = sel.clone();
+            Chunk::Later(Box::new(move || Ok(sel.bytes(tensor).slice(range))))
+        }
+        (Piece::Data { tensor, range }, Encoding::Zstd) => {
+            let sel = sel.clone();
+            Chunk::Later(Box::new(move || {
+                let key = CacheKey {
+                    model: sel.model.name.clone(),
+                    version: sel.model.version().to_string(),
+                    tensor,
+                    variant: format!("zstd{level}-{:?}-{}-{}", sel.repr, range.start, range.end),
+                };
+                sel.model
+                    .cache()
+                    .get_or_compute(key, || {
+                        zstd_frame(&sel.bytes(tensor)[range.clone()], level).map(Bytes::from).map_err(|e| e.to_string())
+                    })
+                    .map_err(io::Error::other)
+            }))
+        }
+        (Piece::Deferred(f), Encoding::Identity) => Chunk::Later(f),
+        (Piece::Deferred(f), Encoding::Zstd) => {
+            Chunk::Later(Box::new(move || f().and_then(|b| zstd_frame(&b, level).map(Bytes::from))))
+        }
+    })
+}
+
 /// Compresses one independent zstd frame. A body made of several frames is
-/// still one valid zstd stream (frames concatenate), which lets records be
-/// compressed once each, cached, and streamed one after another.
-pub fn zstd_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+/// still one valid zstd stream (frames concatenate), which lets each tensor's
+/// data be compressed once, cached, and streamed between other frames.
+pub fn zstd_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     zstd::bulk::compress(data, level)
 }
 
-/// One zstd frame of several pieces, without joining them first (a record's
-/// header and its payload straight from the memory map).
-pub fn zstd_frame_of(pieces: &[bytes::Bytes], level: i32) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    let total: usize = pieces.iter().map(|p| p.len()).sum();
-    let mut encoder = zstd::stream::Encoder::new(Vec::with_capacity(total / 2 + 64), level)?;
-    encoder.set_pledged_src_size(Some(total as u64))?;
-    for p in pieces {
-        encoder.write_all(p)?;
+/// A tensor name made safe as a file or zip member name, reversibly: every
+/// byte outside `A-Z a-z 0-9 . _ -`, and a leading `.`, becomes `%XX`
+/// (uppercase hex), so `urllib.parse.unquote` gives the name back.
+pub fn safe_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
-    encoder.finish()
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_names_are_reversible_and_flat() {
+        assert_eq!(safe_name("layer/0/weight"), "layer%2F0%2Fweight");
+        assert_eq!(safe_name("100%"), "100%25");
+        assert_eq!(safe_name(".."), "%2E.");
+        assert_eq!(safe_name("a.b_c-d"), "a.b_c-d");
+        assert_eq!(safe_name("ü"), "%C3%BC");
+        let safe = safe_name("x/ü %.");
+        assert_eq!(percent_encoding::percent_decode_str(&safe).decode_utf8().unwrap(), "x/ü %.");
+    }
 }

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use prost::Message;
 
-use super::proto;
+use super::{proto, Piece, Selection};
 use crate::onnx::TensorData;
 use crate::store::TensorMeta;
 
@@ -21,12 +21,26 @@ const BUNDLE_TENSORS_TAG: u8 = (1 << 3) | 2;
 /// `Tensor.data` is field 2, length-delimited.
 const TENSOR_DATA_TAG: u8 = (2 << 3) | 2;
 
-/// The chunks of one tensor's records, in order: header, payload, header, …
-pub fn tensor_records(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorData) -> Vec<Bytes> {
-    records_in_pieces(name, dims, meta, data, PIECE)
+/// The pieces of a `Bundle` holding the selection.
+pub fn pieces(sel: &Selection) -> Vec<Piece> {
+    let mut out = Vec::new();
+    for &i in &sel.tensors {
+        let meta = sel.meta(i);
+        if meta.dtype == crate::onnx::DataType::String {
+            let data = sel.data(i);
+            out.push(Piece::Inline(records_in_pieces(sel.name(i), sel.dims(i), meta, &data, PIECE).concat().into()));
+            continue;
+        }
+        for (header, range) in layout(sel.name(i), sel.dims(i), meta, PIECE) {
+            out.push(Piece::Inline(header));
+            out.push(Piece::Data { tensor: i, range });
+        }
+    }
+    out
 }
 
-fn records_in_pieces(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorData, piece: usize) -> Vec<Bytes> {
+/// Record headers of a numeric tensor and the data range each is followed by.
+fn layout(name: &str, dims: &[i64], meta: &TensorMeta, piece: usize) -> Vec<(Bytes, std::ops::Range<usize>)> {
     let base = proto::Tensor {
         name: name.to_string(),
         dtype: meta.dtype as i32,
@@ -35,46 +49,60 @@ fn records_in_pieces(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorD
         total_bytes: meta.nbytes,
         ..Default::default()
     };
+    let len = meta.nbytes as usize;
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let end = (offset + piece).min(len);
+        let msg = proto::Tensor { offset: offset as u64, ..base.clone() };
+        out.push((wrap(&msg, end - offset), offset..end));
+        offset = end;
+        if offset >= len {
+            break;
+        }
+    }
+    out
+}
+
+/// The whole records of a tensor (headers and payloads), for tests and
+/// STRING tensors.
+pub fn records_in_pieces(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorData, piece: usize) -> Vec<Bytes> {
     match data {
         TensorData::Strings(s) => {
-            let msg = proto::Tensor { strings: s.clone(), ..base };
-            vec![wrap(&msg, &[])]
+            let msg = proto::Tensor {
+                name: name.to_string(),
+                dtype: meta.dtype as i32,
+                dims: dims.to_vec(),
+                total_bytes: meta.nbytes,
+                strings: s.clone(),
+                ..Default::default()
+            };
+            vec![wrap(&msg, 0)]
         }
         TensorData::Bytes(b) => {
             let mut out = Vec::new();
-            let mut offset = 0;
-            loop {
-                let end = (offset + piece).min(b.len());
-                let msg = proto::Tensor { offset: offset as u64, ..base.clone() };
-                let payload = b.slice(offset..end);
-                out.push(wrap(&msg, &payload));
-                if !payload.is_empty() {
-                    out.push(payload);
-                }
-                offset = end;
-                if offset >= b.len() {
-                    break;
-                }
+            for (header, range) in layout(name, dims, meta, piece) {
+                out.push(header);
+                out.push(b.slice(range));
             }
             out
         }
     }
 }
 
-/// The record header for `msg` followed by a `data` field of `payload.len()`
+/// The record header for `msg` followed by a `data` field of `payload_len`
 /// bytes (the payload itself is not included).
-fn wrap(msg: &proto::Tensor, payload: &[u8]) -> Bytes {
+fn wrap(msg: &proto::Tensor, payload_len: usize) -> Bytes {
     let fields = msg.encoded_len();
-    let data_field =
-        if payload.is_empty() { 0 } else { 1 + prost::length_delimiter_len(payload.len()) + payload.len() };
+    let data_field = if payload_len == 0 { 0 } else { 1 + prost::length_delimiter_len(payload_len) + payload_len };
     let inner = fields + data_field;
     let mut out = Vec::with_capacity(1 + prost::length_delimiter_len(inner) + fields + 6);
     out.push(BUNDLE_TENSORS_TAG);
     prost::encode_length_delimiter(inner, &mut out).expect("Vec grows");
     msg.encode(&mut out).expect("Vec grows");
-    if !payload.is_empty() {
+    if payload_len != 0 {
         out.push(TENSOR_DATA_TAG);
-        prost::encode_length_delimiter(payload.len(), &mut out).expect("Vec grows");
+        prost::encode_length_delimiter(payload_len, &mut out).expect("Vec grows");
     }
     Bytes::from(out)
 }
@@ -84,23 +112,19 @@ mod tests {
     use super::*;
     use crate::onnx::DataType;
 
+    fn meta(dtype: DataType, nbytes: u64) -> TensorMeta {
+        TensorMeta { dtype, source_dtype: None, nbytes, sha256: [0; 32], crc32: 0, overflowed: 0 }
+    }
+
     #[test]
     fn records_decode_as_a_bundle() {
-        let meta = TensorMeta { dtype: DataType::Float, source_dtype: None, nbytes: 8, sha256: [0; 32], overflowed: 0 };
         let data = TensorData::Bytes(Bytes::from_static(&[1, 0, 128, 63, 0, 0, 0, 64]));
-        let mut body: Vec<u8> = tensor_records("a/b", &[2], &meta, &data).concat();
-        let empty = TensorMeta { nbytes: 0, ..meta.clone() };
-        body.extend(tensor_records("z", &[0], &empty, &TensorData::Bytes(Bytes::new())).concat());
-        let strings = TensorMeta { dtype: DataType::String, nbytes: 2, ..meta };
+        let mut body: Vec<u8> = records_in_pieces("a/b", &[2], &meta(DataType::Float, 8), &data, PIECE).concat();
         body.extend(
-            tensor_records(
-                "s",
-                &[2],
-                &strings,
-                &TensorData::Strings(vec![Bytes::from_static(b"x"), Bytes::from_static(b"y")]),
-            )
-            .concat(),
+            records_in_pieces("z", &[0], &meta(DataType::Float, 0), &TensorData::Bytes(Bytes::new()), PIECE).concat(),
         );
+        let strings = TensorData::Strings(vec![Bytes::from_static(b"x"), Bytes::from_static(b"y")]);
+        body.extend(records_in_pieces("s", &[2], &meta(DataType::String, 2), &strings, PIECE).concat());
         let bundle = proto::Bundle::decode(body.as_slice()).unwrap();
         assert_eq!(bundle.tensors.len(), 3);
         assert_eq!(bundle.tensors[0].name, "a/b");
@@ -113,9 +137,8 @@ mod tests {
 
     #[test]
     fn large_tensors_go_in_pieces_with_offsets() {
-        let meta = TensorMeta { dtype: DataType::Uint8, source_dtype: None, nbytes: 7, sha256: [0; 32], overflowed: 0 };
         let data = TensorData::Bytes(Bytes::from_static(b"abcdefg"));
-        let body = records_in_pieces("t", &[7], &meta, &data, 3).concat();
+        let body = records_in_pieces("t", &[7], &meta(DataType::Uint8, 7), &data, 3).concat();
         let bundle = proto::Bundle::decode(body.as_slice()).unwrap();
         let pieces: Vec<(u64, &[u8], u64)> =
             bundle.tensors.iter().map(|t| (t.offset, &t.data[..], t.total_bytes)).collect();

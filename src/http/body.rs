@@ -12,14 +12,7 @@ use bytes::Bytes;
 use futures_lite::io::{AsyncBufRead, AsyncRead};
 use futures_lite::Future;
 
-/// Work that yields one chunk.
-pub type Compute = Box<dyn FnOnce() -> io::Result<Bytes> + Send + Sync + 'static>;
-
-/// One piece of a body.
-pub enum Chunk {
-    Ready(Bytes),
-    Later(Compute),
-}
+pub use crate::encode::{Chunk, Compute};
 
 enum Slot {
     Ready(Bytes),

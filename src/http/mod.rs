@@ -9,16 +9,15 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures_lite::FutureExt;
 use http_types::{Method, Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 
-use body::{Chunk, ChunkReader};
+use body::ChunkReader;
 use negotiate::Query;
 
-use crate::encode::{self, manifest, records, Encoding, Format};
-use crate::store::{CacheKey, Model, Store};
+use crate::encode::{self, manifest, EncodeError, Encoding, Format, Selection};
+use crate::store::{Model, Store};
 
 /// Serving choices from the config.
 #[derive(Debug, Clone)]
@@ -149,7 +148,7 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
         }
         ["v1", "models"] => {
             let q = negotiate::query(pairs, &["format"]).map_err(bad_request)?;
-            let format = ask.format(&q)?;
+            let format = ask.format(Format::DOCUMENTS, &q)?;
             let body = manifest::render_listing(&manifest::listing(&state.store.entries()), format);
             let versions: Vec<String> = state.store.entries().iter().map(|e| match e {
                 crate::store::Entry::Loaded(m) => m.version().to_string(),
@@ -159,7 +158,7 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
         }
         ["v1", "models", model] => {
             let q = negotiate::query(pairs, &["format", "dtype"]).map_err(bad_request)?;
-            let format = ask.format(&q)?;
+            let format = ask.format(Format::DOCUMENTS, &q)?;
             let model = find_model(&state, model)?;
             let m = model.clone();
             let view = smol::unblock(move || m.view(q.dtype)).await;
@@ -168,13 +167,18 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             ask.document(model.version(), &key, format, body, state.options.zstd_level)
         }
         ["v1", "models", model, "weights"] => {
-            let q = negotiate::query(pairs, &["format", "dtype", "names"]).map_err(bad_request)?;
+            let q = negotiate::query(pairs, &["format", "dtype", "names", "compress"]).map_err(bad_request)?;
             let model = find_model(&state, model)?;
             let selection = select(&model, q.names.as_deref())?;
             tensors(&state, &ask, &q, model, selection, false).await
         }
+        ["v1", "models", model, "graph"] => {
+            negotiate::query(pairs, &[]).map_err(bad_request)?;
+            let model = find_model(&state, model)?;
+            graph(&state, &ask, model).await
+        }
         ["v1", "models", model, "tensors", name @ ..] if !name.is_empty() => {
-            let q = negotiate::query(pairs, &["format", "dtype"]).map_err(bad_request)?;
+            let q = negotiate::query(pairs, &["format", "dtype", "compress"]).map_err(bad_request)?;
             let model = find_model(&state, model)?;
             let name = percent_decode(&name.join("/"));
             let index = model.position(&name).ok_or_else(|| {
@@ -182,7 +186,7 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             })?;
             tensors(&state, &ask, &q, model, vec![index], true).await
         }
-        _ => Err(ApiError::new(StatusCode::NotFound, "not found", format!("no route for {path}; routes: /healthz, /v1/models, /v1/models/{{model}}, /v1/models/{{model}}/weights, /v1/models/{{model}}/tensors/{{name}}"))),
+        _ => Err(ApiError::new(StatusCode::NotFound, "not found", format!("no route for {path}; routes: /healthz, /v1/models, /v1/models/{{model}}, /v1/models/{{model}}/weights, /v1/models/{{model}}/tensors/{{name}}, /v1/models/{{model}}/graph"))),
     }
 }
 
@@ -228,16 +232,18 @@ struct Ask {
 }
 
 impl Ask {
-    fn format(&self, q: &Query) -> Result<Format, ApiError> {
-        negotiate::format(q.format, self.accept.as_deref()).ok_or_else(|| {
+    fn format(&self, offers: &[Format], q: &Query) -> Result<Format, ApiError> {
+        negotiate::format(offers, q.format, self.accept.as_deref()).ok_or_else(|| {
+            let media: Vec<&str> = offers.iter().map(|f| f.media_type()).collect();
+            let names: Vec<&str> = offers.iter().map(|f| f.name()).collect();
+            let asked = match q.format {
+                Some(f) => format!("format={} is not offered here", f.name()),
+                None => format!("Accept: {} matches nothing offered here", self.accept.as_deref().unwrap_or("")),
+            };
             ApiError::new(
                 StatusCode::NotAcceptable,
                 "not acceptable",
-                format!(
-                    "Accept: {} matches none of: {}; or use ?format=protobuf|json",
-                    self.accept.as_deref().unwrap_or(""),
-                    Format::ALL.map(|f| f.media_type()).join(", ")
-                ),
+                format!("{asked}; this route offers {} (?format={})", media.join(", "), names.join("|")),
             )
         })
     }
@@ -302,18 +308,17 @@ fn internal(e: io::Error) -> ApiError {
     ApiError::new(StatusCode::InternalServerError, "internal error", e.to_string())
 }
 
-/// Tensor data: a protobuf `Bundle` streamed record by record, or JSON (a
-/// bundle object, or for the tensor route (`single`) the tensor object).
+/// Tensor data in the negotiated format, streamed chunk by chunk.
 async fn tensors(
     state: &State,
     ask: &Ask,
     q: &Query,
     model: Arc<Model>,
-    selection: Vec<usize>,
+    tensors: Vec<usize>,
     single: bool,
 ) -> Result<Response, ApiError> {
-    let format = ask.format(q)?;
-    let resource = format!("tensors|{single}|{:?}|{:?}", q.dtype, selection);
+    let format = ask.format(if single { Format::TENSOR } else { Format::BUNDLES }, q)?;
+    let resource = format!("tensors|{single}|{:?}|{}|{:?}", q.dtype, q.compress, tensors);
     let etag = ask.etag(model.version(), &resource, format);
     if ask.not_modified(&etag) {
         return Ok(ask.not_modified_response(&etag, format));
@@ -321,96 +326,43 @@ async fn tensors(
     let m = model.clone();
     let repr = q.dtype;
     let view = smol::unblock(move || m.view(repr)).await;
-    let level = state.options.zstd_level;
+    let version = view.version.clone();
+    let selection = Selection { model, view, repr, tensors, single };
+    let options = encode::Options {
+        zstd_level: state.options.zstd_level,
+        json_max_bytes: state.options.json_max_bytes,
+        deflate: q.compress,
+    };
+    let chunks = encode::body(&selection, format, ask.encoding, options).map_err(|e| match e {
+        EncodeError::TooLarge { .. } => ApiError::new(StatusCode::PayloadTooLarge, "too large for JSON", e.to_string()),
+        EncodeError::Unexpressible { .. } | EncodeError::SingleOnly(_) => {
+            ApiError::new(StatusCode::UnprocessableEntity, "cannot express in this format", e.to_string())
+        }
+    })?;
     let mut r = Response::new(StatusCode::Ok);
     ask.headers(&mut r, &etag, format);
-    r.insert_header("X-Weightcast-Version", view.version.as_str());
-    match format {
-        Format::Json => {
-            let total: u64 = selection.iter().map(|&i| view.tensors[i].nbytes).sum();
-            if total > state.options.json_max_bytes {
-                return Err(ApiError::new(StatusCode::PayloadTooLarge, "too large for JSON", format!(
-                    "{total} bytes of tensor data exceed the JSON limit of {} bytes (json_max_bytes); \
-                     ask for application/x-protobuf (the default), which streams any size, or fewer tensors with ?names=",
-                    state.options.json_max_bytes)));
-            }
-            let encoding = ask.encoding;
-            let body = smol::unblock(move || -> io::Result<Vec<u8>> {
-                let items: Vec<serde_json::Value> = selection
-                    .iter()
-                    .map(|&i| {
-                        let t = &model.tensors[i];
-                        encode::json::tensor(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr))
-                    })
-                    .collect();
-                let doc = if single {
-                    items.into_iter().next().unwrap_or_default()
-                } else {
-                    serde_json::json!({ "model": model.name, "version": view.version, "tensors": items })
-                };
-                let body = serde_json::to_vec(&doc).map_err(io::Error::other)?;
-                match encoding {
-                    Encoding::Identity => Ok(body),
-                    Encoding::Zstd => encode::zstd_frame(&body, level),
-                }
-            })
-            .await
-            .map_err(internal)?;
-            r.set_body(body);
-        }
-        Format::Protobuf => {
-            let mut chunks = Vec::new();
-            for i in selection {
-                let model = model.clone();
-                let view = view.clone();
-                match ask.encoding {
-                    Encoding::Identity if repr.is_none() => {
-                        let t = &model.tensors[i];
-                        chunks.extend(
-                            records::tensor_records(&t.name, &t.dims, &view.tensors[i], &t.data)
-                                .into_iter()
-                                .map(Chunk::Ready),
-                        );
-                    }
-                    Encoding::Identity => chunks.push(Chunk::Later(Box::new(move || {
-                        let t = &model.tensors[i];
-                        Ok(records::tensor_records(&t.name, &t.dims, &view.tensors[i], &model.data(i, repr))
-                            .concat()
-                            .into())
-                    }))),
-                    Encoding::Zstd => {
-                        let key = CacheKey {
-                            model: model.name.clone(),
-                            version: model.version().to_string(),
-                            tensor: i,
-                            variant: format!("pb-zstd{level}-{repr:?}"),
-                        };
-                        match model.cache().get(&key) {
-                            Some(hit) => chunks.push(Chunk::Ready(hit)),
-                            None => chunks.push(Chunk::Later(Box::new(move || {
-                                model
-                                    .cache()
-                                    .get_or_compute(key, || {
-                                        let t = &model.tensors[i];
-                                        let record = records::tensor_records(
-                                            &t.name,
-                                            &t.dims,
-                                            &view.tensors[i],
-                                            &model.data(i, repr),
-                                        );
-                                        encode::zstd_frame_of(&record, level)
-                                            .map(Bytes::from)
-                                            .map_err(|e| e.to_string())
-                                    })
-                                    .map_err(io::Error::other)
-                            }))),
-                        }
-                    }
-                }
-            }
-            let len = body::known_len(&chunks);
-            r.set_body(http_types::Body::from_reader(ChunkReader::new(chunks), len));
-        }
+    r.insert_header("X-Weightcast-Version", version.as_str());
+    let len = body::known_len(&chunks);
+    r.set_body(http_types::Body::from_reader(ChunkReader::new(chunks), len));
+    Ok(r)
+}
+
+/// The model as an ONNX file whose main-graph initializers are external, each
+/// at the location `safe_name(tensor)`: a client rebuilds the model from it
+/// and tensors it already has.
+async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, ApiError> {
+    let format = Format::Protobuf; // only for the ETag: the body is an ONNX file
+    let etag = ask.etag(model.version(), "graph", format);
+    if ask.not_modified(&etag) {
+        let mut r = ask.not_modified_response(&etag, format);
+        r.insert_header("Content-Type", "application/octet-stream");
+        return Ok(r);
     }
+    let m = model.clone();
+    let bytes = smol::unblock(move || m.graph()).await.map_err(|e| {
+        ApiError::new(StatusCode::InternalServerError, "cannot rewrite the model", e)
+    })?;
+    let mut r = ask.document(model.version(), "graph", format, bytes.to_vec(), state.options.zstd_level)?;
+    r.insert_header("Content-Type", "application/octet-stream");
     Ok(r)
 }

@@ -32,15 +32,16 @@ fn quality(accept: &str, media: &str) -> f32 {
     best.map_or(0.0, |(_, q)| q)
 }
 
-/// The format to answer in: `?format=` wins, then the best `Accept` match
-/// (protobuf first on ties); `None` when nothing offered is acceptable.
-pub fn format(query_format: Option<Format>, accept: Option<&str>) -> Option<Format> {
+/// The format to answer in, among those a route `offers`: `?format=` wins,
+/// then the best `Accept` match (earlier offers first on ties); `None` when
+/// nothing offered is acceptable.
+pub fn format(offers: &[Format], query_format: Option<Format>, accept: Option<&str>) -> Option<Format> {
     if let Some(f) = query_format {
-        return Some(f);
+        return offers.contains(&f).then_some(f);
     }
-    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Some(Format::Protobuf) };
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return offers.first().copied() };
     let mut best: Option<(Format, f32)> = None;
-    for f in Format::ALL {
+    for &f in offers {
         let q = quality(accept, f.media_type());
         if q > 0.0 && best.is_none_or(|(_, bq)| q > bq) {
             best = Some((f, q));
@@ -74,6 +75,8 @@ pub struct Query {
     /// `None` = as stored.
     pub dtype: Option<Target>,
     pub names: Option<Vec<String>>,
+    /// `compress=1`: npz members deflated.
+    pub compress: bool,
 }
 
 /// Parses a query string, allowing only `allowed` parameters.
@@ -101,6 +104,13 @@ pub fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, St
                     other => return Err(format!("dtype '{other}' is not one of: f16, bf16, f32 (f32 = as stored)")),
                 }
             }
+            "compress" => {
+                q.compress = match value.as_str() {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    other => return Err(format!("compress '{other}' is not one of: 0, 1")),
+                }
+            }
             "names" => {
                 let list = q.names.get_or_insert_with(Vec::new);
                 list.extend(value.split(',').filter(|s| !s.is_empty()).map(str::to_string));
@@ -121,13 +131,17 @@ mod tests {
 
     #[test]
     fn accept_negotiation() {
-        assert_eq!(format(None, None), Some(Format::Protobuf));
-        assert_eq!(format(None, Some("*/*")), Some(Format::Protobuf));
-        assert_eq!(format(None, Some("application/json")), Some(Format::Json));
-        assert_eq!(format(None, Some("application/x-protobuf;q=0.5, application/json")), Some(Format::Json));
-        assert_eq!(format(None, Some("application/*;q=0.2, application/json;q=0")), Some(Format::Protobuf));
-        assert_eq!(format(None, Some("text/html")), None);
-        assert_eq!(format(Some(Format::Json), Some("text/html")), Some(Format::Json));
+        let all = Format::BUNDLES;
+        assert_eq!(format(all, None, None), Some(Format::Protobuf));
+        assert_eq!(format(all, None, Some("*/*")), Some(Format::Protobuf));
+        assert_eq!(format(all, None, Some("application/json")), Some(Format::Json));
+        assert_eq!(format(all, None, Some("application/x-protobuf;q=0.5, application/json")), Some(Format::Json));
+        assert_eq!(format(all, None, Some("application/*;q=0.2, application/json;q=0")), Some(Format::Protobuf));
+        assert_eq!(format(all, None, Some("application/x-npz")), Some(Format::Npz));
+        assert_eq!(format(all, None, Some("text/html")), None);
+        assert_eq!(format(all, Some(Format::Json), Some("text/html")), Some(Format::Json));
+        assert_eq!(format(Format::DOCUMENTS, None, Some("application/x-safetensors")), None);
+        assert_eq!(format(Format::DOCUMENTS, Some(Format::Npz), None), None);
     }
 
     #[test]

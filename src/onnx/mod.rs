@@ -10,6 +10,7 @@
 
 pub mod dtype;
 mod external;
+pub mod graph;
 mod typed;
 
 use std::collections::HashSet;
@@ -132,6 +133,8 @@ pub struct ModelInfo {
 #[derive(Debug)]
 pub struct OnnxModel {
     pub path: PathBuf,
+    /// The whole file (a view of its memory map).
+    pub bytes: Bytes,
     pub info: ModelInfo,
     pub tensors: Vec<Tensor>,
 }
@@ -158,13 +161,13 @@ impl OnnxModel {
     /// Reads a model from bytes already in memory; external data is looked up
     /// in `dir`.
     pub fn from_bytes(path: &Path, bytes: Bytes, dir: &Path) -> Result<OnnxModel, OnnxError> {
-        let model = proto::ModelProto::decode(bytes)
+        let model = proto::ModelProto::decode(bytes.clone())
             .map_err(|source| OnnxError::Decode { path: path.to_path_buf(), source })?;
         let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.to_path_buf() })?;
         let mut reader = Reader { external: ExternalFiles::new(dir), tensors: Vec::new(), names: HashSet::new() };
         reader.graph(graph, "")?;
         let info = model_info(&model, graph);
-        Ok(OnnxModel { path: path.to_path_buf(), info, tensors: reader.tensors })
+        Ok(OnnxModel { path: path.to_path_buf(), bytes, info, tensors: reader.tensors })
     }
 }
 
