@@ -109,7 +109,11 @@ pub enum Piece {
 /// A piece of a body, ready to stream.
 pub enum Chunk {
     Ready(Bytes),
+    /// Computed when the reader gets near it; its length is not known before.
     Later(Compute),
+    /// Computed when the reader gets near it, with a length known now (so the
+    /// body can still carry a Content-Length; a mismatch aborts the body).
+    Sized(usize, Compute),
 }
 
 /// The tensors a response carries, in one representation.
@@ -205,13 +209,15 @@ fn chunk(sel: &Selection, piece: Piece, encoding: Encoding, level: i32) -> Optio
             Ok(frame) => Chunk::Ready(frame.into()),
             Err(e) => Chunk::Later(Box::new(move || Err(e))),
         },
-        (Piece::Data { tensor, range }, Encoding::Identity) if sel.is_stored_bytes(tensor) => match &sel.model.tensors[tensor].data {
-            TensorData::Bytes(b) => Chunk::Ready(b.slice(range)),
-            TensorData::Strings(_) => return None,
-        },
+        (Piece::Data { tensor, range }, Encoding::Identity) if sel.is_stored_bytes(tensor) => {
+            match &sel.model.tensors[tensor].data {
+                TensorData::Bytes(b) => Chunk::Ready(b.slice(range)),
+                TensorData::Strings(_) => return None,
+            }
+        }
         (Piece::Data { tensor, range }, Encoding::Identity) => {
             let sel = sel.clone();
-            Chunk::Later(Box::new(move || Ok(sel.bytes(tensor).slice(range))))
+            Chunk::Sized(range.len(), Box::new(move || Ok(sel.bytes(tensor).slice(range))))
         }
         (Piece::Data { tensor, range }, Encoding::Zstd) => {
             let sel = sel.clone();

@@ -129,17 +129,24 @@ pub fn npz_pieces(sel: &Selection, deflate: bool) -> Result<Vec<Piece>, EncodeEr
     let mut entries = Vec::new();
     let mut offset = 0u64;
     for (member, &i) in members.into_iter().zip(&sel.tensors) {
-        let local = local_header(&member.name, 0, member.crc, member.size, member.size);
+        let local = local_header(&member.name, 0, member.crc, member.size, member.size, ZIP64_LIMIT);
         let data_len = sel.meta(i).nbytes as usize;
         let next = offset + (local.len() + member.npy_header.len() + data_len) as u64;
         let mut head = local;
         head.extend(&member.npy_header);
         out.push(Piece::Inline(head.into()));
         out.push(Piece::Data { tensor: i, range: 0..data_len });
-        entries.push(Entry { name: member.name, method: 0, crc: member.crc, compressed: member.size, size: member.size, offset });
+        entries.push(Entry {
+            name: member.name,
+            method: 0,
+            crc: member.crc,
+            compressed: member.size,
+            size: member.size,
+            offset,
+        });
         offset = next;
     }
-    out.push(Piece::Inline(central_directory(&entries, offset).into()));
+    out.push(Piece::Inline(central_directory(&entries, offset, ZIP64_LIMIT).into()));
     Ok(out)
 }
 
@@ -169,7 +176,7 @@ fn deflated(sel: &Selection, members: Vec<Member>) -> Vec<Piece> {
         out.push(Piece::Deferred(Box::new(move || {
             let data = compressed(&sel, k, &members).map_err(std::io::Error::other)?;
             let m = &members[k];
-            let mut chunk = local_header(&m.name, 8, m.crc, data.len() as u64, m.size);
+            let mut chunk = local_header(&m.name, 8, m.crc, data.len() as u64, m.size, ZIP64_LIMIT);
             chunk.extend_from_slice(&data);
             Ok(chunk.into())
         })));
@@ -180,11 +187,18 @@ fn deflated(sel: &Selection, members: Vec<Member>) -> Vec<Piece> {
         let mut offset = 0u64;
         for (k, m) in members.iter().enumerate() {
             let data = compressed(&sel, k, &members).map_err(std::io::Error::other)?;
-            let local_len = local_header(&m.name, 8, m.crc, data.len() as u64, m.size).len() as u64;
-            entries.push(Entry { name: m.name.clone(), method: 8, crc: m.crc, compressed: data.len() as u64, size: m.size, offset });
+            let local_len = local_header(&m.name, 8, m.crc, data.len() as u64, m.size, ZIP64_LIMIT).len() as u64;
+            entries.push(Entry {
+                name: m.name.clone(),
+                method: 8,
+                crc: m.crc,
+                compressed: data.len() as u64,
+                size: m.size,
+                offset,
+            });
             offset += local_len + data.len() as u64;
         }
-        Ok(central_directory(&entries, offset).into())
+        Ok(central_directory(&entries, offset, ZIP64_LIMIT).into())
     })));
     out
 }
@@ -199,8 +213,10 @@ struct Entry {
     offset: u64,
 }
 
-fn local_header(name: &[u8], method: u16, crc: u32, compressed: u64, size: u64) -> Vec<u8> {
-    let zip64 = size >= ZIP64_LIMIT || compressed >= ZIP64_LIMIT;
+/// A local file header; `limit` is where zip64 fields start (`ZIP64_LIMIT`,
+/// lowered only by tests).
+fn local_header(name: &[u8], method: u16, crc: u32, compressed: u64, size: u64, limit: u64) -> Vec<u8> {
+    let zip64 = size >= limit || compressed >= limit;
     let mut h = Vec::with_capacity(30 + name.len() + 20);
     h.extend(0x0403_4b50u32.to_le_bytes());
     h.extend((if zip64 { 45u16 } else { 20u16 }).to_le_bytes());
@@ -229,12 +245,12 @@ fn local_header(name: &[u8], method: u16, crc: u32, compressed: u64, size: u64) 
 }
 
 /// The central directory and end records, for entries ending at `cd_offset`.
-fn central_directory(entries: &[Entry], cd_offset: u64) -> Vec<u8> {
+fn central_directory(entries: &[Entry], cd_offset: u64, limit: u64) -> Vec<u8> {
     let mut cd = Vec::new();
     for e in entries {
         let mut extra = Vec::new();
         let mut field = |v: u64| {
-            if v >= ZIP64_LIMIT {
+            if v >= limit {
                 extra.extend(v.to_le_bytes());
                 u32::MAX
             } else {
@@ -270,7 +286,7 @@ fn central_directory(entries: &[Entry], cd_offset: u64) -> Vec<u8> {
     let cd_size = cd.len() as u64;
     let count = entries.len() as u64;
     let mut out = cd;
-    if count >= 0xFFFF || cd_size >= ZIP64_LIMIT || cd_offset >= ZIP64_LIMIT {
+    if count >= 0xFFFF || cd_size >= limit || cd_offset >= limit {
         let eocd64_offset = cd_offset + cd_size;
         out.extend(0x0606_4b50u32.to_le_bytes());
         out.extend(44u64.to_le_bytes());
@@ -292,8 +308,9 @@ fn central_directory(entries: &[Entry], cd_offset: u64) -> Vec<u8> {
     out.extend(0u16.to_le_bytes());
     out.extend((count.min(0xFFFF) as u16).to_le_bytes());
     out.extend((count.min(0xFFFF) as u16).to_le_bytes());
-    out.extend((cd_size.min(ZIP64_LIMIT) as u32).to_le_bytes());
-    out.extend((cd_offset.min(ZIP64_LIMIT) as u32).to_le_bytes());
+    let field = |v: u64| if v >= limit { u32::MAX } else { v as u32 };
+    out.extend(field(cd_size).to_le_bytes());
+    out.extend(field(cd_offset).to_le_bytes());
     out.extend(0u16.to_le_bytes());
     out
 }
@@ -306,33 +323,53 @@ mod tests {
     fn npy_headers_are_aligned_and_numpy_shaped() {
         let h = header("<f4", &[3, 5]);
         assert_eq!(h.len() % 64, 0);
-        assert!(std::str::from_utf8(&h[10..]).unwrap().starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 5), }"));
-        assert!(std::str::from_utf8(&header("|b1", &[])).unwrap().contains("'shape': ()"));
-        assert!(std::str::from_utf8(&header("|b1", &[7])).unwrap().contains("'shape': (7,)"));
+        assert!(std::str::from_utf8(&h[10..])
+            .unwrap()
+            .starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 5), }"));
+        assert!(std::str::from_utf8(&header("|b1", &[])[10..]).unwrap().contains("'shape': ()"));
+        assert!(std::str::from_utf8(&header("|b1", &[7])[10..]).unwrap().contains("'shape': (7,)"));
     }
 
     /// Zip64 records, which real models only need past 4 GiB, checked at small
     /// sizes by forcing the limit: Python's zipfile must read them.
     #[test]
     fn zip64_records_are_what_zipfile_reads() {
-        let name = b"a.npy".to_vec();
         let data = b"hello zip64".to_vec();
         let crc = crc32fast::hash(&data);
-        let mut zip = local_header(&name, 0, crc, data.len() as u64, data.len() as u64);
-        zip.extend(&data);
+        // Two members, the second at a non-zero offset, with every size and
+        // offset at or past the (lowered) limit.
+        let limit = 1;
+        let mut zip = Vec::new();
+        let mut entries = Vec::new();
+        for k in 0..2u8 {
+            let name = [b'a' + k].iter().chain(b".npy").copied().collect::<Vec<u8>>();
+            entries.push(Entry {
+                name: name.clone(),
+                method: 0,
+                crc,
+                compressed: data.len() as u64,
+                size: data.len() as u64,
+                offset: zip.len() as u64,
+            });
+            zip.extend(local_header(&name, 0, crc, data.len() as u64, data.len() as u64, limit));
+            zip.extend(&data);
+        }
         let offset = zip.len() as u64;
-        let e = Entry { name, method: 0, crc, compressed: data.len() as u64, size: data.len() as u64, offset: 0 };
-        zip.extend(central_directory(&[e], offset));
-        // Plain records first: a sanity check of the parser below.
-        assert_eq!(&zip[zip.len() - 22..zip.len() - 18], &0x0605_4b50u32.to_le_bytes());
+        zip.extend(central_directory(&entries, offset, limit));
+        assert!(zip.windows(4).any(|w| w == 0x0606_4b50u32.to_le_bytes()), "zip64 end record present");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.zip");
         std::fs::write(&path, &zip).unwrap();
         let check = std::process::Command::new("python3")
-            .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; print(z.read('a.npy').decode())"])
+            .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); assert z.testzip() is None; print(z.read('b.npy').decode())"])
             .arg(&path)
             .output()
             .expect("python3 runs");
-        assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "hello zip64", "{}", String::from_utf8_lossy(&check.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&check.stdout).trim(),
+            "hello zip64",
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
     }
 }

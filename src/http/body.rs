@@ -14,18 +14,20 @@ use futures_lite::Future;
 
 pub use crate::encode::{Chunk, Compute};
 
+/// A chunk in the queue; `Option<usize>` is the length announced for it.
 enum Slot {
     Ready(Bytes),
-    Later(Compute),
-    Running(smol::Task<io::Result<Bytes>>),
+    Later(Option<usize>, Compute),
+    Running(Option<usize>, smol::Task<io::Result<Bytes>>),
 }
 
-/// The body's length, if every chunk is ready.
+/// The body's length, if every chunk's length is known now.
 pub fn known_len(chunks: &[Chunk]) -> Option<usize> {
     chunks
         .iter()
         .map(|c| match c {
             Chunk::Ready(b) => Some(b.len()),
+            Chunk::Sized(n, _) => Some(*n),
             Chunk::Later(_) => None,
         })
         .sum()
@@ -43,27 +45,19 @@ impl ChunkReader {
             .into_iter()
             .map(|c| match c {
                 Chunk::Ready(b) => Slot::Ready(b),
-                Chunk::Later(f) => Slot::Later(f),
+                Chunk::Later(f) => Slot::Later(None, f),
+                Chunk::Sized(n, f) => Slot::Later(Some(n), f),
             })
             .collect();
         ChunkReader { queue, current: Bytes::new() }
     }
 
-    fn start_front(&mut self) {
-        if let Some(slot) = self.queue.front_mut() {
-            if matches!(slot, Slot::Later(_)) {
-                if let Slot::Later(job) = std::mem::replace(slot, Slot::Ready(Bytes::new())) {
-                    *slot = Slot::Running(smol::unblock(job));
-                }
-            }
-        }
-    }
-
-    fn start_second(&mut self) {
-        if let Some(slot) = self.queue.get_mut(1) {
-            if let Slot::Later(_) = slot {
-                if let Slot::Later(job) = std::mem::replace(slot, Slot::Ready(Bytes::new())) {
-                    *slot = Slot::Running(smol::unblock(job));
+    /// Starts the work of the chunk at `at` on the blocking pool.
+    fn start(&mut self, at: usize) {
+        if let Some(slot) = self.queue.get_mut(at) {
+            if matches!(slot, Slot::Later(..)) {
+                if let Slot::Later(expect, job) = std::mem::replace(slot, Slot::Ready(Bytes::new())) {
+                    *slot = Slot::Running(expect, smol::unblock(job));
                 }
             }
         }
@@ -74,16 +68,22 @@ impl AsyncBufRead for ChunkReader {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         while this.current.is_empty() {
-            this.start_front();
-            this.start_second();
+            // The chunk after the current one is prepared while this one is sent.
+            this.start(0);
+            this.start(1);
             match this.queue.front_mut() {
                 None => return Poll::Ready(Ok(&[])),
                 Some(Slot::Ready(b)) => {
                     this.current = std::mem::take(b);
                     this.queue.pop_front();
                 }
-                Some(Slot::Running(task)) => match Pin::new(task).poll(cx) {
+                Some(Slot::Running(expect, task)) => match Pin::new(task).poll(cx) {
                     Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(b)) if expect.is_some_and(|n| n != b.len()) => {
+                        tracing::error!("response chunk is {} bytes, {expect:?} were announced", b.len());
+                        this.queue.clear();
+                        return Poll::Ready(Err(io::Error::other("chunk length differs from the announced length")));
+                    }
                     Poll::Ready(Ok(b)) => {
                         this.current = b;
                         this.queue.pop_front();
@@ -96,7 +96,7 @@ impl AsyncBufRead for ChunkReader {
                         return Poll::Ready(Err(e));
                     }
                 },
-                Some(Slot::Later(_)) => this.start_front(),
+                Some(Slot::Later(..)) => this.start(0),
             }
         }
         Poll::Ready(Ok(&this.current[..]))
@@ -147,6 +147,14 @@ mod tests {
     fn a_failed_chunk_is_an_error_not_a_short_success() {
         let chunks =
             vec![Chunk::Ready(Bytes::from_static(b"ab")), Chunk::Later(Box::new(|| Err(io::Error::other("boom"))))];
+        let mut out = Vec::new();
+        assert!(smol::block_on(ChunkReader::new(chunks).read_to_end(&mut out)).is_err());
+    }
+
+    #[test]
+    fn a_chunk_of_the_wrong_announced_length_aborts_the_body() {
+        let chunks = vec![Chunk::Sized(3, Box::new(|| Ok(Bytes::from_static(b"ab"))))];
+        assert_eq!(known_len(&chunks), Some(3));
         let mut out = Vec::new();
         assert!(smol::block_on(ChunkReader::new(chunks).read_to_end(&mut out)).is_err());
     }

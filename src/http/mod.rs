@@ -359,9 +359,9 @@ async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, 
         return Ok(r);
     }
     let m = model.clone();
-    let bytes = smol::unblock(move || m.graph()).await.map_err(|e| {
-        ApiError::new(StatusCode::InternalServerError, "cannot rewrite the model", e)
-    })?;
+    let bytes = smol::unblock(move || m.graph())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::InternalServerError, "cannot rewrite the model", e))?;
     let mut r = ask.document(model.version(), "graph", format, bytes.to_vec(), state.options.zstd_level)?;
     r.insert_header("Content-Type", "application/octet-stream");
     Ok(r)

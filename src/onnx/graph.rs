@@ -126,7 +126,11 @@ pub fn externalize(
     Ok(out)
 }
 
-fn tensor(t: &[u8], locate: &impl Fn(&str) -> String, length_of: &impl Fn(&str) -> Option<u64>) -> Result<Vec<u8>, String> {
+fn tensor(
+    t: &[u8],
+    locate: &impl Fn(&str) -> String,
+    length_of: &impl Fn(&str) -> Option<u64>,
+) -> Result<Vec<u8>, String> {
     let fs = fields(t)?;
     let name = fs
         .iter()
