@@ -113,16 +113,13 @@ fn serve(
         store,
         options: ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes },
     });
-    smol::block_on(async {
-        let listener = smol::net::TcpListener::bind(cfg.listen.as_str())
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        // On stdout, for scripts and tests that start us on port 0.
-        println!("weightcast listening on http://{addr}");
-        tracing::info!("listening on http://{addr}");
-        http::serve(listener, state).await.map_err(|e| format!("server stopped: {e}"))
-    })
+    let listener =
+        std::net::TcpListener::bind(cfg.listen.as_str()).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // On stdout, for scripts and tests that start us on port 0.
+    println!("weightcast listening on http://{addr}");
+    tracing::info!("listening on http://{addr}");
+    http::run(listener, state).map_err(|e| format!("server stopped: {e}"))
 }
 
 fn inspect(path: &std::path::Path) -> Result<(), String> {

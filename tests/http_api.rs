@@ -16,9 +16,9 @@ fn start() -> (String, tempfile::TempDir) {
     let specs = store::specs(&[(None, path)]).unwrap();
     let store = Store::load(&specs, &Engine::None, Arc::new(Cache::new(64 << 20)));
     let state = Arc::new(State { store, options: ServeOptions::default() });
-    let listener = smol::block_on(smol::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || smol::block_on(http::serve(listener, state)));
+    std::thread::spawn(move || http::run(listener, state));
     (format!("http://{addr}"), dir)
 }
 

@@ -71,13 +71,27 @@ fn bad_request(detail: String) -> ApiError {
     ApiError::new(StatusCode::BadRequest, "bad request", detail)
 }
 
-/// Accepts connections until the listener fails.
-pub async fn serve(listener: smol::net::TcpListener, state: Arc<State>) -> io::Result<()> {
+/// Serves on `listener` until it fails, with one executor thread per core
+/// (CPU-heavy work — casts, compression — runs on the blocking pool instead).
+pub fn run(listener: std::net::TcpListener, state: Arc<State>) -> io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let executor = Arc::new(smol::Executor::new());
+    for k in 1..threads {
+        let ex = executor.clone();
+        std::thread::Builder::new()
+            .name(format!("weightcast-io-{k}"))
+            .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))?;
+    }
+    let listener = smol::net::TcpListener::try_from(listener)?;
+    smol::block_on(executor.run(accept(listener, state, executor.clone())))
+}
+
+async fn accept(listener: smol::net::TcpListener, state: Arc<State>, executor: Arc<smol::Executor<'static>>) -> io::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        smol::spawn(async move {
+        executor.spawn(async move {
             let served = async_h1::accept(stream, |req| {
                 let state = state.clone();
                 async move { Ok(respond(&state, req).await) }
