@@ -113,8 +113,8 @@ fn serve(
         store,
         options: ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes },
     });
-    let listener =
-        std::net::TcpListener::bind(cfg.listen.as_str()).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let listener = std::net::TcpListener::bind(cfg.listen.as_str())
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // On stdout, for scripts and tests that start us on port 0.
     println!("weightcast listening on http://{addr}");

@@ -9,6 +9,7 @@
 //! model version and shared through the store's cache. Adding a format is a
 //! variant here and one small module.
 
+pub mod bytegroup;
 pub mod cast;
 pub mod json;
 pub mod manifest;
@@ -126,6 +127,8 @@ pub struct Selection {
     pub tensors: Vec<usize>,
     /// One tensor from the tensor route (some formats answer it differently).
     pub single: bool,
+    /// Tensor data in byte planes (`?codec=bytegroup`; protobuf only).
+    pub bytegroup: bool,
 }
 
 impl Selection {
@@ -147,16 +150,38 @@ impl Selection {
         self.model.data(i, self.repr)
     }
 
-    /// The data of a numeric tensor as bytes (empty for STRING).
+    /// The data of a numeric tensor as bytes (empty for STRING), in byte
+    /// planes where the selection asks for them.
     pub fn bytes(&self, i: usize) -> Bytes {
-        match self.data(i) {
+        let data = match self.data(i) {
             TensorData::Bytes(b) => b,
-            TensorData::Strings(_) => Bytes::new(),
+            TensorData::Strings(_) => return Bytes::new(),
+        };
+        match self.element_size(i) {
+            None => data,
+            Some(k) => {
+                let key = CacheKey {
+                    model: self.model.name.clone(),
+                    version: self.model.version().to_string(),
+                    tensor: i,
+                    variant: format!("bytegroup-{:?}", self.repr),
+                };
+                self.model.cache().get_or_compute(key, || Ok(bytegroup::split(&data, k).into())).unwrap_or(data)
+            }
+        }
+    }
+
+    /// The bytegroup element size of tensor `i`, if the codec applies to it.
+    pub fn element_size(&self, i: usize) -> Option<usize> {
+        if self.bytegroup {
+            bytegroup::element_size(self.meta(i).dtype)
+        } else {
+            None
         }
     }
 
     fn is_stored_bytes(&self, i: usize) -> bool {
-        self.repr.is_none() || !cast::applies(self.model.tensors[i].dtype)
+        (self.repr.is_none() || !cast::applies(self.model.tensors[i].dtype)) && self.element_size(i).is_none()
     }
 }
 
@@ -169,6 +194,8 @@ pub enum EncodeError {
     TooLarge { total: u64, limit: u64 },
     #[error("{} holds one tensor: use GET /v1/models/{{model}}/tensors/{{name}}, or npz for several", .0.name())]
     SingleOnly(Format),
+    #[error("codec=bytegroup is declared in protobuf tensor records only; {} has no place for it", .0.name())]
+    CodecNeedsProtobuf(Format),
 }
 
 fn describe(tensors: &[(String, DataType)]) -> String {
@@ -190,6 +217,9 @@ pub struct Options {
 
 /// The body of a tensor response as chunks to stream.
 pub fn body(sel: &Selection, format: Format, encoding: Encoding, options: Options) -> Result<Vec<Chunk>, EncodeError> {
+    if sel.bytegroup && format != Format::Protobuf {
+        return Err(EncodeError::CodecNeedsProtobuf(format));
+    }
     let pieces = match format {
         Format::Protobuf => records::pieces(sel),
         Format::Json => json::pieces(sel, options.json_max_bytes)?,
@@ -226,7 +256,7 @@ fn chunk(sel: &Selection, piece: Piece, encoding: Encoding, level: i32) -> Optio
                     model: sel.model.name.clone(),
                     version: sel.model.version().to_string(),
                     tensor,
-                    variant: format!("zstd{level}-{:?}-{}-{}", sel.repr, range.start, range.end),
+                    variant: format!("zstd{level}-{:?}-{}-{}-{}", sel.repr, sel.bytegroup, range.start, range.end),
                 };
                 sel.model
                     .cache()

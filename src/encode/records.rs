@@ -31,7 +31,7 @@ pub fn pieces(sel: &Selection) -> Vec<Piece> {
             out.push(Piece::Inline(records_in_pieces(sel.name(i), sel.dims(i), meta, &data, PIECE).concat().into()));
             continue;
         }
-        for (header, range) in layout(sel.name(i), sel.dims(i), meta, PIECE) {
+        for (header, range) in layout(sel.name(i), sel.dims(i), meta, sel.element_size(i), PIECE) {
             out.push(Piece::Inline(header));
             out.push(Piece::Data { tensor: i, range });
         }
@@ -40,13 +40,21 @@ pub fn pieces(sel: &Selection) -> Vec<Piece> {
 }
 
 /// Record headers of a numeric tensor and the data range each is followed by.
-fn layout(name: &str, dims: &[i64], meta: &TensorMeta, piece: usize) -> Vec<(Bytes, std::ops::Range<usize>)> {
+fn layout(
+    name: &str,
+    dims: &[i64],
+    meta: &TensorMeta,
+    bytegroup: Option<usize>,
+    piece: usize,
+) -> Vec<(Bytes, std::ops::Range<usize>)> {
     let base = proto::Tensor {
         name: name.to_string(),
         dtype: meta.dtype as i32,
         dims: dims.to_vec(),
         source_dtype: meta.source_dtype.map_or(0, |d| d as i32),
         total_bytes: meta.nbytes,
+        codec: bytegroup.map_or_else(String::new, |_| super::bytegroup::NAME.to_string()),
+        element_size: bytegroup.unwrap_or(0) as u32,
         ..Default::default()
     };
     let len = meta.nbytes as usize;
@@ -81,7 +89,7 @@ pub fn records_in_pieces(name: &str, dims: &[i64], meta: &TensorMeta, data: &Ten
         }
         TensorData::Bytes(b) => {
             let mut out = Vec::new();
-            for (header, range) in layout(name, dims, meta, piece) {
+            for (header, range) in layout(name, dims, meta, None, piece) {
                 out.push(header);
                 out.push(b.slice(range));
             }

@@ -86,21 +86,26 @@ pub fn run(listener: std::net::TcpListener, state: Arc<State>) -> io::Result<()>
     smol::block_on(executor.run(accept(listener, state, executor.clone())))
 }
 
-async fn accept(listener: smol::net::TcpListener, state: Arc<State>, executor: Arc<smol::Executor<'static>>) -> io::Result<()> {
+async fn accept(
+    listener: smol::net::TcpListener,
+    state: Arc<State>,
+    executor: Arc<smol::Executor<'static>>,
+) -> io::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        executor.spawn(async move {
-            let served = async_h1::accept(stream, |req| {
-                let state = state.clone();
-                async move { Ok(respond(&state, req).await) }
-            });
-            if let Err(e) = served.await {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        })
-        .detach();
+        executor
+            .spawn(async move {
+                let served = async_h1::accept(stream, |req| {
+                    let state = state.clone();
+                    async move { Ok(respond(&state, req).await) }
+                });
+                if let Err(e) = served.await {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            })
+            .detach();
     }
 }
 
@@ -181,7 +186,7 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             ask.document(model.version(), &key, format, body, state.options.zstd_level)
         }
         ["v1", "models", model, "weights"] => {
-            let q = negotiate::query(pairs, &["format", "dtype", "names", "compress"]).map_err(bad_request)?;
+            let q = negotiate::query(pairs, &["format", "dtype", "names", "compress", "codec"]).map_err(bad_request)?;
             let model = find_model(&state, model)?;
             let selection = select(&model, q.names.as_deref())?;
             tensors(&state, &ask, &q, model, selection, false).await
@@ -192,7 +197,7 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             graph(&state, &ask, model).await
         }
         ["v1", "models", model, "tensors", name @ ..] if !name.is_empty() => {
-            let q = negotiate::query(pairs, &["format", "dtype", "compress"]).map_err(bad_request)?;
+            let q = negotiate::query(pairs, &["format", "dtype", "compress", "codec"]).map_err(bad_request)?;
             let model = find_model(&state, model)?;
             let name = percent_decode(&name.join("/"));
             let index = model.position(&name).ok_or_else(|| {
@@ -332,7 +337,7 @@ async fn tensors(
     single: bool,
 ) -> Result<Response, ApiError> {
     let format = ask.format(if single { Format::TENSOR } else { Format::BUNDLES }, q)?;
-    let resource = format!("tensors|{single}|{:?}|{}|{:?}", q.dtype, q.compress, tensors);
+    let resource = format!("tensors|{single}|{:?}|{}|{}|{:?}", q.dtype, q.compress, q.bytegroup, tensors);
     let etag = ask.etag(model.version(), &resource, format);
     if ask.not_modified(&etag) {
         return Ok(ask.not_modified_response(&etag, format));
@@ -341,7 +346,7 @@ async fn tensors(
     let repr = q.dtype;
     let view = smol::unblock(move || m.view(repr)).await;
     let version = view.version.clone();
-    let selection = Selection { model, view, repr, tensors, single };
+    let selection = Selection { model, view, repr, tensors, single, bytegroup: q.bytegroup };
     let options = encode::Options {
         zstd_level: state.options.zstd_level,
         json_max_bytes: state.options.json_max_bytes,
@@ -349,6 +354,7 @@ async fn tensors(
     };
     let chunks = encode::body(&selection, format, ask.encoding, options).map_err(|e| match e {
         EncodeError::TooLarge { .. } => ApiError::new(StatusCode::PayloadTooLarge, "too large for JSON", e.to_string()),
+        EncodeError::CodecNeedsProtobuf(_) => bad_request(e.to_string()),
         EncodeError::Unexpressible { .. } | EncodeError::SingleOnly(_) => {
             ApiError::new(StatusCode::UnprocessableEntity, "cannot express in this format", e.to_string())
         }

@@ -77,6 +77,8 @@ pub struct Query {
     pub names: Option<Vec<String>>,
     /// `compress=1`: npz members deflated.
     pub compress: bool,
+    /// `codec=bytegroup`: protobuf tensor data in byte planes.
+    pub bytegroup: bool,
 }
 
 /// Parses a query string, allowing only `allowed` parameters.
@@ -109,6 +111,13 @@ pub fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, St
                     "1" | "true" => true,
                     "0" | "false" => false,
                     other => return Err(format!("compress '{other}' is not one of: 0, 1")),
+                }
+            }
+            "codec" => {
+                q.bytegroup = match value.as_str() {
+                    "bytegroup" => true,
+                    "" | "none" => false,
+                    other => return Err(format!("codec '{other}' is not one of: bytegroup, none")),
                 }
             }
             "names" => {

@@ -169,6 +169,14 @@ def mlp(path, seed=0, hidden=32):
     onnx.save(m, path)
 
 
+def trained(out):
+    """Float weights shaped like a trained network's: N(0, 0.02), 512 KiB."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array((rng.standard_normal((256, 256)) * 0.02).astype(np.float32), f"layer{k}.weight")
+             for k in range(2)]
+    onnx.save(model([], inits, "trained"), out / "trained.onnx")
+
+
 def broken(out):
     """Models that must fail to load, each with a clear reason."""
     d = out / "broken"
@@ -194,7 +202,7 @@ def broken(out):
 def generate(out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for f in (raw_all, typed_all, external, edge, names, broken):
+    for f in (raw_all, typed_all, external, edge, names, trained, broken):
         f(out)
     mlp(out / "mlp.onnx")
     return out
