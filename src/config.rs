@@ -20,6 +20,8 @@ pub struct Config {
     pub cache_bytes: u64,
     /// Largest tensor payload one JSON response may carry.
     pub json_max_bytes: u64,
+    /// Representations computed in the background right after load.
+    pub prepare: Vec<String>,
     pub runtime: SessionOptions,
     pub models: Vec<ModelEntry>,
 }
@@ -31,6 +33,7 @@ impl Default for Config {
             zstd_level: 3,
             cache_bytes: 256 << 20,
             json_max_bytes: 16 << 20,
+            prepare: vec!["identity".into(), "zstd".into()],
             runtime: SessionOptions::default(),
             models: Vec::new(),
         }
@@ -57,6 +60,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The `prepare` entries, parsed.
+    pub fn prepared(&self) -> Result<Vec<crate::encode::Prepared>, String> {
+        self.prepare.iter().map(|p| p.parse()).collect()
+    }
+
     /// Reads `path`; relative paths inside it become relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
@@ -82,6 +90,7 @@ impl Config {
         if !(1..=22).contains(&config.zstd_level) {
             return Err(format!("zstd_level {} is outside 1..=22", config.zstd_level));
         }
+        config.prepared()?;
         Ok(config)
     }
 }
@@ -105,5 +114,7 @@ mod tests {
         assert!(e.contains("device"), "{e}");
         let e = Config::parse("[runtime]\nproviders = [\"gpu\"]\n").unwrap_err();
         assert!(e.contains("gpu"), "{e}");
+        let e = Config::parse("prepare = [\"zstd+f8\"]\n").unwrap_err();
+        assert!(e.contains("'f8'"), "{e}");
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use weightcast::config::Config;
 use weightcast::demo;
+use weightcast::encode;
 use weightcast::http::{self, ServeOptions};
 use weightcast::onnx::OnnxModel;
 use weightcast::runtime::{self, LibrarySearch, Runtime};
@@ -107,8 +108,25 @@ fn serve(
             store::Engine::Ort(rt, &cfg.runtime)
         }
     };
+    let prepared = cfg.prepared()?;
     let cache = Arc::new(Cache::new(cfg.cache_bytes));
-    let store = Store::load(&specs, &engine, cache);
+    let store = Store::load(&specs, &engine, cache.clone());
+    // Encodings clients will ask for are made now, in the background, not on
+    // the first request; a request that comes first shares the same work.
+    let models = store.models().to_vec();
+    let level = cfg.zstd_level;
+    std::thread::spawn(move || {
+        for model in &models {
+            for what in &prepared {
+                let started = std::time::Instant::now();
+                let (n, from, to) = encode::prepare(model, *what, level, cache.budget());
+                if what.zstd || what.repr.is_some() || what.bytegroup {
+                    tracing::info!(model = %model.name, ?what, tensors = n, bytes_in = from, bytes_out = to,
+                        ms = started.elapsed().as_millis() as u64, cache_used = cache.used(), "prepared");
+                }
+            }
+        }
+    });
     let state = Arc::new(http::State {
         store,
         options: ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes },

@@ -355,6 +355,11 @@ impl Store {
         store
     }
 
+    /// The loaded models.
+    pub fn models(&self) -> &[Arc<Model>] {
+        &self.models
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
         self.models.iter().find(|m| m.name == name)
     }
@@ -488,6 +493,11 @@ impl Cache {
                 inner.used -= b.len() as u64;
             }
         }
+    }
+
+    /// The byte budget.
+    pub fn budget(&self) -> u64 {
+        self.budget
     }
 
     /// Bytes held now.

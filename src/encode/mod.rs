@@ -250,21 +250,14 @@ fn chunk(sel: &Selection, piece: Piece, encoding: Encoding, level: i32) -> Optio
             Chunk::Sized(range.len(), Box::new(move || Ok(sel.bytes(tensor).slice(range))))
         }
         (Piece::Data { tensor, range }, Encoding::Zstd) => {
-            let sel = sel.clone();
-            Chunk::Later(Box::new(move || {
-                let key = CacheKey {
-                    model: sel.model.name.clone(),
-                    version: sel.model.version().to_string(),
-                    tensor,
-                    variant: format!("zstd{level}-{:?}-{}-{}-{}", sel.repr, sel.bytegroup, range.start, range.end),
-                };
-                sel.model
-                    .cache()
-                    .get_or_compute(key, || {
-                        zstd_frame(&sel.bytes(tensor)[range.clone()], level).map(Bytes::from).map_err(|e| e.to_string())
-                    })
-                    .map_err(io::Error::other)
-            }))
+            match sel.model.cache().get(&zstd_key(sel, tensor, &range, level)) {
+                // Prepared or served before: ready now, so the body keeps a Content-Length.
+                Some(frame) => Chunk::Ready(frame),
+                None => {
+                    let sel = sel.clone();
+                    Chunk::Later(Box::new(move || zstd_data(&sel, tensor, range, level).map_err(io::Error::other)))
+                }
+            }
         }
         (Piece::Deferred(f), Encoding::Identity) => Chunk::Later(f),
         (Piece::Deferred(f), Encoding::Zstd) => {
@@ -273,11 +266,117 @@ fn chunk(sel: &Selection, piece: Piece, encoding: Encoding, level: i32) -> Optio
     })
 }
 
+/// The zstd frame of bytes `range` of a tensor's data in the selection's
+/// representation: from the cache, or compressed once (concurrent requesters
+/// wait for that one compression).
+pub fn zstd_data(sel: &Selection, tensor: usize, range: Range<usize>, level: i32) -> Result<Bytes, String> {
+    let key = zstd_key(sel, tensor, &range, level);
+    sel.model.cache().get_or_compute(key, || {
+        zstd_frame(&sel.bytes(tensor)[range.clone()], level).map(Bytes::from).map_err(|e| e.to_string())
+    })
+}
+
+fn zstd_key(sel: &Selection, tensor: usize, range: &Range<usize>, level: i32) -> CacheKey {
+    CacheKey {
+        model: sel.model.name.clone(),
+        version: sel.model.version().to_string(),
+        tensor,
+        variant: format!("zstd{level}-{:?}-{}-{}-{}", sel.repr, sel.bytegroup, range.start, range.end),
+    }
+}
+
+/// Data larger than this is compressed by several zstd worker threads.
+const ZSTD_MT_FROM: usize = 4 << 20;
+
 /// Compresses one independent zstd frame. A body made of several frames is
 /// still one valid zstd stream (frames concatenate), which lets each tensor's
 /// data be compressed once, cached, and streamed between other frames.
 pub fn zstd_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    zstd::bulk::compress(data, level)
+    if data.len() < ZSTD_MT_FROM {
+        return zstd::bulk::compress(data, level);
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers))?;
+    c.compress(data)
+}
+
+/// A representation to prepare in the background after load (`prepare` in
+/// the config): e.g. `zstd`, `f16+zstd`, `bf16`, `zstd+bytegroup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared {
+    pub repr: Representation,
+    pub zstd: bool,
+    pub bytegroup: bool,
+}
+
+impl std::str::FromStr for Prepared {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Prepared, String> {
+        let mut p = Prepared { repr: None, zstd: false, bytegroup: false };
+        for token in s.split('+') {
+            match token.trim() {
+                "identity" | "f32" => {}
+                "zstd" => p.zstd = true,
+                "f16" => p.repr = Some(cast::Target::F16),
+                "bf16" => p.repr = Some(cast::Target::Bf16),
+                "bytegroup" => p.bytegroup = true,
+                other => {
+                    return Err(format!(
+                        "'{other}' in prepare entry '{s}' is not one of: identity, zstd, f16, bf16, bytegroup"
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Computes, for every tensor of `model`, the bytes `what` needs (casts, byte
+/// planes, zstd frames) into the cache, a tensor per core at a time, until the
+/// cache budget is reached. Returns (tensors prepared, input bytes, output bytes).
+pub fn prepare(model: &Arc<Model>, what: Prepared, level: i32, budget: u64) -> (usize, u64, u64) {
+    let view = model.view(what.repr);
+    let sel = Selection {
+        model: model.clone(),
+        view,
+        repr: what.repr,
+        tensors: (0..model.tensors.len()).collect(),
+        single: false,
+        bytegroup: what.bytegroup,
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let totals = std::sync::Mutex::new((0usize, 0u64, 0u64));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&i) = sel.tensors.get(k) else { break };
+                if totals.lock().map_or(true, |t| t.2 >= budget) {
+                    break;
+                }
+                let n = sel.meta(i).nbytes as usize;
+                if sel.meta(i).dtype == DataType::String || n == 0 {
+                    continue;
+                }
+                let out = if what.zstd {
+                    let mut out = 0;
+                    for start in (0..n).step_by(records::PIECE) {
+                        out += zstd_data(&sel, i, start..(start + records::PIECE).min(n), level).map_or(0, |b| b.len());
+                    }
+                    out
+                } else {
+                    sel.bytes(i).len()
+                };
+                if let Ok(mut t) = totals.lock() {
+                    *t = (t.0 + 1, t.1 + n as u64, t.2 + out as u64);
+                }
+            });
+        }
+    });
+    totals.into_inner().unwrap_or_default()
 }
 
 /// A tensor name made safe as a file or zip member name, reversibly: every
