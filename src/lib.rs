@@ -10,6 +10,12 @@ pub mod config;
 pub mod demo;
 pub mod encode;
 pub mod http;
+// Tensor bytes are little-endian on the wire and in ONNX files, and are
+// served from memory as they lie: a big-endian host would need a byte swap
+// everywhere. Every host weightcast targets (x86-64, aarch64) is little-endian.
+#[cfg(target_endian = "big")]
+compile_error!("weightcast serves tensor bytes as they lie in memory and needs a little-endian host");
+
 pub mod onnx;
 pub mod runtime;
 pub mod store;

@@ -1,9 +1,17 @@
-//! The float-aware lossless "bytegroup" transform (`?codec=bytegroup`): the
-//! bytes of a tensor's elements are regrouped into planes — byte 0 of every
-//! element, then byte 1 of every element, … — so that zstd sees the exponent
-//! bytes of floats side by side, where they repeat, instead of interleaved
-//! with noisy mantissa bytes. Undoing it is a transpose:
-//! `np.frombuffer(data, np.uint8).reshape(k, -1).T.tobytes()`.
+//! The float-aware lossless "bytegroup" transform (`?codec=bytegroup`).
+//!
+//! Each element (each component of a complex number) of `k` bytes is read as
+//! a little-endian unsigned integer; for floating-point dtypes it is rotated
+//! left by one bit, which moves the sign bit to the bottom so that the top
+//! byte holds the exponent alone (as ZipNN does); then its bytes are split
+//! into planes: byte 0 of every element, then byte 1 of every element, … .
+//! zstd then sees the low-entropy exponent bytes side by side instead of
+//! interleaved with noisy mantissa bytes. Undoing it (numpy):
+//!
+//! ```python
+//! u = np.frombuffer(data, np.uint8).reshape(k, -1).T.copy().view(f"<u{k}").ravel()
+//! if rotated: u = (u >> 1) | (u << (8 * k - 1))
+//! ```
 
 use crate::onnx::DataType;
 
@@ -21,14 +29,83 @@ pub fn element_size(d: DataType) -> Option<usize> {
     }
 }
 
+/// Whether elements are rotated before grouping: IEEE-style floats, whose
+/// sign bit sits above the exponent.
+pub fn rotated(d: DataType) -> bool {
+    use DataType::*;
+    matches!(d, Float | Double | Float16 | Bfloat16 | Complex64 | Complex128)
+}
+
+trait Word: Copy {
+    const SIZE: usize;
+    fn read(b: &[u8]) -> Self;
+    fn rotl1(self) -> Self;
+    fn rotr1(self) -> Self;
+    fn le(self) -> [u8; 8];
+    fn from_le(b: [u8; 8]) -> Self;
+}
+
+macro_rules! word {
+    ($t:ty, $n:expr) => {
+        impl Word for $t {
+            const SIZE: usize = $n;
+            fn read(b: &[u8]) -> Self {
+                let mut a = [0u8; $n];
+                a.copy_from_slice(b);
+                <$t>::from_le_bytes(a)
+            }
+            fn rotl1(self) -> Self {
+                self.rotate_left(1)
+            }
+            fn rotr1(self) -> Self {
+                self.rotate_right(1)
+            }
+            fn le(self) -> [u8; 8] {
+                let mut a = [0u8; 8];
+                a[..$n].copy_from_slice(&self.to_le_bytes());
+                a
+            }
+            fn from_le(b: [u8; 8]) -> Self {
+                let mut a = [0u8; $n];
+                a.copy_from_slice(&b[..$n]);
+                <$t>::from_le_bytes(a)
+            }
+        }
+    };
+}
+word!(u16, 2);
+word!(u32, 4);
+word!(u64, 8);
+
 /// Element bytes → planes.
-pub fn split(data: &[u8], k: usize) -> Vec<u8> {
+pub fn split(data: &[u8], k: usize, rotate: bool) -> Vec<u8> {
+    match k {
+        2 => split_words::<u16>(data, rotate),
+        4 => split_words::<u32>(data, rotate),
+        8 => split_words::<u64>(data, rotate),
+        _ => data.to_vec(),
+    }
+}
+
+/// Planes → element bytes.
+pub fn join(planes: &[u8], k: usize, rotate: bool) -> Vec<u8> {
+    match k {
+        2 => join_words::<u16>(planes, rotate),
+        4 => join_words::<u32>(planes, rotate),
+        8 => join_words::<u64>(planes, rotate),
+        _ => planes.to_vec(),
+    }
+}
+
+fn split_words<W: Word>(data: &[u8], rotate: bool) -> Vec<u8> {
+    let k = W::SIZE;
     let n = data.len() / k;
     let mut out = vec![0u8; data.len()];
-    let (planes, _) = out.split_at_mut(n * k);
     for (i, element) in data.chunks_exact(k).enumerate() {
-        for (j, &b) in element.iter().enumerate() {
-            planes[j * n + i] = b;
+        let w = W::read(element);
+        let bytes = if rotate { w.rotl1() } else { w }.le();
+        for (j, &b) in bytes[..k].iter().enumerate() {
+            out[j * n + i] = b;
         }
     }
     // A length that is not a multiple of k cannot come from a valid tensor;
@@ -37,14 +114,18 @@ pub fn split(data: &[u8], k: usize) -> Vec<u8> {
     out
 }
 
-/// Planes → element bytes.
-pub fn join(planes: &[u8], k: usize) -> Vec<u8> {
+fn join_words<W: Word>(planes: &[u8], rotate: bool) -> Vec<u8> {
+    let k = W::SIZE;
     let n = planes.len() / k;
     let mut out = vec![0u8; planes.len()];
     for (i, element) in out.chunks_exact_mut(k).enumerate() {
-        for (j, b) in element.iter_mut().enumerate() {
+        let mut bytes = [0u8; 8];
+        for (j, b) in bytes[..k].iter_mut().enumerate() {
             *b = planes[j * n + i];
         }
+        let w = W::from_le(bytes);
+        let w = if rotate { w.rotr1() } else { w };
+        element.copy_from_slice(&w.le()[..k]);
     }
     out[n * k..].copy_from_slice(&planes[n * k..]);
     out
@@ -57,9 +138,13 @@ mod tests {
     #[test]
     fn planes_round_trip() {
         let data: Vec<u8> = (0u8..12).collect();
-        let p = split(&data, 4);
+        let p = split(&data, 4, false);
         assert_eq!(p, vec![0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]);
-        assert_eq!(join(&p, 4), data);
+        assert_eq!(join(&p, 4, false), data);
+        for k in [2, 4, 8] {
+            let bytes: Vec<u8> = (0..64u32).map(|x| (x * 37 + 11) as u8).collect();
+            assert_eq!(join(&split(&bytes, k, true), k, true), bytes, "k={k}");
+        }
         assert_eq!(element_size(DataType::Float), Some(4));
         assert_eq!(element_size(DataType::Uint8), None);
         assert_eq!(element_size(DataType::Int4), None);
@@ -67,8 +152,14 @@ mod tests {
     }
 
     #[test]
+    fn rotation_puts_the_exponent_in_the_top_plane() {
+        // -1.0f32 = 0xBF800000: rotated 0x7F000001, exponent 0x7F on top.
+        let p = split(&(-1.0f32).to_le_bytes(), 4, true);
+        assert_eq!(p, vec![0x01, 0x00, 0x00, 0x7F]);
+    }
+
+    #[test]
     fn grouping_helps_zstd_on_floats() {
-        // Smooth-ish weights: similar exponents, noisy mantissas.
         let mut s = 1u64;
         let floats: Vec<u8> = (0..65536)
             .flat_map(|_| {
@@ -77,7 +168,7 @@ mod tests {
             })
             .collect();
         let plain = zstd::bulk::compress(&floats, 3).unwrap().len();
-        let grouped = zstd::bulk::compress(&split(&floats, 4), 3).unwrap().len();
+        let grouped = zstd::bulk::compress(&split(&floats, 4, true), 3).unwrap().len();
         assert!(grouped < plain, "bytegroup {grouped} vs plain {plain}");
     }
 }

@@ -41,87 +41,51 @@ pub fn applies(dtype: DataType) -> bool {
 /// Casts little-endian FLOAT or DOUBLE bytes; `None` for other dtypes, which
 /// are served unchanged.
 pub fn cast(dtype: DataType, data: &[u8], target: Target) -> Option<Cast> {
-    const BLOCK: usize = 4096;
-    let mut bytes = Vec::with_capacity(data.len() / if dtype == DataType::Double { 4 } else { 2 });
-    let mut overflowed = 0u64;
-    match dtype {
-        DataType::Float => {
-            let mut src = [0f32; BLOCK];
-            for chunk in data.chunks(BLOCK * 4) {
-                let n = chunk.len() / 4;
-                for (d, s) in src[..n].iter_mut().zip(chunk.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-                }
-                overflowed += match target {
-                    Target::F16 => emit(
-                        &src[..n],
-                        &mut bytes,
-                        |s, d: &mut [f16]| d.convert_from_f32_slice(s),
-                        |x| x.is_finite(),
-                        f16::is_infinite,
-                        f16::to_le_bytes,
-                    ),
-                    Target::Bf16 => emit(
-                        &src[..n],
-                        &mut bytes,
-                        |s, d: &mut [bf16]| d.convert_from_f32_slice(s),
-                        |x| x.is_finite(),
-                        bf16::is_infinite,
-                        bf16::to_le_bytes,
-                    ),
-                };
-            }
+    match (dtype, target) {
+        (DataType::Float, Target::F16) => {
+            Some(run::<f32, f16>(data, |s, d| d.convert_from_f32_slice(s), f32_finite, |h| h.is_infinite()))
         }
-        DataType::Double => {
-            let mut src = [0f64; BLOCK];
-            for chunk in data.chunks(BLOCK * 8) {
-                let n = chunk.len() / 8;
-                for (d, s) in src[..n].iter_mut().zip(chunk.chunks_exact(8)) {
-                    *d = f64::from_le_bytes(s.try_into().unwrap_or_default());
-                }
-                overflowed += match target {
-                    Target::F16 => emit(
-                        &src[..n],
-                        &mut bytes,
-                        |s, d: &mut [f16]| d.convert_from_f64_slice(s),
-                        |x| x.is_finite(),
-                        f16::is_infinite,
-                        f16::to_le_bytes,
-                    ),
-                    Target::Bf16 => emit(
-                        &src[..n],
-                        &mut bytes,
-                        |s, d: &mut [bf16]| d.convert_from_f64_slice(s),
-                        |x| x.is_finite(),
-                        bf16::is_infinite,
-                        bf16::to_le_bytes,
-                    ),
-                };
-            }
+        (DataType::Float, Target::Bf16) => {
+            Some(run::<f32, bf16>(data, |s, d| d.convert_from_f32_slice(s), f32_finite, |h| h.is_infinite()))
         }
-        _ => return None,
+        (DataType::Double, Target::F16) => {
+            Some(run::<f64, f16>(data, |s, d| d.convert_from_f64_slice(s), f64::is_finite, |h| h.is_infinite()))
+        }
+        (DataType::Double, Target::Bf16) => {
+            Some(run::<f64, bf16>(data, |s, d| d.convert_from_f64_slice(s), f64::is_finite, |h| h.is_infinite()))
+        }
+        _ => None,
     }
-    Some(Cast { bytes, overflowed })
 }
 
-/// Converts one block, appends its bytes, returns how many values overflowed.
-fn emit<S: Copy, D: Copy + Default>(
-    src: &[S],
-    out: &mut Vec<u8>,
+fn f32_finite(x: f32) -> bool {
+    x.is_finite()
+}
+
+/// Converts block by block: the input block is copied into an aligned buffer
+/// (one memcpy; the model's bytes may sit at any alignment), converted with
+/// `half`'s SIMD slice routine, and appended as bytes.
+fn run<S: bytemuck::Pod + Default, D: bytemuck::Pod + Default>(
+    data: &[u8],
     convert: impl Fn(&[S], &mut [D]),
     src_finite: impl Fn(S) -> bool,
     dst_inf: impl Fn(D) -> bool,
-    le: impl Fn(D) -> [u8; 2],
-) -> u64 {
-    let mut dst = [D::default(); 4096];
-    let dst = &mut dst[..src.len()];
-    convert(src, dst);
-    let mut overflowed = 0;
-    for (s, d) in src.iter().zip(dst.iter()) {
-        overflowed += (src_finite(*s) && dst_inf(*d)) as u64;
-        out.extend_from_slice(&le(*d));
+) -> Cast {
+    const BLOCK: usize = 16 * 1024;
+    let size = std::mem::size_of::<S>();
+    let mut src = vec![S::default(); BLOCK];
+    let mut dst = vec![D::default(); BLOCK];
+    let mut bytes = Vec::with_capacity(data.len() / size * std::mem::size_of::<D>());
+    let mut overflowed = 0u64;
+    for chunk in data.chunks(BLOCK * size) {
+        let n = chunk.len() / size;
+        let (src, dst) = (&mut src[..n], &mut dst[..n]);
+        bytemuck::cast_slice_mut::<S, u8>(src).copy_from_slice(&chunk[..n * size]);
+        convert(src, dst);
+        overflowed += src.iter().zip(dst.iter()).filter(|(s, d)| dst_inf(**d) && src_finite(**s)).count() as u64;
+        bytes.extend_from_slice(bytemuck::cast_slice(dst));
     }
-    overflowed
+    Cast { bytes, overflowed }
 }
 
 #[cfg(test)]

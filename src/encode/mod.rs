@@ -160,13 +160,14 @@ impl Selection {
         match self.element_size(i) {
             None => data,
             Some(k) => {
+                let rotate = bytegroup::rotated(self.meta(i).dtype);
                 let key = CacheKey {
                     model: self.model.name.clone(),
                     version: self.model.version().to_string(),
                     tensor: i,
                     variant: format!("bytegroup-{:?}", self.repr),
                 };
-                self.model.cache().get_or_compute(key, || Ok(bytegroup::split(&data, k).into())).unwrap_or(data)
+                self.model.cache().get_or_compute(key, || Ok(bytegroup::split(&data, k, rotate).into())).unwrap_or(data)
             }
         }
     }
@@ -272,8 +273,40 @@ fn chunk(sel: &Selection, piece: Piece, encoding: Encoding, level: i32) -> Optio
 pub fn zstd_data(sel: &Selection, tensor: usize, range: Range<usize>, level: i32) -> Result<Bytes, String> {
     let key = zstd_key(sel, tensor, &range, level);
     sel.model.cache().get_or_compute(key, || {
-        zstd_frame(&sel.bytes(tensor)[range.clone()], level).map(Bytes::from).map_err(|e| e.to_string())
+        let bytes = sel.bytes(tensor);
+        let compressed = match sel.element_size(tensor) {
+            Some(k) => zstd_planes(&bytes[range.clone()], bytes.len() / k, range.start, level),
+            None => zstd_frame(&bytes[range.clone()], level),
+        };
+        compressed.map(Bytes::from).map_err(|e| e.to_string())
     })
+}
+
+/// zstd of byte planes: one frame per plane (each zstd block then holds one
+/// plane's statistics, not a mix of noisy mantissa and tidy exponent bytes),
+/// with matching tuned down so the exponent plane is entropy-coded as
+/// literals. `data` starts at byte `offset` of planes `plane` bytes long.
+pub fn zstd_planes(data: &[u8], plane: usize, offset: usize, level: i32) -> io::Result<Vec<u8>> {
+    use zstd::zstd_safe::{CParameter, Strategy};
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    for p in [
+        CParameter::Strategy(Strategy::ZSTD_fast),
+        CParameter::WindowLog(17),
+        CParameter::HashLog(6),
+        CParameter::MinMatch(7),
+        CParameter::SearchLog(1),
+    ] {
+        c.set_parameter(p)?;
+    }
+    let mut out = Vec::with_capacity(data.len());
+    let mut at = 0;
+    while at < data.len() {
+        let to_boundary = plane.max(1) - (offset + at) % plane.max(1);
+        let end = (at + to_boundary).min(data.len());
+        out.extend(c.compress(&data[at..end])?);
+        at = end;
+    }
+    Ok(out)
 }
 
 fn zstd_key(sel: &Selection, tensor: usize, range: &Range<usize>, level: i32) -> CacheKey {
