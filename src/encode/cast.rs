@@ -73,8 +73,8 @@ fn run<S: bytemuck::Pod + Default, D: bytemuck::Pod + Default>(
 ) -> Cast {
     const BLOCK: usize = 16 * 1024;
     let size = std::mem::size_of::<S>();
-    let mut src = vec![S::default(); BLOCK];
-    let mut dst = vec![D::default(); BLOCK];
+    let mut src = [S::default(); BLOCK];
+    let mut dst = [D::default(); BLOCK];
     let mut bytes = Vec::with_capacity(data.len() / size * std::mem::size_of::<D>());
     let mut overflowed = 0u64;
     for chunk in data.chunks(BLOCK * size) {
