@@ -41,51 +41,80 @@ pub fn applies(dtype: DataType) -> bool {
 /// Casts little-endian FLOAT or DOUBLE bytes; `None` for other dtypes, which
 /// are served unchanged.
 pub fn cast(dtype: DataType, data: &[u8], target: Target) -> Option<Cast> {
+    let mut bytes = Vec::new();
+    let overflowed = cast_into(dtype, data, target, &mut bytes)?;
+    Some(Cast { bytes, overflowed })
+}
+
+/// [`cast`] into a buffer the caller owns (cleared first); returns the
+/// overflow count, or `None` for dtypes that are not cast.
+pub fn cast_into(dtype: DataType, data: &[u8], target: Target, out: &mut Vec<u8>) -> Option<u64> {
+    out.clear();
     match (dtype, target) {
         (DataType::Float, Target::F16) => {
-            Some(run::<f32, f16>(data, |s, d| d.convert_from_f32_slice(s), f32_finite, |h| h.is_infinite()))
+            Some(run::<f32, f16>(data, out, |s, d| d.convert_from_f32_slice(s), f32_finite, F16_INF))
         }
         (DataType::Float, Target::Bf16) => {
-            Some(run::<f32, bf16>(data, |s, d| d.convert_from_f32_slice(s), f32_finite, |h| h.is_infinite()))
+            Some(run::<f32, bf16>(data, out, |s, d| d.convert_from_f32_slice(s), f32_finite, BF16_INF))
         }
         (DataType::Double, Target::F16) => {
-            Some(run::<f64, f16>(data, |s, d| d.convert_from_f64_slice(s), f64::is_finite, |h| h.is_infinite()))
+            Some(run::<f64, f16>(data, out, |s, d| d.convert_from_f64_slice(s), f64::is_finite, F16_INF))
         }
         (DataType::Double, Target::Bf16) => {
-            Some(run::<f64, bf16>(data, |s, d| d.convert_from_f64_slice(s), f64::is_finite, |h| h.is_infinite()))
+            Some(run::<f64, bf16>(data, out, |s, d| d.convert_from_f64_slice(s), f64::is_finite, BF16_INF))
         }
         _ => None,
     }
 }
 
+/// Bits of ±inf without the sign, in fp16 and bf16.
+const F16_INF: u16 = 0x7c00;
+const BF16_INF: u16 = 0x7f80;
+
 fn f32_finite(x: f32) -> bool {
     x.is_finite()
 }
 
-/// Converts block by block: the input block is copied into an aligned buffer
-/// (one memcpy; the model's bytes may sit at any alignment), converted with
-/// `half`'s SIMD slice routine, and appended as bytes.
+/// Converts block by block: the input block is used in place when aligned
+/// (else copied once into an aligned buffer — the model's bytes may sit at any
+/// alignment), converted with `half`'s SIMD slice routine, scanned for
+/// infinities while in cache, and appended.
 fn run<S: bytemuck::Pod + Default, D: bytemuck::Pod + Default>(
     data: &[u8],
+    bytes: &mut Vec<u8>,
     convert: impl Fn(&[S], &mut [D]),
     src_finite: impl Fn(S) -> bool,
-    dst_inf: impl Fn(D) -> bool,
-) -> Cast {
+    inf_bits: u16,
+) -> u64 {
     const BLOCK: usize = 16 * 1024;
     let size = std::mem::size_of::<S>();
-    let mut src = [S::default(); BLOCK];
-    let mut dst = [D::default(); BLOCK];
-    let mut bytes = Vec::with_capacity(data.len() / size * std::mem::size_of::<D>());
+    let mut src_buf = [S::default(); BLOCK];
+    let mut dst_buf = [D::default(); BLOCK];
+    bytes.reserve(data.len() / size * std::mem::size_of::<D>());
     let mut overflowed = 0u64;
     for chunk in data.chunks(BLOCK * size) {
         let n = chunk.len() / size;
-        let (src, dst) = (&mut src[..n], &mut dst[..n]);
-        bytemuck::cast_slice_mut::<S, u8>(src).copy_from_slice(&chunk[..n * size]);
+        let chunk = &chunk[..n * size];
+        let src: &[S] = match bytemuck::try_cast_slice(chunk) {
+            Ok(aligned) => aligned,
+            Err(_) => {
+                bytemuck::cast_slice_mut::<S, u8>(&mut src_buf[..n]).copy_from_slice(chunk);
+                &src_buf[..n]
+            }
+        };
+        let dst = &mut dst_buf[..n];
         convert(src, dst);
-        overflowed += src.iter().zip(dst.iter()).filter(|(s, d)| dst_inf(**d) && src_finite(**s)).count() as u64;
+        // The largest magnitude (masked bits fit an i16: a vectorizable max);
+        // the source is looked at only in a block holding an infinity or NaN.
+        let bits: &[u16] = bytemuck::cast_slice(dst);
+        let top = bits.iter().fold(0i16, |m, &b| m.max((b & 0x7fff) as i16));
+        if top as u16 >= inf_bits {
+            let is_inf = |b: &u16| b & 0x7fff == inf_bits;
+            overflowed += src.iter().zip(bits).filter(|(s, b)| is_inf(b) && src_finite(**s)).count() as u64;
+        }
         bytes.extend_from_slice(bytemuck::cast_slice(dst));
     }
-    Cast { bytes, overflowed }
+    overflowed
 }
 
 #[cfg(test)]
