@@ -74,6 +74,7 @@ def download(url, expect_size, n, c, headers=()):
     s = r["summary"]
     codes = r.get("statusCodeDistribution", {})
     ok = int(codes.get("200", 0))
+    assert ok == sum(int(v) for v in codes.values()), (url, codes)
     # oha's own figures are checked against the bytes it received.
     assert s["sizePerRequest"] == expect_size, (url, s["sizePerRequest"], expect_size)
     assert s["totalData"] == ok * expect_size, (url, s["totalData"], ok, expect_size)
@@ -141,7 +142,10 @@ http {{
     location ~ \\.zst$ {{ add_header Content-Encoding zstd; }}
   }}
 }}""")
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
+        # nginx's workers run as nobody: they must be able to read the files.
+        os.chmod(tmp, 0o755)
+        os.chmod(root, 0o755)
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
         for _ in range(200):
             try:
@@ -331,4 +335,10 @@ def report(results):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # Whatever happened, leave no server behind.
+        subprocess.run(["pkill", "-f", f"{BIN} serve"], check=False)
+        subprocess.run(["pkill", "-f", "nginx: master process nginx -c /tmp"], check=False)
+        subprocess.run(["pkill", "-f", "gunicorn"], check=False)

@@ -2,6 +2,7 @@
 //! conditional requests and errors. See README.md for the API itself.
 
 mod body;
+mod conn;
 pub mod negotiate;
 
 use std::io;
@@ -97,11 +98,7 @@ async fn accept(
         let state = state.clone();
         executor
             .spawn(async move {
-                let served = async_h1::accept(stream, |req| {
-                    let state = state.clone();
-                    async move { Ok(respond(&state, req).await) }
-                });
-                if let Err(e) = served.await {
+                if let Err(e) = conn::serve(stream, state).await {
                     tracing::debug!(%peer, "connection ended: {e}");
                 }
             })
