@@ -79,7 +79,7 @@ pub struct Model {
     pub tensors: Vec<Tensor>,
     pub runtime: RuntimeInfo,
     index: HashMap<String, usize>,
-    stored: View,
+    stored: Arc<View>,
     cast: [OnceLock<Arc<View>>; 2],
     /// The model file (for `/graph`), and that rewrite once made.
     file: Bytes,
@@ -110,10 +110,19 @@ impl Model {
         self.stored.tensors.iter().map(|t| t.nbytes).sum()
     }
 
+    /// The view of a representation if it needs no work now (stored, or a
+    /// cast already computed): the async handlers skip the blocking pool then.
+    pub fn view_ready(&self, repr: Representation) -> Option<Arc<View>> {
+        match repr {
+            None => Some(self.stored.clone()),
+            Some(target) => self.cast[target as usize].get().cloned(),
+        }
+    }
+
     /// Per-tensor facts in a representation (computing the cast once).
     pub fn view(&self, repr: Representation) -> Arc<View> {
         let Some(target) = repr else {
-            return Arc::new(View { tensors: self.stored.tensors.clone(), version: self.stored.version.clone() });
+            return self.stored.clone();
         };
         self.cast[target as usize]
             .get_or_init(|| {
@@ -264,7 +273,7 @@ pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Mode
         }
     };
     let metas = digests(&onnx.tensors);
-    let stored = View::new(&onnx.tensors, metas);
+    let stored = Arc::new(View::new(&onnx.tensors, metas));
     let index = onnx.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let file = onnx.bytes.clone();
     Ok(Model {

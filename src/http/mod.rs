@@ -176,10 +176,13 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             let q = negotiate::query(pairs, &["format", "dtype"]).map_err(bad_request)?;
             let format = ask.format(Format::DOCUMENTS, &q)?;
             let model = find_model(&state, model)?;
-            let m = model.clone();
-            let view = smol::unblock(move || m.view(q.dtype)).await;
-            let body = manifest::render_manifest(&manifest::manifest(&model, &view), format);
             let key = format!("manifest|{:?}", q.dtype);
+            let etag = ask.etag(model.version(), &key, format);
+            if ask.not_modified(&etag) {
+                return Ok(ask.not_modified_response(&etag, format));
+            }
+            let view = view(&model, q.dtype).await;
+            let body = manifest::render_manifest(&manifest::manifest(&model, &view), format);
             ask.document(model.version(), &key, format, body, state.options.zstd_level)
         }
         ["v1", "models", model, "weights"] => {
@@ -203,6 +206,18 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             tensors(&state, &ask, &q, model, vec![index], true).await
         }
         _ => Err(ApiError::new(StatusCode::NotFound, "not found", format!("no route for {path}; routes: /healthz, /v1/models, /v1/models/{{model}}, /v1/models/{{model}}/weights, /v1/models/{{model}}/tensors/{{name}}, /v1/models/{{model}}/graph"))),
+    }
+}
+
+/// A representation's view: at once when ready, else computed (casts) on the
+/// blocking pool, never on the executor's threads.
+async fn view(model: &Arc<Model>, repr: crate::store::Representation) -> Arc<crate::store::View> {
+    match model.view_ready(repr) {
+        Some(v) => v,
+        None => {
+            let m = model.clone();
+            smol::unblock(move || m.view(repr)).await
+        }
     }
 }
 
@@ -339,9 +354,8 @@ async fn tensors(
     if ask.not_modified(&etag) {
         return Ok(ask.not_modified_response(&etag, format));
     }
-    let m = model.clone();
     let repr = q.dtype;
-    let view = smol::unblock(move || m.view(repr)).await;
+    let view = view(&model, repr).await;
     let version = view.version.clone();
     let selection = Selection { model, view, repr, tensors, single, bytegroup: q.bytegroup };
     let options = encode::Options {
