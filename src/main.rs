@@ -72,6 +72,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// How often model files are checked for replacement.
+const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn serve(
     config: Option<PathBuf>,
     listen: Option<String>,
@@ -99,37 +102,45 @@ fn serve(
         named.push((Some("demo".into()), path));
     }
     let specs = store::specs(&named)?;
-    let rt;
     let engine = match cfg.runtime.engine {
         runtime::Engine::None => store::Engine::None,
         runtime::Engine::Ort => {
-            rt = Runtime::load(&LibrarySearch { flag: ort_lib, config: cfg.runtime.ort_lib.clone() })
+            let rt = Runtime::load(&LibrarySearch { flag: ort_lib, config: cfg.runtime.ort_lib.clone() })
                 .map_err(|e| e.to_string())?;
-            store::Engine::Ort(rt, &cfg.runtime)
+            store::Engine::Ort(rt, cfg.runtime.clone())
         }
     };
     let prepared = cfg.prepared()?;
     let cache = Arc::new(Cache::new(cfg.cache_bytes));
-    let store = Store::load(&specs, &engine, cache.clone());
-    // Encodings clients will ask for are made now, in the background, not on
-    // the first request; a request that comes first shares the same work.
-    let models = store.models().to_vec();
-    let level = cfg.zstd_level;
-    std::thread::spawn(move || {
-        for model in &models {
-            for what in &prepared {
-                let started = std::time::Instant::now();
-                let (n, from, to) = encode::prepare(model, *what, level, cache.budget());
-                if what.zstd || what.repr.is_some() || what.bytegroup {
-                    tracing::info!(model = %model.name, ?what, tensors = n, bytes_in = from, bytes_out = to,
-                        ms = started.elapsed().as_millis() as u64, cache_used = cache.used(), "prepared");
-                }
-            }
-        }
-    });
+    let store = Store::load(&specs, engine, cache.clone());
     let state = Arc::new(http::State {
         store,
         options: ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes },
+    });
+    // Encodings clients will ask for are made now, in the background, not on
+    // the first request (a request that comes first shares the same work);
+    // then model files are watched, and a replaced file is loaded and prepared
+    // while the previous version keeps serving.
+    let watched = state.clone();
+    let level = cfg.zstd_level;
+    std::thread::spawn(move || {
+        let prepare_all = |models: Vec<Arc<store::Model>>| {
+            for model in &models {
+                for what in &prepared {
+                    let started = std::time::Instant::now();
+                    let (n, from, to) = encode::prepare(model, *what, level, cache.budget());
+                    if what.zstd || what.repr.is_some() || what.bytegroup {
+                        tracing::info!(model = %model.name, ?what, tensors = n, bytes_in = from, bytes_out = to,
+                            ms = started.elapsed().as_millis() as u64, cache_used = cache.used(), "prepared");
+                    }
+                }
+            }
+        };
+        prepare_all(watched.store.models());
+        loop {
+            std::thread::sleep(RELOAD_CHECK);
+            prepare_all(watched.store.refresh());
+        }
     });
     let listener = std::net::TcpListener::bind(cfg.listen.as_str())
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;

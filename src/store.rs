@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -237,9 +237,10 @@ pub fn digest(data: &TensorData) -> [u8; 32] {
 }
 
 /// The runtime choice for loading models.
-pub enum Engine<'a> {
+#[derive(Clone)]
+pub enum Engine {
     /// Open an ONNX Runtime session per model.
-    Ort(&'a Runtime, &'a runtime::SessionOptions),
+    Ort(&'static Runtime, runtime::SessionOptions),
     /// Serve weights without ONNX Runtime.
     None,
 }
@@ -331,58 +332,127 @@ fn sums(data: &TensorData) -> ([u8; 32], u32) {
     (digest(data), crc)
 }
 
-/// Every model the server was asked to serve: loaded, or failed with a reason.
+/// Every model the server was asked to serve: loaded, or failed with a
+/// reason; each reloaded when its file is replaced.
 pub struct Store {
-    models: Vec<Arc<Model>>,
-    failed: Vec<(String, String)>,
+    slots: Vec<Slot>,
+    engine: Engine,
+    cache: Arc<Cache>,
+}
+
+struct Slot {
+    spec: ModelSpec,
+    state: RwLock<(Entry, Option<FileStamp>)>,
 }
 
 /// A model in the listing.
-pub enum Entry<'a> {
-    Loaded(&'a Model),
-    Failed { name: &'a str, error: &'a str },
+#[derive(Clone)]
+pub enum Entry {
+    Loaded(Arc<Model>),
+    Failed { name: String, error: String },
+}
+
+/// What identifies a file's content cheaply: replaced files (renamed over)
+/// change inode; rewritten ones change size or mtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp { inode: m.ino(), len: m.len(), modified: m.modified().ok() })
+}
+
+fn load_entry(spec: &ModelSpec, engine: &Engine, cache: &Arc<Cache>) -> Entry {
+    let started = std::time::Instant::now();
+    match load(spec, engine, cache.clone()) {
+        Ok(m) => {
+            tracing::info!(model = %m.name, path = %spec.path.display(), tensors = m.tensors.len(), bytes = m.total_bytes(),
+                version = %&m.version()[..16], providers = ?m.runtime.active, ms = started.elapsed().as_millis() as u64, "model loaded");
+            Entry::Loaded(Arc::new(m))
+        }
+        Err(e) => {
+            tracing::error!(model = %spec.name, "model failed to load: {e}");
+            Entry::Failed { name: spec.name.clone(), error: e.to_string() }
+        }
+    }
 }
 
 impl Store {
     /// Loads each model; one that fails is logged and listed with its error.
-    pub fn load(specs: &[ModelSpec], engine: &Engine, cache: Arc<Cache>) -> Store {
-        let mut store = Store { models: Vec::new(), failed: Vec::new() };
-        for spec in specs {
-            let started = std::time::Instant::now();
-            match load(spec, engine, cache.clone()) {
-                Ok(m) => {
-                    tracing::info!(model = %m.name, path = %spec.path.display(), tensors = m.tensors.len(), bytes = m.total_bytes(),
-                        version = %&m.version()[..16], providers = ?m.runtime.active, ms = started.elapsed().as_millis() as u64, "model loaded");
-                    store.models.push(Arc::new(m));
+    pub fn load(specs: &[ModelSpec], engine: Engine, cache: Arc<Cache>) -> Store {
+        let slots = specs
+            .iter()
+            .map(|spec| {
+                let before = stamp(&spec.path);
+                let entry = load_entry(spec, &engine, &cache);
+                Slot { spec: spec.clone(), state: RwLock::new((entry, before)) }
+            })
+            .collect();
+        Store { slots, engine, cache }
+    }
+
+    /// Reloads every model whose file changed since it was loaded; returns the
+    /// models loaded anew. A model whose new file fails to load keeps serving
+    /// its previous version (and the failure is logged).
+    pub fn refresh(&self) -> Vec<Arc<Model>> {
+        let mut fresh = Vec::new();
+        for slot in &self.slots {
+            let now = stamp(&slot.spec.path);
+            let changed = slot.state.read().map(|s| s.1 != now).unwrap_or(false);
+            if !changed {
+                continue;
+            }
+            let entry = load_entry(&slot.spec, &self.engine, &self.cache);
+            let Ok(mut state) = slot.state.write() else { continue };
+            match (&entry, &state.0) {
+                (Entry::Failed { error, .. }, Entry::Loaded(old)) => {
+                    tracing::warn!(model = %slot.spec.name, "new file did not load; still serving version {}: {error}", &old.version()[..16]);
+                    state.1 = now;
                 }
-                Err(e) => {
-                    tracing::error!(model = %spec.name, "model failed to load: {e}");
-                    store.failed.push((spec.name.clone(), e.to_string()));
+                _ => {
+                    if let Entry::Loaded(m) = &entry {
+                        fresh.push(m.clone());
+                    }
+                    *state = (entry, now);
                 }
             }
         }
-        store
+        fresh
     }
 
     /// The loaded models.
-    pub fn models(&self) -> &[Arc<Model>] {
-        &self.models
+    pub fn models(&self) -> Vec<Arc<Model>> {
+        self.entries().into_iter().filter_map(|e| if let Entry::Loaded(m) = e { Some(m) } else { None }).collect()
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
-        self.models.iter().find(|m| m.name == name)
+    pub fn get(&self, name: &str) -> Option<Arc<Model>> {
+        match self.entry(name)? {
+            Entry::Loaded(m) => Some(m),
+            Entry::Failed { .. } => None,
+        }
     }
 
-    /// Loaded and failed models, in the order they were given.
-    pub fn entries(&self) -> Vec<Entry<'_>> {
-        let mut e: Vec<Entry> = self.models.iter().map(|m| Entry::Loaded(m)).collect();
-        e.extend(self.failed.iter().map(|(name, error)| Entry::Failed { name, error }));
-        e
+    fn entry(&self, name: &str) -> Option<Entry> {
+        let slot = self.slots.iter().find(|s| s.spec.name == name)?;
+        slot.state.read().ok().map(|s| s.0.clone())
+    }
+
+    /// Every model, in the order given.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.slots.iter().filter_map(|s| s.state.read().ok().map(|s| s.0.clone())).collect()
     }
 
     /// The error of a model that failed to load.
-    pub fn failure(&self, name: &str) -> Option<&str> {
-        self.failed.iter().find(|(n, _)| n == name).map(|(_, e)| e.as_str())
+    pub fn failure(&self, name: &str) -> Option<String> {
+        match self.entry(name)? {
+            Entry::Failed { error, .. } => Some(error),
+            Entry::Loaded(_) => None,
+        }
     }
 }
 

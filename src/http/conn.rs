@@ -22,11 +22,13 @@ const IDLE: Duration = Duration::from_secs(60);
 pub async fn serve(stream: smol::net::TcpStream, state: Arc<State>) -> io::Result<()> {
     let mut out = stream.clone();
     loop {
-        let next = async { async_h1::server::decode(stream.clone()).await.map_err(|e| io::Error::other(e.to_string())) }
-            .or(async {
-                smol::Timer::after(IDLE).await;
-                Ok(None)
-            });
+        let next =
+            async { async_h1::server::decode(stream.clone()).await.map_err(|e| io::Error::other(e.to_string())) }.or(
+                async {
+                    smol::Timer::after(IDLE).await;
+                    Ok(None)
+                },
+            );
         let Some((req, mut body)) = next.await? else { return Ok(()) };
         let method = req.method();
         let close = req.header("Connection").is_some_and(|c| c.as_str().eq_ignore_ascii_case("close"));

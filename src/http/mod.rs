@@ -20,6 +20,11 @@ use negotiate::Query;
 use crate::encode::{self, manifest, EncodeError, Encoding, Format, Selection};
 use crate::store::{Model, Store};
 
+/// Header on every answer about one model: the version of its weights as
+/// stored, whatever representation was asked, so a client can tell that
+/// several answers come from the same model file.
+pub const MODEL_VERSION: &str = "X-Weightcast-Model-Version";
+
 /// Serving choices from the config.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -183,7 +188,9 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             }
             let view = view(&model, q.dtype).await;
             let body = manifest::render_manifest(&manifest::manifest(&model, &view), format);
-            ask.document(model.version(), &key, format, body, state.options.zstd_level)
+            let mut r = ask.document(model.version(), &key, format, body, state.options.zstd_level)?;
+            r.insert_header(MODEL_VERSION, model.version());
+            Ok(r)
         }
         ["v1", "models", model, "weights"] => {
             let q = negotiate::query(pairs, &["format", "dtype", "names", "compress", "codec"]).map_err(bad_request)?;
@@ -373,6 +380,7 @@ async fn tensors(
     let mut r = Response::new(StatusCode::Ok);
     ask.headers(&mut r, &etag, format);
     r.insert_header("X-Weightcast-Version", version.as_str());
+    r.insert_header(MODEL_VERSION, selection.model.version());
     let len = body::known_len(&chunks);
     r.set_body(http_types::Body::from_reader(ChunkReader::new(chunks), len));
     Ok(r)
@@ -395,5 +403,6 @@ async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, 
         .map_err(|e| ApiError::new(StatusCode::InternalServerError, "cannot rewrite the model", e))?;
     let mut r = ask.document(model.version(), "graph", format, bytes.to_vec(), state.options.zstd_level)?;
     r.insert_header("Content-Type", "application/octet-stream");
+    r.insert_header(MODEL_VERSION, model.version());
     Ok(r)
 }

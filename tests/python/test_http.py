@@ -165,3 +165,37 @@ def test_json_cap(zoo, serve, tmp_path):
     assert "1000" in body["detail"]
     assert s.get("/v1/models/mlp/weights?format=json&names=b1").status_code == 200
     assert s.get("/v1/models/mlp/weights").status_code == 200
+
+
+def test_a_replaced_model_file_is_served_once_it_loads(tmp_path, serve):
+    import os
+    import time
+
+    import gen_models
+
+    path = tmp_path / "hub.onnx"
+    gen_models.mlp(path, seed=1)
+    s = serve("--runtime", "none", path)
+    v1 = s.get("/v1/models/hub?format=json").json()["version"]
+
+    def wait_for(pred):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            m = s.get("/v1/models/hub?format=json").json()
+            if pred(m):
+                return m
+            time.sleep(0.1)
+        raise AssertionError("server did not pick up the change")
+
+    # Published by rename, as a fleet hub does: the new version is served.
+    gen_models.mlp(tmp_path / "next.onnx", seed=2)
+    os.replace(tmp_path / "next.onnx", path)
+    v2 = wait_for(lambda m: m["version"] != v1)["version"]
+    r = s.get("/v1/models/hub/weights")
+    assert r.headers["X-Weightcast-Model-Version"] == v2
+    # A broken file does not take the model down: the last good version stays.
+    (tmp_path / "bad.onnx").write_bytes(path.read_bytes()[:100])
+    os.replace(tmp_path / "bad.onnx", path)
+    time.sleep(2.5)
+    assert s.get("/v1/models/hub?format=json").json()["version"] == v2
+    assert "still serving version" in s.logs()
