@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod encode;
 pub mod http;
+pub mod updater;
 // Tensor bytes are little-endian on the wire and in ONNX files, and are
 // served from memory as they lie: a big-endian host would need a byte swap
 // everywhere. Every host weightcast targets (x86-64, aarch64) is little-endian.

@@ -45,6 +45,54 @@ enum Command {
     },
     /// Print a model's tensors: name, dtype, shape, bytes, storage.
     Inspect { model: PathBuf },
+    /// Keep a local copy of a model current with a hub: fetch only changed
+    /// tensors, verify them, switch versions atomically.
+    Pull {
+        /// The model on the hub, e.g. http://hub:8080/v1/models/detector
+        url: String,
+        /// Folder holding versions/ and the `current` symlink.
+        #[arg(long)]
+        dest: PathBuf,
+        /// Time between polls (e.g. 30s, 5m), with ±10% random jitter.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        /// Do one round and exit: 0 current or updated, 1 failed, 2 rejected.
+        #[arg(long)]
+        once: bool,
+        /// With --once: exit with this code when nothing changed.
+        #[arg(long)]
+        exit_no_change: Option<u8>,
+        /// Versions kept on disk (current included).
+        #[arg(long, default_value_t = 2)]
+        keep: usize,
+        /// Check a new version before switching: "ort" (load it in ONNX Runtime
+        /// and run one inference), or a shell command ($WEIGHTCAST_DIR is the new folder).
+        #[arg(long)]
+        check: Option<String>,
+        /// Shell command run after a switch ($WEIGHTCAST_DIR is the new folder).
+        #[arg(long)]
+        exec: Option<String>,
+        /// File holding a bearer token for the hub.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Deadline for each request.
+        #[arg(long, default_value = "300s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        /// Print one JSON object per round on stdout (for fleet tooling).
+        #[arg(long)]
+        json: bool,
+        /// TOML config: [runtime] options for --check ort.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Path of libonnxruntime.so, for --check ort.
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+    },
+    /// Point `current` back at the previous version.
+    Rollback {
+        #[arg(long)]
+        dest: PathBuf,
+    },
     /// Write the built-in demo model to a file.
     Demo {
         /// Where to write it.
@@ -61,6 +109,39 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen, runtime, ort_lib, models } => serve(config, listen, runtime, ort_lib, models),
         Command::Inspect { model } => inspect(&model),
+        Command::Pull {
+            url,
+            dest,
+            interval,
+            once,
+            exit_no_change,
+            keep,
+            check,
+            exec,
+            token_file,
+            timeout,
+            json,
+            config,
+            ort_lib,
+        } => {
+            let args = PullArgs {
+                url,
+                dest,
+                interval,
+                once,
+                exit_no_change,
+                keep,
+                check,
+                exec,
+                token_file,
+                timeout,
+                json,
+                config,
+                ort_lib,
+            };
+            return pull(args);
+        }
+        Command::Rollback { dest } => weightcast::updater::rollback(&dest).map(|v| println!("current is now {v}")),
         Command::Demo { out } => demo::write(&out).map_err(|e| format!("cannot write {}: {e}", out.display())),
     };
     match result {
@@ -69,6 +150,122 @@ fn main() -> ExitCode {
             eprintln!("weightcast: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// "30s", "5m", "250ms", "1h", or a number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 5m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (ms, s, m, h)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+struct PullArgs {
+    url: String,
+    dest: PathBuf,
+    interval: std::time::Duration,
+    once: bool,
+    exit_no_change: Option<u8>,
+    keep: usize,
+    check: Option<String>,
+    exec: Option<String>,
+    token_file: Option<PathBuf>,
+    timeout: std::time::Duration,
+    json: bool,
+    config: Option<PathBuf>,
+    ort_lib: Option<PathBuf>,
+}
+
+fn pull(a: PullArgs) -> ExitCode {
+    use weightcast::updater::{self, Check, Client, Options, Outcome};
+    let setup = || -> Result<(Options, Client), String> {
+        let url = http_types::Url::parse(&a.url).map_err(|e| format!("bad URL '{}': {e}", a.url))?;
+        if url.scheme() != "http" {
+            return Err(format!("'{}': only http:// is supported (put TLS in front, e.g. a local proxy)", a.url));
+        }
+        let cfg = match &a.config {
+            Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        let check = match a.check.as_deref() {
+            None => Check::None,
+            Some("ort") => Check::Ort(
+                LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() },
+                cfg.runtime.clone(),
+            ),
+            Some(cmd) => Check::Command(cmd.to_string()),
+        };
+        let token = match &a.token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?.trim().to_string(),
+            ),
+            None => None,
+        };
+        Ok((
+            Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone() },
+            Client { token, timeout: a.timeout },
+        ))
+    };
+    let (opts, client) = match setup() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("weightcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failures = 0u32;
+    loop {
+        let started = std::time::Instant::now();
+        let result = smol::block_on(updater::round(&opts, &client));
+        let ms = started.elapsed().as_millis() as u64;
+        let (code, retry) = match &result {
+            Ok(Outcome::Current { version }) => {
+                tracing::info!(version = version.as_deref().map(|v| &v[..16.min(v.len())]), ms, "no change");
+                (a.exit_no_change.unwrap_or(0), None)
+            }
+            Ok(Outcome::Updated { version, fetched_bytes, model_bytes, tensors_fetched, tensors_total }) => {
+                tracing::info!(version = &version[..16], ms, "updated: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensors_total} tensors changed)");
+                (0, None)
+            }
+            Ok(Outcome::Rejected { version, reason }) => {
+                tracing::error!(version = &version[..16], "rejected: {reason}");
+                (2, None)
+            }
+            Err(e) => {
+                tracing::error!(ms, "update failed: {e}");
+                (1, e.retry_after())
+            }
+        };
+        if a.json {
+            let line = match &result {
+                Ok(Outcome::Current { version }) => {
+                    serde_json::json!({"status": "current", "version": version, "ms": ms})
+                }
+                Ok(Outcome::Updated { version, fetched_bytes, model_bytes, tensors_fetched, tensors_total }) => {
+                    serde_json::json!({
+                    "status": "updated", "version": version, "fetched_bytes": fetched_bytes, "model_bytes": model_bytes,
+                    "tensors_fetched": tensors_fetched, "tensors_total": tensors_total, "ms": ms})
+                }
+                Ok(Outcome::Rejected { version, reason }) => {
+                    serde_json::json!({"status": "rejected", "version": version, "reason": reason})
+                }
+                Err(e) => serde_json::json!({"status": "failed", "error": e.to_string(), "ms": ms}),
+            };
+            println!("{line}");
+        }
+        if a.once {
+            return ExitCode::from(code);
+        }
+        failures = if result.is_ok() { 0 } else { failures + 1 };
+        std::thread::sleep(updater::next_wait(a.interval, 0.1, failures, retry));
     }
 }
 

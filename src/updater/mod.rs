@@ -1,0 +1,470 @@
+//! `weightcast pull`: keeps a device's copy of a model current with a hub.
+//!
+//! A round: a conditional GET of the manifest (a 304 costs one small request);
+//! on a new version, the graph and only the tensors whose digest changed are
+//! fetched, each verified against the manifest, unchanged tensors are linked
+//! from the current version, the new version is written beside the old one
+//! ([`layout`]), optionally checked, and `current` is switched atomically.
+
+mod client;
+pub mod layout;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_types::Url;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::encode::proto::{Bundle, Manifest};
+use crate::encode::safe_name;
+use crate::http::MODEL_VERSION;
+use crate::onnx::DataType;
+use crate::runtime::{LibrarySearch, Runtime, SessionOptions};
+pub use client::{Client, FetchError};
+use layout::{write_synced, Dest};
+
+/// How a new version is checked before `current` moves to it.
+#[derive(Debug, Clone)]
+pub enum Check {
+    None,
+    /// Load it in an ONNX Runtime session and run one zero-input inference.
+    Ort(LibrarySearch, SessionOptions),
+    /// Run a command (`sh -c`); the new folder is in `$WEIGHTCAST_DIR`.
+    Command(String),
+}
+
+/// What `weightcast pull` was told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The model's URL on the hub: `http://hub:8080/v1/models/NAME`.
+    pub url: Url,
+    pub dest: PathBuf,
+    pub keep: usize,
+    pub check: Check,
+    /// Run after a successful switch (`sh -c`), with `$WEIGHTCAST_DIR`.
+    pub exec: Option<String>,
+}
+
+/// How a round ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Nothing new (or only a version rejected before).
+    Current {
+        version: Option<String>,
+    },
+    Updated {
+        version: String,
+        fetched_bytes: u64,
+        model_bytes: u64,
+        tensors_fetched: usize,
+        tensors_total: usize,
+    },
+    /// The new version failed its check; `current` is unchanged.
+    Rejected {
+        version: String,
+        reason: String,
+    },
+}
+
+/// Why a round failed; the next round starts over.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("{url} answered {status}")]
+    Status { url: String, status: u16, retry_after: Option<Duration> },
+    #[error("the hub sent something unusable: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Disk(#[from] std::io::Error),
+}
+
+impl UpdateError {
+    /// How long the hub asked us to wait (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpdateError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+fn invalid(s: impl Into<String>) -> UpdateError {
+    UpdateError::Invalid(s.into())
+}
+
+/// Checks a manifest's `version` against its tensor list.
+pub fn verify_manifest(m: &Manifest) -> Result<(), String> {
+    let mut rows = Vec::with_capacity(m.tensors.len());
+    for t in &m.tensors {
+        let dtype =
+            DataType::from_onnx(t.dtype).ok_or_else(|| format!("tensor '{}' has unknown dtype {}", t.name, t.dtype))?;
+        let digest: [u8; 32] = hex::decode(&t.sha256)
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| format!("tensor '{}' has a malformed sha256", t.name))?;
+        rows.push((t.name.as_str(), dtype, t.dims.as_slice(), digest));
+    }
+    let version = crate::store::version(rows.iter().map(|(n, d, dims, h)| (*n, *d, *dims, h)));
+    if version == m.version {
+        Ok(())
+    } else {
+        Err(format!("manifest version {} does not match its tensor list ({version})", m.version))
+    }
+}
+
+fn retry_after(reply: &client::Reply) -> Option<Duration> {
+    reply.header("Retry-After").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs)
+}
+
+fn expect_ok(url: &Url, reply: &client::Reply) -> Result<(), UpdateError> {
+    if reply.status == 200 {
+        Ok(())
+    } else {
+        Err(UpdateError::Status { url: url.to_string(), status: reply.status, retry_after: retry_after(reply) })
+    }
+}
+
+/// One round of the updater.
+pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateError> {
+    let dest = Dest::open(&opts.dest)?;
+    let mut state = dest.state();
+    let current = dest.current();
+    let base = opts.url.as_str().trim_end_matches('/').to_string();
+    let url = |suffix: &str| {
+        Url::parse(&format!("{base}{suffix}")).map_err(|e| invalid(format!("bad URL {base}{suffix}: {e}")))
+    };
+
+    // 1. The manifest, conditionally.
+    let manifest_url = url("")?;
+    let etag = state.etag.clone().filter(|_| current.is_some());
+    let mut headers = vec![("Accept", "application/x-protobuf")];
+    if let Some(tag) = &etag {
+        headers.push(("If-None-Match", tag));
+    }
+    let reply = client.get(&manifest_url, &headers).await?;
+    if reply.status == 304 {
+        return Ok(Outcome::Current { version: current.map(|c| c.0) });
+    }
+    expect_ok(&manifest_url, &reply)?;
+    let manifest = Manifest::decode(reply.body.as_slice()).map_err(|e| invalid(format!("manifest: {e}")))?;
+    verify_manifest(&manifest).map_err(invalid)?;
+    let model_version = reply.header(MODEL_VERSION).unwrap_or_default().to_string();
+    let new_etag = reply.header("ETag").map(str::to_string);
+    if current.as_ref().is_some_and(|(v, _)| *v == manifest.version) {
+        state.etag = new_etag;
+        dest.save_state(&state)?;
+        return Ok(Outcome::Current { version: Some(manifest.version) });
+    }
+    if state.rejected.contains(&manifest.version) {
+        tracing::info!(version = %manifest.version, "the hub still offers a version that failed its check; keeping the current one");
+        return Ok(Outcome::Current { version: current.map(|c| c.0) });
+    }
+
+    // 2. The graph: which tensors live in which file.
+    let graph_url = url("/graph")?;
+    let graph = client.get(&graph_url, &[]).await?;
+    expect_ok(&graph_url, &graph)?;
+    same_model(&graph, &model_version)?;
+    let externals = external_files(&graph.body)?;
+
+    // 3. What changed: tensors whose digest differs from the current version's.
+    let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
+    let local: HashMap<String, String> = current
+        .as_ref()
+        .and_then(|(_, dir)| std::fs::read(dir.join("manifest.pb")).ok())
+        .and_then(|b| Manifest::decode(b.as_slice()).ok())
+        .map(|m| m.tensors.into_iter().map(|t| (t.name, t.sha256)).collect())
+        .unwrap_or_default();
+    let mut needed = Vec::new();
+    for (name, location) in &externals {
+        let want = digests
+            .get(name.as_str())
+            .ok_or_else(|| invalid(format!("graph names tensor '{name}' that the manifest does not list")))?;
+        let reusable = local.get(name).is_some_and(|have| have == want)
+            && current.as_ref().is_some_and(|(_, dir)| dir.join(location).is_file());
+        if !reusable {
+            needed.push(name.clone());
+        }
+    }
+
+    // 4. Fetch the changed tensors, verifying each.
+    let mut fetched: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut fetched_bytes = (reply.wire_bytes + graph.wire_bytes) as u64;
+    for batch in batches(&needed) {
+        let names: Vec<String> =
+            batch.iter().map(|n| percent_encoding::utf8_percent_encode(n, QUERY).to_string()).collect();
+        let weights_url = url(&format!("/weights?names={}", names.join(",")))?;
+        let r = client.get(&weights_url, &[("Accept", "application/x-protobuf")]).await?;
+        expect_ok(&weights_url, &r)?;
+        same_model(&r, &model_version)?;
+        fetched_bytes += r.wire_bytes as u64;
+        for (name, data) in assemble(&r.body)? {
+            let want = digests.get(name.as_str()).ok_or_else(|| invalid(format!("unasked tensor '{name}'")))?;
+            if hex::encode(Sha256::digest(&data)) != *want {
+                return Err(invalid(format!("tensor '{name}': sha256 does not match the manifest")));
+            }
+            fetched.insert(name, data);
+        }
+    }
+    if let Some(missing) = needed.iter().find(|n| !fetched.contains_key(*n)) {
+        return Err(invalid(format!("the hub did not send tensor '{missing}'")));
+    }
+
+    // 5. Write the new version beside the current one.
+    let tmp = dest.temp_dir()?;
+    let written = (|| -> std::io::Result<()> {
+        write_synced(&tmp.join("model.onnx"), &graph.body)?;
+        for (name, location) in &externals {
+            let path = tmp.join(location);
+            match fetched.get(name) {
+                Some(data) => write_synced(&path, data)?,
+                None => reuse(&current.as_ref().map(|c| c.1.join(location)).unwrap_or_default(), &path)?,
+            }
+        }
+        write_synced(&tmp.join("manifest.pb"), &reply.body)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.into());
+    }
+
+    // 6. Check, then switch.
+    if let Err(reason) = check(&opts.check, &tmp).await {
+        let aside = dest.reject(&tmp, &manifest.version)?;
+        state.rejected.push(manifest.version.clone());
+        dest.save_state(&state)?;
+        tracing::error!(version = %manifest.version, path = %aside.display(), "new version failed its check; keeping the current one: {reason}");
+        return Ok(Outcome::Rejected { version: manifest.version, reason });
+    }
+    let dir = dest.commit(&tmp, &manifest.version)?;
+    dest.switch(&manifest.version)?;
+    state.etag = new_etag;
+    state.rejected.clear();
+    dest.save_state(&state)?;
+    dest.prune(opts.keep);
+    if let Some(cmd) = &opts.exec {
+        run_command(cmd, &dir).await.map_err(|e| invalid(format!("--exec: {e}")))?;
+    }
+    let model_bytes = manifest.tensors.iter().map(|t| t.nbytes).sum();
+    Ok(Outcome::Updated {
+        version: manifest.version,
+        fetched_bytes,
+        model_bytes,
+        tensors_fetched: needed.len(),
+        tensors_total: manifest.tensors.len(),
+    })
+}
+
+/// Characters escaped in a tensor name inside `?names=` (commas separate names).
+const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
+
+/// Name lists short enough for one request line each.
+fn batches(names: &[String]) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let mut len = 0;
+    for n in names {
+        if out.is_empty() || len + n.len() * 3 > 6000 {
+            out.push(Vec::new());
+            len = 0;
+        }
+        len += n.len() * 3 + 1;
+        out.last_mut().map(|b| b.push(n.clone()));
+    }
+    out
+}
+
+fn same_model(reply: &client::Reply, version: &str) -> Result<(), UpdateError> {
+    match reply.header(MODEL_VERSION) {
+        Some(v) if v == version => Ok(()),
+        _ => Err(invalid("the hub published another version during this update; the next round starts over")),
+    }
+}
+
+/// The graph's external initializers: name → file, checked to be a plain
+/// file name (a hub must not make us write outside the version folder).
+fn external_files(graph: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
+    let model = crate::onnx::proto::ModelProto::decode(graph).map_err(|e| invalid(format!("graph: {e}")))?;
+    let g = model.graph.ok_or_else(|| invalid("graph: no graph"))?;
+    let mut out = Vec::new();
+    for t in &g.initializer {
+        let Some(location) = t.external_data.iter().find(|e| e.key() == "location").map(|e| e.value().to_string())
+        else {
+            continue;
+        };
+        if location != safe_name(t.name()) || location.contains('/') || location.starts_with('.') {
+            return Err(invalid(format!("graph: tensor '{}' has an unexpected location '{location}'", t.name())));
+        }
+        out.push((t.name().to_string(), location));
+    }
+    Ok(out)
+}
+
+/// Tensors of a protobuf bundle, pieces joined in order.
+fn assemble(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, UpdateError> {
+    let bundle = Bundle::decode(body).map_err(|e| invalid(format!("weights: {e} (cut short?)")))?;
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for t in bundle.tensors {
+        if !t.codec.is_empty() {
+            return Err(invalid(format!("tensor '{}' came with codec '{}', which was not asked for", t.name, t.codec)));
+        }
+        match out.last_mut() {
+            Some((name, data)) if *name == t.name && t.offset as usize == data.len() => data.extend_from_slice(&t.data),
+            _ if t.offset == 0 => out.push((t.name.clone(), t.data.to_vec())),
+            _ => return Err(invalid(format!("tensor '{}': piece at offset {} out of order", t.name, t.offset))),
+        }
+        if let Some((_, data)) = out.last() {
+            if data.len() as u64 > t.total_bytes {
+                return Err(invalid(format!("tensor '{}': more bytes than total_bytes", t.name)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Hard-links an unchanged tensor file from the current version (copies it
+/// where links are not possible).
+fn reuse(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
+}
+
+async fn check(check: &Check, dir: &Path) -> Result<(), String> {
+    match check {
+        Check::None => Ok(()),
+        Check::Command(cmd) => run_command(cmd, dir).await,
+        Check::Ort(search, options) => {
+            let (search, mut options, model) = (search.clone(), options.clone(), dir.join("model.onnx"));
+            options.warmup = true;
+            smol::unblock(move || {
+                let rt = Runtime::load(&search).map_err(|e| e.to_string())?;
+                rt.open(&model, &options).map(|_| ()).map_err(|e| e.to_string())
+            })
+            .await
+        }
+    }
+}
+
+async fn run_command(cmd: &str, dir: &Path) -> Result<(), String> {
+    let status = smol::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("WEIGHTCAST_DIR", dir)
+        .env("WEIGHTCAST_MODEL", dir.join("model.onnx"))
+        .status()
+        .await
+        .map_err(|e| format!("cannot run '{cmd}': {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("'{cmd}' exited with {status}"))
+    }
+}
+
+/// Points `current` at the previous version. Returns it.
+pub fn rollback(dest: &Path) -> Result<String, String> {
+    let dest = Dest::open(dest).map_err(|e| e.to_string())?;
+    let current = dest.current().map(|c| c.0).ok_or("no current version to roll back from")?;
+    let previous = dest
+        .versions()
+        .into_iter()
+        .find(|v| *v != current)
+        .ok_or_else(|| format!("no version before {current} is kept (see --keep)"))?;
+    dest.switch(&previous).map_err(|e| e.to_string())?;
+    // Do not fetch the version we rolled back from again until the hub moves on.
+    let mut state = dest.state();
+    state.etag = None;
+    state.rejected.push(current);
+    dest.save_state(&state).map_err(|e| e.to_string())?;
+    Ok(previous)
+}
+
+/// The wait before the next round: the interval with random jitter after a
+/// success; after failures, exponential backoff (capped) with jitter, or what
+/// the hub asked for with Retry-After.
+pub fn next_wait(interval: Duration, jitter: f64, failures: u32, retry_after: Option<Duration>) -> Duration {
+    if let Some(r) = retry_after {
+        return r;
+    }
+    let base = if failures == 0 {
+        interval.as_secs_f64()
+    } else {
+        (interval.as_secs_f64() * 2f64.powi(failures.min(16) as i32)).min(MAX_BACKOFF.as_secs_f64())
+    };
+    let spread = base * jitter * (2.0 * random_unit() - 1.0);
+    Duration::from_secs_f64((base + spread).max(0.0))
+}
+
+/// Backoff after failures never waits longer than this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+fn random_unit() -> f64 {
+    // Jitter needs no cryptography: the clock's nanoseconds and the pid.
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = n ^ ((std::process::id() as u64) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_jitter_back_off_and_obey_retry_after() {
+        let i = Duration::from_secs(30);
+        for _ in 0..50 {
+            let w = next_wait(i, 0.1, 0, None).as_secs_f64();
+            assert!((27.0..=33.0).contains(&w), "{w}");
+            let b = next_wait(i, 0.1, 2, None).as_secs_f64();
+            assert!((108.0..=132.0).contains(&b), "{b}");
+            assert!(next_wait(i, 0.1, 30, None) <= MAX_BACKOFF.mul_f64(1.1));
+        }
+        assert_eq!(next_wait(i, 0.1, 3, Some(Duration::from_secs(7))), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn pieces_join_and_out_of_order_is_refused() {
+        use crate::encode::proto::Tensor;
+        let piece = |offset: u64, data: &[u8]| Tensor {
+            name: "t".into(),
+            data: bytes::Bytes::copy_from_slice(data),
+            offset,
+            total_bytes: 4,
+            ..Default::default()
+        };
+        let body = Bundle { tensors: vec![piece(0, b"ab"), piece(2, b"cd")] }.encode_to_vec();
+        assert_eq!(assemble(&body).unwrap(), vec![("t".to_string(), b"abcd".to_vec())]);
+        let body = Bundle { tensors: vec![piece(2, b"cd")] }.encode_to_vec();
+        assert!(assemble(&body).is_err());
+        assert!(assemble(&body[..body.len() - 1]).is_err(), "a cut body does not parse");
+    }
+
+    #[test]
+    fn locations_outside_the_folder_are_refused() {
+        use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+        let graph = |location: &str| {
+            ModelProto {
+                graph: Some(GraphProto {
+                    initializer: vec![TensorProto {
+                        name: Some("w".into()),
+                        external_data: vec![StringStringEntryProto {
+                            key: Some("location".into()),
+                            value: Some(location.into()),
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(external_files(&graph("w")).unwrap(), vec![("w".to_string(), "w".to_string())]);
+        assert!(external_files(&graph("../../etc/passwd")).is_err());
+        assert!(external_files(&graph("/etc/passwd")).is_err());
+    }
+}
