@@ -271,7 +271,9 @@ fn batches(names: &[String]) -> Vec<Vec<String>> {
             len = 0;
         }
         len += n.len() * 3 + 1;
-        out.last_mut().map(|b| b.push(n.clone()));
+        if let Some(b) = out.last_mut() {
+            b.push(n.clone());
+        }
     }
     out
 }
