@@ -270,7 +270,7 @@ fn pull(a: PullArgs) -> ExitCode {
 }
 
 /// How often model files are checked for replacement.
-const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn serve(
     config: Option<PathBuf>,

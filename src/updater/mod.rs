@@ -2,7 +2,7 @@
 //!
 //! A round: a conditional GET of the manifest (a 304 costs one small request);
 //! on a new version, the graph and only the tensors whose digest changed are
-//! fetched, each verified against the manifest, unchanged tensors are linked
+//! fetched, each verified against the manifest, unchanged tensors are copied
 //! from the current version, the new version is written beside the old one
 //! ([`layout`]), optionally checked, and `current` is switched atomically.
 
@@ -326,10 +326,13 @@ fn assemble(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, UpdateError> {
     Ok(out)
 }
 
-/// Hard-links an unchanged tensor file from the current version (copies it
-/// where links are not possible).
+/// Copies an unchanged tensor file from the current version (no network).
+/// Not a hard link: the onnx package refuses external data files with more
+/// than one link (it takes them for a hard-link attack), and a copy keeps
+/// versions independent. The copy is fsynced like a fetched file.
 fn reuse(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
+    std::fs::copy(from, to)?;
+    std::fs::File::open(to)?.sync_all()
 }
 
 async fn check(check: &Check, dir: &Path) -> Result<(), String> {

@@ -1,0 +1,202 @@
+"""`weightcast pull` against a real `weightcast serve` hub, through a proxy
+that counts bytes and injects faults: only changed tensors cross the wire,
+what lands runs in onnxruntime like the hub's model, and no fault, crash or
+bad version ever leaves `current` pointing at anything but a complete,
+verified version."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import gen_models
+from conftest import binary
+from proxy import Proxy
+
+
+class Hub:
+    """A model file served by `weightcast serve`; publish() replaces it by rename."""
+
+    def __init__(self, serve, tmp_path):
+        self.dir = tmp_path / "hub"
+        self.dir.mkdir()
+        self.path = self.dir / "detector.onnx"
+        self.seq = 0
+        self.publish(seed=1)
+        self.server = serve("--runtime", "none", self.path)
+        self.proxy = Proxy(int(self.server.url.rsplit(":", 1)[1]))
+        self.url = f"{self.proxy.url}/v1/models/detector"
+
+    def publish(self, seed=None, bump="b2"):
+        """A new version: a fresh model, or the current one with one tensor changed."""
+        self.seq += 1
+        nxt = self.dir / f"next-{self.seq}.onnx"
+        if seed is not None:
+            gen_models.mlp(nxt, seed=seed, hidden=2048)
+        else:
+            m = onnx.load(str(self.path))
+            for t in m.graph.initializer:
+                if t.name == bump:
+                    a = numpy_helper.to_array(t).copy()
+                    a += 1
+                    t.CopyFrom(numpy_helper.from_array(a, bump))
+            onnx.save(m, nxt)
+        os.replace(nxt, self.path)
+        if hasattr(self, "server"):
+            want = version_of(self.path)
+            deadline = time.monotonic() + 10
+            while self.server.get("/v1/models/detector?format=json").json()["version"] != want:
+                assert time.monotonic() < deadline, "hub did not reload"
+                time.sleep(0.05)
+        return version_of(self.path)
+
+
+def version_of(path):
+    """The manifest version of a model file, computed here from the onnx package."""
+    m = onnx.load(str(path))
+    lines = ""
+    for t in m.graph.initializer:
+        a = numpy_helper.to_array(t)
+        lines += f"{t.name}\t{onnx.TensorProto.DataType.Name(t.data_type)}\t{','.join(map(str, a.shape))}\t{hashlib.sha256(a.tobytes()).hexdigest()}\n"
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def pull(hub, dest, *extra, timeout=60):
+    r = subprocess.run([str(binary()), "pull", hub.url, "--dest", str(dest), "--once", "--json", "--timeout", "3s", *extra],
+                       capture_output=True, text=True, timeout=timeout)
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    return r.returncode, (lines[-1] if lines else {}), r.stderr
+
+
+def outputs(model_path):
+    s = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
+    return s.run(None, {"x": x})[0]
+
+
+def assert_complete(dest, versions):
+    """`current` is a complete version: one of `versions`, every tensor file
+    matching its manifest digest, and the model loads and runs."""
+    cur = dest / "current"
+    version = os.readlink(cur).split("/")[-1]
+    assert version in versions, version
+    m = onnx.load(str(cur / "model.onnx"))  # loads the external data too
+    assert len(m.graph.initializer) == 4
+    outputs(cur / "model.onnx")
+    return version
+
+
+@pytest.fixture
+def hub(serve, tmp_path):
+    return Hub(serve, tmp_path)
+
+
+def test_pull_fetches_only_what_changed(hub, tmp_path):
+    dest = tmp_path / "device"
+    rc, out, err = pull(hub, dest)
+    assert rc == 0 and out["status"] == "updated" and out["tensors_fetched"] == 4, (out, err)
+    assert np.array_equal(outputs(dest / "current" / "model.onnx"), outputs(hub.path))
+    full = hub.proxy.bytes_for("/weights")
+    assert full > out["model_bytes"] * 0.5, "the first pull fetched the weights"
+
+    v2 = hub.publish(bump="b2")  # 1 of 4 tensors changes (16 bytes)
+    hub.proxy.reset()
+    rc, out, err = pull(hub, dest)
+    assert rc == 0 and out["status"] == "updated" and out["version"] == v2, (out, err)
+    assert out["tensors_fetched"] == 1 and out["tensors_total"] == 4
+    weights = hub.proxy.bytes_for("/weights")
+    assert weights < 1000 and weights < full / 50, f"only b2's record crossed the wire: {weights} vs {full}"
+    assert [p for p in hub.proxy.paths() if "/weights" in p] == ["/v1/models/detector/weights?names=b2"]
+    assert np.array_equal(outputs(dest / "current" / "model.onnx"), outputs(hub.path))
+    unchanged = {(dest / "versions" / v / "w1").read_bytes() for v in os.listdir(dest / "versions")}
+    assert len(unchanged) == 1, "unchanged tensors are copied from the current version"
+
+    hub.proxy.reset()
+    rc, out, err = pull(hub, dest, "--exit-no-change", "3")
+    assert rc == 3 and out["status"] == "current"
+    assert hub.proxy.paths() == ["/v1/models/detector"], "a poll with nothing new is one conditional GET"
+
+
+@pytest.mark.parametrize("fault", ["cut", "flip", "503", "stall"])
+def test_faults_leave_current_complete(hub, tmp_path, fault):
+    dest = tmp_path / "device"
+    v1 = pull(hub, dest)[1]["version"]
+    v2 = hub.publish(seed=9)
+    hub.proxy.fault("/weights", fault, {"cut": 3000, "stall": 5}.get(fault))
+    rc, out, err = pull(hub, dest)
+    assert rc == 1 and out["status"] == "failed", (out, err)
+    expect = {"cut": "cut short", "flip": "sha256|zstd|weights", "503": "503", "stall": "no answer within"}[fault]
+    assert any(w in out["error"] for w in expect.split("|")), out["error"]
+    assert assert_complete(dest, {v1}) == v1
+    assert not [p for p in os.listdir(dest) if p.startswith(".tmp-")], "no half-written version left"
+    rc, out, err = pull(hub, dest)  # the fault is gone: the next round succeeds
+    assert rc == 0 and out["version"] == v2, (out, err)
+    assert_complete(dest, {v2})
+
+
+def test_kill_9_at_any_moment_leaves_a_complete_current(hub, tmp_path):
+    dest = tmp_path / "device"
+    versions = {pull(hub, dest)[1]["version"]}
+    hub.proxy.throttle = (2048, 0.004)  # the weights take ~200 ms to arrive
+    rng = random.Random(1)
+    for trial in range(20):
+        versions.add(hub.publish(seed=100 + trial))
+        p = subprocess.Popen([str(binary()), "pull", hub.url, "--dest", str(dest), "--once"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, 0.35))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert_complete(dest, versions)
+    hub.proxy.throttle = None
+    rc, out, _ = pull(hub, dest)
+    assert rc == 0 and assert_complete(dest, versions) == out["version"]
+    assert not [p for p in os.listdir(dest) if p.startswith(".tmp-")], "leftovers are cleaned at start"
+
+
+def test_a_version_that_fails_its_check_is_kept_aside(hub, tmp_path):
+    dest = tmp_path / "device"
+    v1 = pull(hub, dest, "--check", "ort")[1]["version"]
+    v2 = hub.publish(bump="w1")
+    rc, out, err = pull(hub, dest, "--check", "test -f \"$WEIGHTCAST_DIR/model.onnx\" && false")
+    assert rc == 2 and out["status"] == "rejected" and out["version"] == v2, (out, err)
+    assert assert_complete(dest, {v1}) == v1
+    assert (dest / "rejected" / v2 / "model.onnx").exists()
+    rc, out, err = pull(hub, dest, "--check", "true")
+    assert rc == 0 and out["status"] == "current" and out["version"] == v1, "not retried while the hub offers it"
+    v3 = hub.publish(bump="b1")
+    marker = tmp_path / "exec-ran"
+    rc, out, err = pull(hub, dest, "--check", "ort", "--exec", f"echo $WEIGHTCAST_DIR > {marker}")
+    assert rc == 0 and out["version"] == v3, (out, err)
+    assert marker.read_text().strip().endswith(v3)
+
+
+def test_rollback_and_keep(hub, tmp_path):
+    dest = tmp_path / "device"
+    v1 = pull(hub, dest)[1]["version"]
+    v2 = hub.publish(bump="b1")
+    assert pull(hub, dest)[1]["version"] == v2
+    r = subprocess.run([str(binary()), "rollback", "--dest", str(dest)], capture_output=True, text=True)
+    assert r.returncode == 0 and v1 in r.stdout
+    assert assert_complete(dest, {v1}) == v1
+    rc, out, _ = pull(hub, dest)
+    assert out["status"] == "current" and out["version"] == v1, "a rolled-back version is not fetched again"
+    v3 = hub.publish(bump="b2")
+    assert pull(hub, dest)[1]["version"] == v3
+    assert len(os.listdir(dest / "versions")) == 2, "--keep 2 by default"
+
+
+def test_unwritable_dest_is_a_clear_error(hub, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, out, err = pull(hub, blocker / "device")
+    assert rc == 1 and "cannot create" in out["error"], out
