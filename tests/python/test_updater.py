@@ -115,6 +115,7 @@ def test_pull_fetches_only_what_changed(hub, tmp_path):
     assert rc == 0 and out["status"] == "updated" and out["version"] == v2, (out, err)
     assert out["tensors_fetched"] == 1 and out["tensors_total"] == 4
     weights = hub.proxy.bytes_for("/weights")
+    print(f"weights bytes on the wire: first pull {full}, one-tensor change {weights}; round total {out['fetched_bytes']}")
     assert weights < 1000 and weights < full / 50, f"only b2's record crossed the wire: {weights} vs {full}"
     assert [p for p in hub.proxy.paths() if "/weights" in p] == ["/v1/models/detector/weights?names=b2"]
     assert np.array_equal(outputs(dest / "current" / "model.onnx"), outputs(hub.path))
