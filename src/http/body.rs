@@ -33,6 +33,60 @@ pub fn known_len(chunks: &[Chunk]) -> Option<usize> {
         .sum()
 }
 
+/// Bytes [start, end) of a body whose chunks all have known lengths (Range
+/// requests); chunks outside are dropped, chunks across an edge are cut.
+pub fn slice(chunks: Vec<Chunk>, start: usize, end: usize) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for c in chunks {
+        let len = match &c {
+            Chunk::Ready(b) => b.len(),
+            Chunk::Sized(n, _) => *n,
+            Chunk::Later(_) => return Vec::new(), // callers check known_len first
+        };
+        let (from, to) = (start.max(at), end.min(at + len));
+        if from < to {
+            let (a, b) = (from - at, to - at);
+            out.push(match c {
+                Chunk::Ready(bytes) => Chunk::Ready(bytes.slice(a..b)),
+                Chunk::Sized(n, f) if a == 0 && b == n => Chunk::Sized(n, f),
+                Chunk::Sized(_, f) => Chunk::Sized(b - a, Box::new(move || f().map(|bytes| bytes.slice(a..b)))),
+                Chunk::Later(f) => Chunk::Later(f),
+            });
+        }
+        at += len;
+    }
+    out
+}
+
+/// Parses a single-range `Range: bytes=…` header against a body of `total`
+/// bytes: `Some(Ok((start, end_exclusive)))`, `Some(Err(()))` when not
+/// satisfiable, `None` when the header is not a single byte range (then the
+/// whole body is sent, as RFC 9110 allows).
+pub fn parse_range(header: &str, total: usize) -> Option<Result<(usize, usize), ()>> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let suffix: usize = b.parse().ok()?;
+        if suffix == 0 {
+            return Some(Err(()));
+        }
+        (total.saturating_sub(suffix), total)
+    } else {
+        let start: usize = a.parse().ok()?;
+        let end = if b.is_empty() { total } else { b.parse::<usize>().ok()?.saturating_add(1).min(total) };
+        if start >= total || start >= end {
+            return Some(Err(()));
+        }
+        (start, end)
+    };
+    Some(Ok(range))
+}
+
 /// Streams chunks in order.
 pub struct ChunkReader {
     queue: VecDeque<Slot>,
@@ -157,5 +211,30 @@ mod tests {
         assert_eq!(known_len(&chunks), Some(3));
         let mut out = Vec::new();
         assert!(smol::block_on(ChunkReader::new(chunks).read_to_end(&mut out)).is_err());
+    }
+
+    #[test]
+    fn ranges_cut_across_chunks() {
+        let chunks = || {
+            vec![
+                Chunk::Ready(Bytes::from_static(b"abc")),
+                Chunk::Sized(3, Box::new(|| Ok(Bytes::from_static(b"def")))),
+                Chunk::Ready(Bytes::from_static(b"gh")),
+            ]
+        };
+        for (start, end, want) in [(0, 8, &b"abcdefgh"[..]), (2, 5, b"cde"), (4, 8, b"efgh"), (7, 8, b"h")] {
+            let part = slice(chunks(), start, end);
+            assert_eq!(known_len(&part), Some(end - start));
+            let mut out = Vec::new();
+            smol::block_on(ChunkReader::new(part).read_to_end(&mut out)).unwrap();
+            assert_eq!(out, want, "{start}..{end}");
+        }
+        assert_eq!(parse_range("bytes=2-4", 8), Some(Ok((2, 5))));
+        assert_eq!(parse_range("bytes=5-", 8), Some(Ok((5, 8))));
+        assert_eq!(parse_range("bytes=-3", 8), Some(Ok((5, 8))));
+        assert_eq!(parse_range("bytes=2-100", 8), Some(Ok((2, 8))));
+        assert_eq!(parse_range("bytes=8-", 8), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,4-5", 8), None);
+        assert_eq!(parse_range("lines=1-2", 8), None);
     }
 }

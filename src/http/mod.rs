@@ -155,6 +155,8 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
     let header = |name: &str| req.header(name).map(|v| v.as_str().to_string());
     let ask = Ask {
         if_none_match: header("If-None-Match"),
+        range: header("Range"),
+        if_range: header("If-Range"),
         accept: header("Accept"),
         encoding: negotiate::encoding(header("Accept-Encoding").as_deref()),
     };
@@ -265,6 +267,8 @@ fn select(model: &Model, names: Option<&[String]>) -> Result<Vec<usize>, ApiErro
 /// What the client's headers ask for.
 struct Ask {
     if_none_match: Option<String>,
+    range: Option<String>,
+    if_range: Option<String>,
     accept: Option<String>,
     encoding: Encoding,
 }
@@ -381,6 +385,37 @@ async fn tensors(
     ask.headers(&mut r, &etag, format);
     r.insert_header("X-Weightcast-Version", version.as_str());
     r.insert_header(MODEL_VERSION, selection.model.version());
+    let mut chunks = chunks;
+    let len = body::known_len(&chunks);
+    // Ranges, for resuming a download: identity bodies of known length only
+    // (a byte range of a zstd stream could not be decoded on its own).
+    match (len, ask.encoding) {
+        (Some(total), Encoding::Identity) => {
+            r.insert_header("Accept-Ranges", "bytes");
+            let fresh = ask.if_range.as_deref().is_none_or(|t| t.trim() == etag);
+            match ask.range.as_deref().filter(|_| fresh).and_then(|h| body::parse_range(h, total)) {
+                Some(Ok((start, end))) => {
+                    chunks = body::slice(chunks, start, end);
+                    r.set_status(StatusCode::PartialContent);
+                    r.insert_header("Content-Range", format!("bytes {start}-{}/{total}", end - 1));
+                }
+                Some(Err(())) => {
+                    let mut e = ApiError::new(
+                        StatusCode::RequestedRangeNotSatisfiable,
+                        "range not satisfiable",
+                        format!("the body is {total} bytes"),
+                    )
+                    .into_response();
+                    e.insert_header("Content-Range", format!("bytes */{total}"));
+                    return Ok(e);
+                }
+                None => {}
+            }
+        }
+        _ => {
+            r.insert_header("Accept-Ranges", "none");
+        }
+    }
     let len = body::known_len(&chunks);
     r.set_body(http_types::Body::from_reader(ChunkReader::new(chunks), len));
     Ok(r)

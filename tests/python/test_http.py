@@ -199,3 +199,22 @@ def test_a_replaced_model_file_is_served_once_it_loads(tmp_path, serve):
     time.sleep(2.5)
     assert s.get("/v1/models/hub?format=json").json()["version"] == v2
     assert "still serving version" in s.logs()
+
+
+def test_ranges_on_identity_tensor_bodies(demo):
+    path = "/v1/models/demo/tensors/mlp.0.weight"
+    plain = {"Accept-Encoding": "identity"}
+    full = demo.get(path, headers=plain)
+    assert full.headers["Accept-Ranges"] == "bytes"
+    etag = full.headers["ETag"]
+    r = demo.get(path, headers={**plain, "Range": "bytes=100-199"})
+    assert r.status_code == 206 and r.content == full.content[100:200]
+    assert r.headers["Content-Range"] == f"bytes 100-199/{len(full.content)}"
+    r = demo.get(path, headers={**plain, "Range": "bytes=1000-", "If-Range": etag})
+    assert r.status_code == 206 and r.content == full.content[1000:]
+    r = demo.get(path, headers={**plain, "Range": "bytes=1000-", "If-Range": '"stale"'})
+    assert r.status_code == 200 and r.content == full.content, "a changed representation is sent whole"
+    r = demo.get(path, headers={**plain, "Range": f"bytes={len(full.content)}-"})
+    assert r.status_code == 416 and r.headers["Content-Range"] == f"bytes */{len(full.content)}"
+    z = demo.get(path, headers={"Accept-Encoding": "zstd", "Range": "bytes=0-9"})
+    assert z.status_code == 200 and z.headers["Accept-Ranges"] == "none"
