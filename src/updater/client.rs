@@ -38,32 +38,99 @@ impl Reply {
     }
 }
 
+/// A body being written to a file: what arrived so far stays there, so a later
+/// request can resume it with `Range`.
+pub struct Download<'a> {
+    pub path: &'a std::path::Path,
+    /// Bytes already in the file (asked for with `Range: bytes=N-`).
+    pub have: u64,
+    /// Called with the bytes of each piece as it arrives (progress).
+    pub progress: &'a dyn Fn(u64),
+    /// Called with the answer's head before its body is read.
+    pub on_head: &'a dyn Fn(&Reply),
+}
+
 pub struct Client {
     pub token: Option<String>,
     pub timeout: Duration,
 }
 
 impl Client {
+    /// GETs `url` into `dl.path`: appended after `dl.have` bytes on a `206`,
+    /// written from the start on a `200`. The reply's body is left empty.
+    pub async fn download(&self, url: &Url, headers: &[(&str, &str)], dl: Download<'_>) -> Result<Reply, FetchError> {
+        use futures_lite::AsyncReadExt;
+        use std::io::Write;
+        let name = url.to_string();
+        let io = |e: std::io::Error| FetchError::Http(name.clone(), format!("cannot write {}: {e}", dl.path.display()));
+        let work = async {
+            let mut res = self.send(url, headers).await?;
+            let status = u16::from(res.status());
+            let reply_headers: Vec<(String, String)> =
+                res.iter().map(|(k, v)| (k.as_str().to_string(), v.last().as_str().to_string())).collect();
+            let mut reply = Reply { status, headers: reply_headers, body: Vec::new(), wire_bytes: 0 };
+            let append = status == 206;
+            if status != 200 && !append {
+                return Ok(reply);
+            }
+            (dl.on_head)(&reply);
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(dl.path)
+                .map_err(io)?;
+            let mut body = res.take_body().into_reader();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = body.read(&mut buf).await.map_err(|e| FetchError::Http(name.clone(), e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                file.write_all(&buf[..n]).map_err(io)?;
+                reply.wire_bytes += n;
+                (dl.progress)(n as u64);
+            }
+            if let Some(want) = reply.header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+                if reply.wire_bytes != want {
+                    return Err(FetchError::Truncated { url: name.clone(), got: reply.wire_bytes, want });
+                }
+            }
+            Ok(reply)
+        };
+        let deadline = self.timeout;
+        work.or(async {
+            smol::Timer::after(deadline).await;
+            Err(FetchError::Timeout(url.to_string(), deadline))
+        })
+        .await
+    }
+
+    async fn send(&self, url: &Url, headers: &[(&str, &str)]) -> Result<http_types::Response, FetchError> {
+        let name = url.to_string();
+        let host = url.host_str().unwrap_or("127.0.0.1");
+        let port = url.port_or_known_default().unwrap_or(80);
+        let stream = smol::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| FetchError::Connect(format!("{host}:{port}"), e))?;
+        let mut req = Request::new(Method::Get, url.clone());
+        req.insert_header("Accept-Encoding", "zstd");
+        req.insert_header("Connection", "close");
+        if let Some(t) = &self.token {
+            req.insert_header("Authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req.insert_header(*k, *v);
+        }
+        async_h1::connect(stream, req).await.map_err(|e| FetchError::Http(name, e.to_string()))
+    }
+
     /// GETs `url` with `headers`; asks for zstd and decodes it.
     pub async fn get(&self, url: &Url, headers: &[(&str, &str)]) -> Result<Reply, FetchError> {
         let name = url.to_string();
         let work = async {
-            let host = url.host_str().unwrap_or("127.0.0.1");
-            let port = url.port_or_known_default().unwrap_or(80);
-            let stream = smol::net::TcpStream::connect((host, port))
-                .await
-                .map_err(|e| FetchError::Connect(format!("{host}:{port}"), e))?;
-            let mut req = Request::new(Method::Get, url.clone());
-            req.insert_header("Accept-Encoding", "zstd");
-            req.insert_header("Connection", "close");
-            if let Some(t) = &self.token {
-                req.insert_header("Authorization", format!("Bearer {t}"));
-            }
-            for (k, v) in headers {
-                req.insert_header(*k, *v);
-            }
-            let mut res =
-                async_h1::connect(stream, req).await.map_err(|e| FetchError::Http(name.clone(), e.to_string()))?;
+            let mut res = self.send(url, headers).await?;
             let raw = res.body_bytes().await.map_err(|e| FetchError::Http(name.clone(), e.to_string()))?;
             let headers: Vec<(String, String)> =
                 res.iter().map(|(k, v)| (k.as_str().to_string(), v.last().as_str().to_string())).collect();

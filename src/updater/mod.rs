@@ -190,10 +190,24 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         }
     }
 
-    // 4. Fetch the changed tensors, verifying each.
+    // 4. Fetch the changed tensors, verifying each: small ones batched, large
+    // ones one by one into partial files a later round resumes.
+    let sizes: HashMap<&str, u64> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.nbytes)).collect();
+    let (large, small): (Vec<String>, Vec<String>) =
+        needed.iter().cloned().partition(|n| sizes.get(n.as_str()).copied().unwrap_or(0) >= RESUME_FROM);
+    let bar = progress(needed.iter().map(|n| sizes.get(n.as_str()).copied().unwrap_or(0)).sum());
     let mut fetched: HashMap<String, Vec<u8>> = HashMap::new();
     let mut fetched_bytes = (reply.wire_bytes + graph.wire_bytes) as u64;
-    for batch in batches(&needed) {
+    let partial = dest.root().join(".partial");
+    clean_partials(&partial, &manifest.version);
+    for name in &large {
+        let (data, wire) =
+            fetch_resumable(client, &base, name, &partial.join(&manifest.version), &model_version, &bar).await?;
+        fetched_bytes += wire;
+        verify(&digests, name, &data)?;
+        fetched.insert(name.clone(), data);
+    }
+    for batch in batches(&small) {
         let names: Vec<String> =
             batch.iter().map(|n| percent_encoding::utf8_percent_encode(n, QUERY).to_string()).collect();
         let weights_url = url(&format!("/weights?names={}", names.join(",")))?;
@@ -202,13 +216,12 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         same_model(&r, &model_version)?;
         fetched_bytes += r.wire_bytes as u64;
         for (name, data) in assemble(&r.body)? {
-            let want = digests.get(name.as_str()).ok_or_else(|| invalid(format!("unasked tensor '{name}'")))?;
-            if hex::encode(Sha256::digest(&data)) != *want {
-                return Err(invalid(format!("tensor '{name}': sha256 does not match the manifest")));
-            }
+            verify(&digests, &name, &data)?;
+            bar.inc(data.len() as u64);
             fetched.insert(name, data);
         }
     }
+    bar.finish_and_clear();
     if let Some(missing) = needed.iter().find(|n| !fetched.contains_key(*n)) {
         return Err(invalid(format!("the hub did not send tensor '{missing}'")));
     }
@@ -256,6 +269,104 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         tensors_fetched: needed.len(),
         tensors_total: manifest.tensors.len(),
     })
+}
+
+/// Tensors at least this large are fetched one by one, uncompressed (a byte
+/// range of a zstd stream cannot be decoded alone), into a partial file that a
+/// later round resumes with `Range` after a cut.
+const RESUME_FROM: u64 = 8 << 20;
+
+fn verify(digests: &HashMap<&str, &str>, name: &str, data: &[u8]) -> Result<(), UpdateError> {
+    let want = digests.get(name).ok_or_else(|| invalid(format!("unasked tensor '{name}'")))?;
+    if hex::encode(Sha256::digest(data)) != *want {
+        return Err(invalid(format!("tensor '{name}': sha256 does not match the manifest")));
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; nothing otherwise (logs say the rest).
+fn progress(total: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() || total == 0 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Removes partial downloads of versions other than `keep`.
+fn clean_partials(partial: &Path, keep: &str) {
+    for entry in std::fs::read_dir(partial).into_iter().flatten().flatten() {
+        if entry.file_name().to_str() != Some(keep) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// One large tensor through `tensors/{name}` into `dir/<safe name>.pb`,
+/// resuming what an earlier round left there. Returns its bytes and the bytes
+/// that crossed the wire this time.
+async fn fetch_resumable(
+    client: &Client,
+    base: &str,
+    name: &str,
+    dir: &Path,
+    model_version: &str,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Vec<u8>, u64), UpdateError> {
+    std::fs::create_dir_all(dir)?;
+    let part = dir.join(format!("{}.pb", safe_name(name)));
+    let tag_file = dir.join(format!("{}.etag", safe_name(name)));
+    let tag = std::fs::read_to_string(&tag_file).ok();
+    let have = match (&tag, std::fs::metadata(&part)) {
+        (Some(_), Ok(m)) => m.len(),
+        _ => 0,
+    };
+    let url = Url::parse(&format!("{base}/tensors/{}", percent_encoding::utf8_percent_encode(name, QUERY)))
+        .map_err(|e| invalid(format!("bad URL for tensor '{name}': {e}")))?;
+    let range = format!("bytes={have}-");
+    let mut headers = vec![("Accept", "application/x-protobuf"), ("Accept-Encoding", "identity")];
+    if have > 0 {
+        if let Some(tag) = &tag {
+            headers.push(("Range", &range));
+            headers.push(("If-Range", tag.trim()));
+            tracing::info!(tensor = name, resume_at = have, "resuming an interrupted download");
+        }
+    }
+    let save_tag = |r: &client::Reply| {
+        if let Some(t) = r.header("ETag") {
+            let _ = std::fs::write(&tag_file, t);
+        }
+    };
+    let reply = client
+        .download(&url, &headers, client::Download { path: &part, have, progress: &|n| bar.inc(n), on_head: &save_tag })
+        .await?;
+    if reply.status == 416 {
+        // What we hold is not a prefix of this body: start over next round.
+        let _ = std::fs::remove_file(&part);
+    }
+    if reply.status != 200 && reply.status != 206 {
+        return Err(UpdateError::Status {
+            url: url.to_string(),
+            status: reply.status,
+            retry_after: retry_after(&reply),
+        });
+    }
+    same_model(&reply, model_version)?;
+    let body = std::fs::read(&part)?;
+    // Complete now, valid or not: a bad body is not resumed but fetched anew.
+    let _ = std::fs::remove_file(&part);
+    let _ = std::fs::remove_file(&tag_file);
+    let mut tensors = assemble(&body)?;
+    match tensors.pop() {
+        Some((n, data)) if n == name && tensors.is_empty() => Ok((data, reply.wire_bytes as u64)),
+        _ => Err(invalid(format!("tensor '{name}': the answer holds other tensors"))),
+    }
 }
 
 /// Characters escaped in a tensor name inside `?names=` (commas separate names).

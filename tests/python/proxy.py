@@ -17,7 +17,7 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self.faults = []  # (path substring, kind, arg), each used once
         self.throttle = None  # (bytes per step, seconds per step)
-        self.log = []  # (path, response bytes)
+        self.log = []  # (path, response bytes, request head)
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -27,11 +27,15 @@ class Proxy:
 
     def bytes_for(self, path_part):
         with self.lock:
-            return sum(n for p, n in self.log if path_part in p)
+            return sum(n for p, n, _ in self.log if path_part in p)
 
     def paths(self):
         with self.lock:
-            return [p for p, _ in self.log]
+            return [p for p, _, _ in self.log]
+
+    def heads(self, path_part):
+        with self.lock:
+            return [h for p, _, h in self.log if path_part in p]
 
     def reset(self):
         with self.lock:
@@ -63,7 +67,7 @@ class Proxy:
                         break
             if fault and fault[0] == "503":
                 client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                self._record(path, 0)
+                self._record(path, 0, head)
                 return
             if fault and fault[0] == "stall":
                 time.sleep(fault[1])
@@ -99,12 +103,12 @@ class Proxy:
                 client.sendall(response)
                 sent = len(response)
             up.close()
-            self._record(path, sent)
+            self._record(path, sent, head)
         except OSError:
             pass
         finally:
             client.close()
 
-    def _record(self, path, n):
+    def _record(self, path, n, head=b""):
         with self.lock:
-            self.log.append((path, n))
+            self.log.append((path, n, head.decode(errors="replace")))

@@ -201,3 +201,36 @@ def test_unwritable_dest_is_a_clear_error(hub, tmp_path):
     blocker.write_text("x")
     rc, out, err = pull(hub, blocker / "device")
     assert rc == 1 and "cannot create" in out["error"], out
+
+
+def test_a_large_tensor_cut_mid_way_is_resumed_with_range(serve, tmp_path):
+    hubdir = tmp_path / "hub"
+    hubdir.mkdir()
+    path = hubdir / "big.onnx"
+    rng = np.random.default_rng(3)
+    big = numpy_helper.from_array(rng.standard_normal(2_300_000).astype(np.float32), "big.weight")  # 9.2 MB
+    small = numpy_helper.from_array(np.arange(10, dtype=np.float32), "small")
+    m = onnx.helper.make_model(onnx.helper.make_graph([], "big", [], [], [big, small]),
+                               opset_imports=[onnx.helper.make_opsetid("", 21)])
+    m.ir_version = 11
+    onnx.save(m, path)
+    server = serve("--runtime", "none", path)
+    proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
+    url = f"{proxy.url}/v1/models/big"
+    dest = tmp_path / "device"
+    proxy.fault("/tensors/big.weight", "cut", 4_000_000)
+    r = subprocess.run([str(binary()), "pull", url, "--dest", str(dest), "--once", "--json"], capture_output=True, text=True)
+    assert r.returncode == 1 and "cut short" in r.stdout, r.stdout
+    partial = list((dest / ".partial").rglob("*.pb"))
+    assert len(partial) == 1 and 3_000_000 < partial[0].stat().st_size <= 4_000_000
+    have = partial[0].stat().st_size
+    proxy.reset()
+    r = subprocess.run([str(binary()), "pull", url, "--dest", str(dest), "--once", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (head,) = proxy.heads("/tensors/big.weight")
+    assert f"range: bytes={have}-" in head.lower(), head
+    resumed = proxy.bytes_for("/tensors/big.weight")
+    assert resumed < 9_200_000 - 3_000_000, f"only the rest crossed the wire: {resumed}"
+    got = onnx.load(str(dest / "current" / "model.onnx"))
+    assert np.array_equal(numpy_helper.to_array(got.graph.initializer[0]), numpy_helper.to_array(big))
+    assert not list((dest / ".partial").rglob("*.pb")), "the partial file is gone once complete"
