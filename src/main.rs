@@ -81,6 +81,13 @@ enum Command {
         /// Print one JSON object per round on stdout (for fleet tooling).
         #[arg(long)]
         json: bool,
+        /// What a version holds: "onnx" (model.onnx + one file per tensor) or
+        /// "safetensors" (model.safetensors).
+        #[arg(long, default_value = "onnx", value_parser = ["onnx", "safetensors"])]
+        format: String,
+        /// Ask the hub for f16 or bf16 weights (with --format safetensors).
+        #[arg(long, value_parser = ["f16", "bf16"])]
+        dtype: Option<String>,
         /// TOML config: [runtime] options for --check ort.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -121,6 +128,8 @@ fn main() -> ExitCode {
             token_file,
             timeout,
             json,
+            format,
+            dtype,
             config,
             ort_lib,
         } => {
@@ -136,6 +145,8 @@ fn main() -> ExitCode {
                 token_file,
                 timeout,
                 json,
+                format,
+                dtype,
                 config,
                 ort_lib,
             };
@@ -180,6 +191,8 @@ struct PullArgs {
     token_file: Option<PathBuf>,
     timeout: std::time::Duration,
     json: bool,
+    format: String,
+    dtype: Option<String>,
     config: Option<PathBuf>,
     ort_lib: Option<PathBuf>,
 }
@@ -209,10 +222,23 @@ fn pull(a: PullArgs) -> ExitCode {
             ),
             None => None,
         };
-        Ok((
-            Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone() },
-            Client { token, timeout: a.timeout },
-        ))
+        let output = if a.format == "safetensors" { updater::Output::Safetensors } else { updater::Output::Onnx };
+        if output == updater::Output::Onnx && a.dtype.is_some() {
+            return Err("--dtype needs --format safetensors: an ONNX graph declares its initializers' types".into());
+        }
+        if output == updater::Output::Safetensors && matches!(check, Check::Ort(..)) {
+            return Err("--check ort loads model.onnx; with --format safetensors use --check CMD".into());
+        }
+        let opts = Options {
+            url,
+            dest: a.dest.clone(),
+            keep: a.keep,
+            check,
+            exec: a.exec.clone(),
+            output,
+            dtype: a.dtype.clone(),
+        };
+        Ok((opts, Client { token, timeout: a.timeout }))
     };
     let (opts, client) = match setup() {
         Ok(x) => x,

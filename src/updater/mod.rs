@@ -35,9 +35,22 @@ pub enum Check {
     Command(String),
 }
 
+/// What a version folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `model.onnx` (the hub's graph) with one external data file per tensor.
+    Onnx,
+    /// `model.safetensors` with every tensor safetensors can express.
+    Safetensors,
+}
+
 /// What `weightcast pull` was told.
 #[derive(Debug, Clone)]
 pub struct Options {
+    pub output: Output,
+    /// `f16` / `bf16`: the representation asked of the hub (safetensors only:
+    /// an ONNX graph declares its initializers' types).
+    pub dtype: Option<String>,
     /// The model's URL on the hub: `http://hub:8080/v1/models/NAME`.
     pub url: Url,
     pub dest: PathBuf,
@@ -138,7 +151,8 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     };
 
     // 1. The manifest, conditionally.
-    let manifest_url = url("")?;
+    let query = opts.dtype.as_ref().map_or(String::new(), |d| format!("dtype={d}"));
+    let manifest_url = url(&if query.is_empty() { String::new() } else { format!("?{query}") })?;
     let etag = state.etag.clone().filter(|_| current.is_some());
     let mut headers = vec![("Accept", "application/x-protobuf")];
     if let Some(tag) = &etag {
@@ -163,12 +177,30 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         return Ok(Outcome::Current { version: current.map(|c| c.0) });
     }
 
-    // 2. The graph: which tensors live in which file.
-    let graph_url = url("/graph")?;
-    let graph = client.get(&graph_url, &[]).await?;
-    expect_ok(&graph_url, &graph)?;
-    same_model(&graph, &model_version)?;
-    let externals = external_files(&graph.body)?;
+    // 2. Which tensors the version holds, in which file: the graph's external
+    // initializers for ONNX; every tensor safetensors can express otherwise.
+    let (graph, externals) = match opts.output {
+        Output::Onnx => {
+            let graph_url = url("/graph")?;
+            let graph = client.get(&graph_url, &[]).await?;
+            expect_ok(&graph_url, &graph)?;
+            same_model(&graph, &model_version)?;
+            let externals = external_files(&graph.body)?;
+            (Some(graph), externals)
+        }
+        Output::Safetensors => {
+            let mut held = Vec::new();
+            for t in &manifest.tensors {
+                match DataType::from_onnx(t.dtype).and_then(crate::encode::safetensors::dtype_name) {
+                    Some(_) => held.push((t.name.clone(), t.name.clone())),
+                    None => tracing::warn!(tensor = %t.name, "safetensors cannot hold this tensor's dtype; left out"),
+                }
+            }
+            (None, held)
+        }
+    };
+    let current_st = current.as_ref().and_then(|(_, dir)| std::fs::read(dir.join("model.safetensors")).ok());
+    let current_st = current_st.as_deref().and_then(|b| st_index(b).map(|i| (b, i)));
 
     // 3. What changed: tensors whose digest differs from the current version's.
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
@@ -183,8 +215,11 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         let want = digests
             .get(name.as_str())
             .ok_or_else(|| invalid(format!("graph names tensor '{name}' that the manifest does not list")))?;
-        let reusable = local.get(name).is_some_and(|have| have == want)
-            && current.as_ref().is_some_and(|(_, dir)| dir.join(location).is_file());
+        let in_current = match opts.output {
+            Output::Onnx => current.as_ref().is_some_and(|(_, dir)| dir.join(location).is_file()),
+            Output::Safetensors => current_st.as_ref().is_some_and(|(_, index)| index.contains_key(name)),
+        };
+        let reusable = local.get(name).is_some_and(|have| have == want) && in_current;
         if !reusable {
             needed.push(name.clone());
         }
@@ -197,12 +232,13 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         needed.iter().cloned().partition(|n| sizes.get(n.as_str()).copied().unwrap_or(0) >= RESUME_FROM);
     let bar = progress(needed.iter().map(|n| sizes.get(n.as_str()).copied().unwrap_or(0)).sum());
     let mut fetched: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut fetched_bytes = (reply.wire_bytes + graph.wire_bytes) as u64;
+    let mut fetched_bytes = (reply.wire_bytes + graph.as_ref().map_or(0, |g| g.wire_bytes)) as u64;
     let partial = dest.root().join(".partial");
     clean_partials(&partial, &manifest.version);
     for name in &large {
         let (data, wire) =
-            fetch_resumable(client, &base, name, &partial.join(&manifest.version), &model_version, &bar).await?;
+            fetch_resumable(client, &base, name, &query, &partial.join(&manifest.version), &model_version, &bar)
+                .await?;
         fetched_bytes += wire;
         verify(&digests, name, &data)?;
         fetched.insert(name.clone(), data);
@@ -210,7 +246,8 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     for batch in batches(&small) {
         let names: Vec<String> =
             batch.iter().map(|n| percent_encoding::utf8_percent_encode(n, QUERY).to_string()).collect();
-        let weights_url = url(&format!("/weights?names={}", names.join(",")))?;
+        let dtype = if query.is_empty() { String::new() } else { format!("&{query}") };
+        let weights_url = url(&format!("/weights?names={}{dtype}", names.join(",")))?;
         let r = client.get(&weights_url, &[("Accept", "application/x-protobuf")]).await?;
         expect_ok(&weights_url, &r)?;
         same_model(&r, &model_version)?;
@@ -229,12 +266,20 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     // 5. Write the new version beside the current one.
     let tmp = dest.temp_dir()?;
     let written = (|| -> std::io::Result<()> {
-        write_synced(&tmp.join("model.onnx"), &graph.body)?;
-        for (name, location) in &externals {
-            let path = tmp.join(location);
-            match fetched.get(name) {
-                Some(data) => write_synced(&path, data)?,
-                None => reuse(&current.as_ref().map(|c| c.1.join(location)).unwrap_or_default(), &path)?,
+        match &graph {
+            Some(graph) => {
+                write_synced(&tmp.join("model.onnx"), &graph.body)?;
+                for (name, location) in &externals {
+                    let path = tmp.join(location);
+                    match fetched.get(name) {
+                        Some(data) => write_synced(&path, data)?,
+                        None => reuse(&current.as_ref().map(|c| c.1.join(location)).unwrap_or_default(), &path)?,
+                    }
+                }
+            }
+            None => {
+                let file = safetensors_file(&manifest, &externals, &fetched, current_st.as_ref())?;
+                write_synced(&tmp.join("model.safetensors"), &file)?;
             }
         }
         write_synced(&tmp.join("manifest.pb"), &reply.body)
@@ -315,6 +360,7 @@ async fn fetch_resumable(
     client: &Client,
     base: &str,
     name: &str,
+    query: &str,
     dir: &Path,
     model_version: &str,
     bar: &indicatif::ProgressBar,
@@ -327,7 +373,8 @@ async fn fetch_resumable(
         (Some(_), Ok(m)) => m.len(),
         _ => 0,
     };
-    let url = Url::parse(&format!("{base}/tensors/{}", percent_encoding::utf8_percent_encode(name, QUERY)))
+    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+    let url = Url::parse(&format!("{base}/tensors/{}{query}", percent_encoding::utf8_percent_encode(name, QUERY)))
         .map_err(|e| invalid(format!("bad URL for tensor '{name}': {e}")))?;
     let range = format!("bytes={have}-");
     let mut headers = vec![("Accept", "application/x-protobuf"), ("Accept-Encoding", "identity")];
@@ -367,6 +414,67 @@ async fn fetch_resumable(
         Some((n, data)) if n == name && tensors.is_empty() => Ok((data, reply.wire_bytes as u64)),
         _ => Err(invalid(format!("tensor '{name}': the answer holds other tensors"))),
     }
+}
+
+/// The tensors of a safetensors file: name → byte range of its data.
+fn st_index(file: &[u8]) -> Option<HashMap<String, std::ops::Range<usize>>> {
+    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(file.get(8..8 + n)?).ok()?;
+    let base = 8 + n;
+    let mut out = HashMap::new();
+    for (name, v) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = v.get("data_offsets")?.as_array()?;
+        let (a, b) = (offsets.first()?.as_u64()? as usize, offsets.get(1)?.as_u64()? as usize);
+        if base + b > file.len() || a > b {
+            return None;
+        }
+        out.insert(name, base + a..base + b);
+    }
+    Some(out)
+}
+
+/// A safetensors file of the manifest's tensors (those listed in `held`):
+/// fetched bytes, or the current file's bytes for unchanged ones.
+fn safetensors_file(
+    manifest: &Manifest,
+    held: &[(String, String)],
+    fetched: &HashMap<String, Vec<u8>>,
+    current: Option<&(&[u8], HashMap<String, std::ops::Range<usize>>)>,
+) -> std::io::Result<Vec<u8>> {
+    let missing = |n: &str| std::io::Error::other(format!("tensor '{n}' neither fetched nor in the current version"));
+    let infos: HashMap<&str, &crate::encode::proto::TensorInfo> =
+        manifest.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "version": manifest.version, "model": manifest.model }));
+    let mut data: Vec<&[u8]> = Vec::new();
+    let mut offset = 0usize;
+    for (name, _) in held {
+        let bytes: &[u8] = match (fetched.get(name), current) {
+            (Some(b), _) => b,
+            (None, Some((file, index))) => index.get(name).map(|r| &file[r.clone()]).ok_or_else(|| missing(name))?,
+            (None, None) => return Err(missing(name)),
+        };
+        let info = infos.get(name.as_str()).ok_or_else(|| missing(name))?;
+        let dtype = DataType::from_onnx(info.dtype).and_then(crate::encode::safetensors::dtype_name).unwrap_or("U8");
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": info.dims, "data_offsets": [offset, offset + bytes.len()]}),
+        );
+        offset += bytes.len();
+        data.push(bytes);
+    }
+    let mut text = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(std::io::Error::other)?;
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + offset);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    for d in data {
+        out.extend_from_slice(d);
+    }
+    Ok(out)
 }
 
 /// Characters escaped in a tensor name inside `?names=` (commas separate names).

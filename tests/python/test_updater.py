@@ -234,3 +234,42 @@ def test_a_large_tensor_cut_mid_way_is_resumed_with_range(serve, tmp_path):
     got = onnx.load(str(dest / "current" / "model.onnx"))
     assert np.array_equal(numpy_helper.to_array(got.graph.initializer[0]), numpy_helper.to_array(big))
     assert not list((dest / ".partial").rglob("*.pb")), "the partial file is gone once complete"
+
+
+def test_disk_full_is_a_clear_error_and_keeps_the_old_version(hub, tmp_path):
+    dest = tmp_path / "small-disk"
+    dest.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(dest)], capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        v1 = pull(hub, dest)[1]["version"]  # ~107 KB fits
+        hub.publish(seed=42)  # every tensor changes: a second copy does not fit
+        rc, out, err = pull(hub, dest)
+        assert rc == 1 and "No space left on device" in out["error"], out
+        assert assert_complete(dest, {v1}) == v1
+        assert not [p for p in os.listdir(dest) if p.startswith(".tmp-")], "the unfinished version is removed"
+    finally:
+        subprocess.run(["umount", str(dest)], check=False)
+
+
+def test_safetensors_output_with_f16(hub, tmp_path):
+    import safetensors.numpy
+
+    dest = tmp_path / "device"
+
+    def check_against_hub():
+        got = safetensors.numpy.load_file(str(dest / "current" / "model.safetensors"))
+        want = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(hub.path)).graph.initializer}
+        assert sorted(got) == sorted(want)
+        for name, a in got.items():
+            assert a.dtype == np.float16 and a.tobytes() == want[name].astype(np.float16).tobytes(), name
+
+    rc, out, err = pull(hub, dest, "--format", "safetensors", "--dtype", "f16")
+    assert rc == 0 and out["tensors_fetched"] == 4, (out, err)
+    check_against_hub()
+    hub.publish(bump="w2")
+    rc, out, err = pull(hub, dest, "--format", "safetensors", "--dtype", "f16")
+    assert rc == 0 and out["tensors_fetched"] == 1, (out, err)
+    check_against_hub()
+    rc, out, err = pull(hub, tmp_path / "other", "--dtype", "f16")
+    assert rc == 1 and "--format safetensors" in err
