@@ -416,8 +416,11 @@ async fn fetch_resumable(
     }
 }
 
+/// Where each tensor's data lies in a safetensors file.
+type StIndex = HashMap<String, std::ops::Range<usize>>;
+
 /// The tensors of a safetensors file: name → byte range of its data.
-fn st_index(file: &[u8]) -> Option<HashMap<String, std::ops::Range<usize>>> {
+fn st_index(file: &[u8]) -> Option<StIndex> {
     let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?) as usize;
     let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(file.get(8..8 + n)?).ok()?;
     let base = 8 + n;
@@ -442,7 +445,7 @@ fn safetensors_file(
     manifest: &Manifest,
     held: &[(String, String)],
     fetched: &HashMap<String, Vec<u8>>,
-    current: Option<&(&[u8], HashMap<String, std::ops::Range<usize>>)>,
+    current: Option<&(&[u8], StIndex)>,
 ) -> std::io::Result<Vec<u8>> {
     let missing = |n: &str| std::io::Error::other(format!("tensor '{n}' neither fetched nor in the current version"));
     let infos: HashMap<&str, &crate::encode::proto::TensorInfo> =
