@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: fetches the ONNX Runtime
 # library, makes the Python test venv (pinned versions), builds, then runs
-# `cargo test` and the Python reference/interop suite (pytest).
+# `cargo test`, checks that the benchmarks compile, and runs the Python
+# reference/interop/updater suite (pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-ort.sh
 scripts/venv.sh
 cargo build --locked
 cargo test --locked
+cargo bench --locked --no-run   # the benchmarks compile (PERFORMANCE.md runs them)
 .venv/bin/python -m pytest -q tests/python "$@"
