@@ -59,18 +59,43 @@ impl Provider {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CudaOptions {
+    /// GPU to use (`device_id`).
     pub device_id: Option<i32>,
+    /// Upper bound of the CUDA memory arena in bytes (`gpu_mem_limit`); on a
+    /// Jetson the GPU shares the board's RAM with everything else.
+    pub gpu_mem_limit: Option<usize>,
+    /// How the arena grows: "next_power_of_two" (default) or
+    /// "same_as_requested" (tighter on shared-memory boards).
+    pub arena_extend_strategy: Option<ArenaStrategy>,
+}
+
+/// `[runtime.cuda] arena_extend_strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArenaStrategy {
+    NextPowerOfTwo,
+    SameAsRequested,
 }
 
 /// Options of the TensorRT execution provider (`[runtime.tensorrt]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorrtOptions {
+    /// GPU to use (`device_id`).
     pub device_id: Option<i32>,
+    /// Build fp16 engines (`trt_fp16_enable`): the Jetson's tensor cores.
     pub fp16: Option<bool>,
+    /// Keep built engines on disk (`trt_engine_cache_enable`): building one
+    /// takes minutes on a Jetson; a cached one loads in seconds.
     pub engine_cache: Option<bool>,
+    /// Where (`trt_engine_cache_path`); under the service's state folder.
     pub engine_cache_path: Option<String>,
+    /// Keep TensorRT's tactic timings too (`trt_timing_cache_enable`).
+    pub timing_cache: Option<bool>,
+    /// Scratch memory TensorRT may use while building (`trt_max_workspace_size`, bytes).
     pub max_workspace_size: Option<usize>,
+    /// Run on a DLA core (`trt_dla_enable`, `trt_dla_core`): Xavier and Orin have them.
+    pub dla_core: Option<u32>,
 }
 
 /// Whether to use ONNX Runtime at all.
@@ -269,6 +294,15 @@ pub(crate) fn cuda_provider(o: &CudaOptions) -> ep::CUDA {
     if let Some(id) = o.device_id {
         p = p.with_device_id(id);
     }
+    if let Some(limit) = o.gpu_mem_limit {
+        p = p.with_memory_limit(limit);
+    }
+    if let Some(s) = o.arena_extend_strategy {
+        p = p.with_arena_extend_strategy(match s {
+            ArenaStrategy::NextPowerOfTwo => ep::ArenaExtendStrategy::NextPowerOfTwo,
+            ArenaStrategy::SameAsRequested => ep::ArenaExtendStrategy::SameAsRequested,
+        });
+    }
     p
 }
 
@@ -286,8 +320,14 @@ pub(crate) fn tensorrt_provider(o: &TensorrtOptions) -> ep::TensorRT {
     if let Some(v) = &o.engine_cache_path {
         p = p.with_engine_cache_path(v);
     }
+    if let Some(v) = o.timing_cache {
+        p = p.with_timing_cache(v);
+    }
     if let Some(v) = o.max_workspace_size {
         p = p.with_max_workspace_size(v);
+    }
+    if let Some(core) = o.dla_core {
+        p = p.with_dla(true).with_dla_core(core);
     }
     p
 }
@@ -365,5 +405,46 @@ fn zeros(ty: TensorElementType, dims: &[i64]) -> Result<ort::value::DynValue, st
         Uint64 => make::<u64>(dims),
         Bool => make::<bool>(dims),
         other => Err(format!("weightcast cannot make a zero {other:?} input for warm-up")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every documented key of configs/jetson.toml reaches the provider's
+    /// options as ONNX Runtime names them (read back from the built options;
+    /// no GPU needed).
+    #[test]
+    fn jetson_config_keys_reach_the_providers() {
+        let cfg = crate::config::Config::parse(include_str!("../configs/jetson.toml")).unwrap();
+        let r = &cfg.runtime;
+        assert_eq!(r.providers, vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu]);
+        let trt = format!("{:?}", tensorrt_provider(&r.tensorrt));
+        for (key, value) in [
+            ("trt_fp16_enable", "true"),
+            ("trt_engine_cache_enable", "true"),
+            ("trt_engine_cache_path", "/var/lib/weightcast/trt-cache"),
+            ("trt_timing_cache_enable", "true"),
+            ("trt_max_workspace_size", "1073741824"),
+            ("device_id", "0"),
+        ] {
+            assert!(trt.contains(&format!("{key:?}: {value:?}")), "{key}={value} missing from {trt}");
+        }
+        let cuda = format!("{:?}", cuda_provider(&r.cuda));
+        for (key, value) in
+            [("device_id", "0"), ("gpu_mem_limit", "2147483648"), ("arena_extend_strategy", "kSameAsRequested")]
+        {
+            assert!(cuda.contains(&format!("{key:?}: {value:?}")), "{key}={value} missing from {cuda}");
+        }
+    }
+
+    #[test]
+    fn dla_and_unknown_keys() {
+        let o = TensorrtOptions { dla_core: Some(1), ..Default::default() };
+        let trt = format!("{:?}", tensorrt_provider(&o));
+        assert!(trt.contains("\"trt_dla_enable\": \"true\"") && trt.contains("\"trt_dla_core\": \"1\""), "{trt}");
+        let e = crate::config::Config::parse("[runtime.tensorrt]\nfp_16 = true\n").unwrap_err();
+        assert!(e.contains("fp_16"), "{e}");
     }
 }
