@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine too: fetches the ONNX Runtime
 # library, makes the Python test venv (pinned versions), builds, then runs
 # `cargo test`, checks that the benchmarks compile, and runs the Python
-# reference/interop/updater suite (pytest).
+# reference/interop/updater suite (pytest), then builds the aarch64 (Jetson)
+# binary and smoke-tests it under qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-ort.sh
@@ -11,3 +12,7 @@ cargo build --locked
 cargo test --locked
 cargo bench --locked --no-run   # the benchmarks compile (PERFORMANCE.md runs them)
 .venv/bin/python -m pytest -q tests/python "$@"
+# The Jetson build: aarch64 with JetPack 5's glibc, smoke-tested under qemu
+# against this machine's answers.
+cross/build-aarch64.sh
+cross/smoke-aarch64.sh
