@@ -47,54 +47,7 @@ enum Command {
     Inspect { model: PathBuf },
     /// Keep a local copy of a model current with a hub: fetch only changed
     /// tensors, verify them, switch versions atomically.
-    Pull {
-        /// The model on the hub, e.g. http://hub:8080/v1/models/detector
-        url: String,
-        /// Folder holding versions/ and the `current` symlink.
-        #[arg(long)]
-        dest: PathBuf,
-        /// Time between polls (e.g. 30s, 5m), with ±10% random jitter.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        interval: std::time::Duration,
-        /// Do one round and exit: 0 current or updated, 1 failed, 2 rejected.
-        #[arg(long)]
-        once: bool,
-        /// With --once: exit with this code when nothing changed.
-        #[arg(long)]
-        exit_no_change: Option<u8>,
-        /// Versions kept on disk (current included).
-        #[arg(long, default_value_t = 2)]
-        keep: usize,
-        /// Check a new version before switching: "ort" (load it in ONNX Runtime
-        /// and run one inference), or a shell command ($WEIGHTCAST_DIR is the new folder).
-        #[arg(long)]
-        check: Option<String>,
-        /// Shell command run after a switch ($WEIGHTCAST_DIR is the new folder).
-        #[arg(long)]
-        exec: Option<String>,
-        /// File holding a bearer token for the hub.
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-        /// Deadline for each request.
-        #[arg(long, default_value = "300s", value_parser = parse_duration)]
-        timeout: std::time::Duration,
-        /// Print one JSON object per round on stdout (for fleet tooling).
-        #[arg(long)]
-        json: bool,
-        /// What a version holds: "onnx" (model.onnx + one file per tensor) or
-        /// "safetensors" (model.safetensors).
-        #[arg(long, default_value = "onnx", value_parser = ["onnx", "safetensors"])]
-        format: String,
-        /// Ask the hub for f16 or bf16 weights (with --format safetensors).
-        #[arg(long, value_parser = ["f16", "bf16"])]
-        dtype: Option<String>,
-        /// TOML config: [runtime] options for --check ort.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Path of libonnxruntime.so, for --check ort.
-        #[arg(long)]
-        ort_lib: Option<PathBuf>,
-    },
+    Pull(PullArgs),
     /// Point `current` back at the previous version.
     Rollback {
         #[arg(long)]
@@ -116,42 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen, runtime, ort_lib, models } => serve(config, listen, runtime, ort_lib, models),
         Command::Inspect { model } => inspect(&model),
-        Command::Pull {
-            url,
-            dest,
-            interval,
-            once,
-            exit_no_change,
-            keep,
-            check,
-            exec,
-            token_file,
-            timeout,
-            json,
-            format,
-            dtype,
-            config,
-            ort_lib,
-        } => {
-            let args = PullArgs {
-                url,
-                dest,
-                interval,
-                once,
-                exit_no_change,
-                keep,
-                check,
-                exec,
-                token_file,
-                timeout,
-                json,
-                format,
-                dtype,
-                config,
-                ort_lib,
-            };
-            return pull(args);
-        }
+        Command::Pull(args) => return pull(args),
         Command::Rollback { dest } => weightcast::updater::rollback(&dest).map(|v| println!("current is now {v}")),
         Command::Demo { out } => demo::write(&out).map_err(|e| format!("cannot write {}: {e}", out.display())),
     };
@@ -179,21 +97,54 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// `weightcast pull`'s flags.
+#[derive(clap::Args)]
 struct PullArgs {
+    /// The model on the hub, e.g. http://hub:8080/v1/models/detector
     url: String,
+    /// Folder holding versions/ and the `current` symlink.
+    #[arg(long)]
     dest: PathBuf,
+    /// Time between polls (e.g. 30s, 5m), with ±10% random jitter.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     interval: std::time::Duration,
+    /// Do one round and exit: 0 current or updated, 1 failed, 2 rejected.
+    #[arg(long)]
     once: bool,
+    /// With --once: exit with this code when nothing changed.
+    #[arg(long)]
     exit_no_change: Option<u8>,
+    /// Versions kept on disk (current included).
+    #[arg(long, default_value_t = 2)]
     keep: usize,
+    /// Check a new version before switching: "ort" (load it in ONNX Runtime
+    /// and run one inference), or a shell command ($WEIGHTCAST_DIR is the new folder).
+    #[arg(long)]
     check: Option<String>,
+    /// Shell command run after a switch ($WEIGHTCAST_DIR is the new folder).
+    #[arg(long)]
     exec: Option<String>,
+    /// File holding a bearer token for the hub.
+    #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Deadline for each request.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
     timeout: std::time::Duration,
+    /// Print one JSON object per round on stdout (for fleet tooling).
+    #[arg(long)]
     json: bool,
+    /// What a version holds: "onnx" (model.onnx + one file per tensor) or
+    /// "safetensors" (model.safetensors).
+    #[arg(long, default_value = "onnx", value_parser = ["onnx", "safetensors"])]
     format: String,
+    /// Ask the hub for f16 or bf16 weights (with --format safetensors).
+    #[arg(long, value_parser = ["f16", "bf16"])]
     dtype: Option<String>,
+    /// TOML config: [runtime] options for --check ort.
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// Path of libonnxruntime.so, for --check ort.
+    #[arg(long)]
     ort_lib: Option<PathBuf>,
 }
 

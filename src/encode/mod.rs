@@ -181,6 +181,22 @@ impl Selection {
         }
     }
 
+    /// Whether `format` can carry every selected tensor's dtype; the error
+    /// names those it cannot.
+    pub fn expressible(&self, format: Format, can: impl Fn(DataType) -> bool) -> Result<(), EncodeError> {
+        let bad: Vec<(String, DataType)> = self
+            .tensors
+            .iter()
+            .filter(|&&i| !can(self.meta(i).dtype))
+            .map(|&i| (self.name(i).to_string(), self.meta(i).dtype))
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(EncodeError::Unexpressible { format, tensors: bad })
+        }
+    }
+
     fn is_stored_bytes(&self, i: usize) -> bool {
         (self.repr.is_none() || !cast::applies(self.model.tensors[i].dtype)) && self.element_size(i).is_none()
     }

@@ -64,26 +64,12 @@ pub fn header(descr: &str, dims: &[i64]) -> Vec<u8> {
     out
 }
 
-fn check(sel: &Selection, format: Format) -> Result<(), EncodeError> {
-    let bad: Vec<(String, DataType)> = sel
-        .tensors
-        .iter()
-        .filter(|&&i| descr(sel.meta(i).dtype).is_none())
-        .map(|&i| (sel.name(i).to_string(), sel.meta(i).dtype))
-        .collect();
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(EncodeError::Unexpressible { format, tensors: bad })
-    }
-}
-
 /// One tensor as `.npy`.
 pub fn npy_pieces(sel: &Selection) -> Result<Vec<Piece>, EncodeError> {
     if sel.tensors.len() != 1 || !sel.single {
         return Err(EncodeError::SingleOnly(Format::Npy));
     }
-    check(sel, Format::Npy)?;
+    sel.expressible(Format::Npy, |d| descr(d).is_some())?;
     let i = sel.tensors[0];
     let m = sel.meta(i);
     let head = header(descr(m.dtype).unwrap_or_default(), sel.dims(i));
@@ -104,7 +90,7 @@ const ZIP64_LIMIT: u64 = 0xFFFF_FFFF;
 
 /// The selection as `.npz`, members named `safe_name(tensor).npy`.
 pub fn npz_pieces(sel: &Selection, deflate: bool) -> Result<Vec<Piece>, EncodeError> {
-    check(sel, Format::Npz)?;
+    sel.expressible(Format::Npz, |d| descr(d).is_some())?;
     let members: Vec<Member> = sel
         .tensors
         .iter()

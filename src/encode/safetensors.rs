@@ -39,15 +39,7 @@ pub fn dtype_name(d: DataType) -> Option<&'static str> {
 }
 
 pub fn pieces(sel: &Selection) -> Result<Vec<Piece>, EncodeError> {
-    let bad: Vec<(String, DataType)> = sel
-        .tensors
-        .iter()
-        .filter(|&&i| dtype_name(sel.meta(i).dtype).is_none())
-        .map(|&i| (sel.name(i).to_string(), sel.meta(i).dtype))
-        .collect();
-    if !bad.is_empty() {
-        return Err(EncodeError::Unexpressible { format: Format::Safetensors, tensors: bad });
-    }
+    sel.expressible(Format::Safetensors, |d| dtype_name(d).is_some())?;
     let mut header = Map::new();
     header.insert(
         "__metadata__".into(),

@@ -31,6 +31,19 @@ def zoo(tmp_path_factory):
     return gen_models.generate(tmp_path_factory.mktemp("zoo"))
 
 
+# The zoo models served together by `zoo_server` (paths inside the zoo).
+ZOO_SERVED = ["raw_all.onnx", "typed_all.onnx", "external/external.onnx", "edge.onnx", "names.onnx", "mlp.onnx",
+              "trained.onnx"]
+
+
+@pytest.fixture(scope="session")
+def zoo_server(zoo, tmp_path_factory):
+    """One server (without ONNX Runtime) for the zoo's models."""
+    s = Server(["--runtime", "none", *[zoo / m for m in ZOO_SERVED]], tmp_path_factory.mktemp("logs"))
+    yield s
+    s.stop()
+
+
 @pytest.fixture(scope="session")
 def pb2(tmp_path_factory):
     """weightcast_pb2, generated from proto/ by protoc (grpcio-tools)."""

@@ -20,15 +20,6 @@ def undo_bytegroup(data: bytes, k: int, dtype: int) -> bytes:
     return u.tobytes()
 
 
-@pytest.fixture(scope="module")
-def zoo_server(zoo, tmp_path_factory):
-    from conftest import Server
-
-    s = Server(["--runtime", "none", *[zoo / m for m in MODELS + ["mlp.onnx", "trained.onnx"]]], tmp_path_factory.mktemp("logs"))
-    yield s
-    s.stop()
-
-
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("dtype", ["native", "f16"])
 def test_bytegroup_round_trips(zoo, zoo_server, pb2, model, dtype):

@@ -29,15 +29,6 @@ SAFETENSORS = {T.FLOAT: "F32", T.DOUBLE: "F64", T.FLOAT16: "F16", T.BFLOAT16: "B
 EXPRESSIBLE = {"npz": NUMPY, "safetensors": SAFETENSORS, "json": None, "protobuf": None}
 
 
-@pytest.fixture(scope="module")
-def zoo_server(zoo, tmp_path_factory):
-    from conftest import Server
-
-    s = Server(["--runtime", "none", *[zoo / m for m in MODELS]], tmp_path_factory.mktemp("logs"))
-    yield s
-    s.stop()
-
-
 def fetch(server, path, encoding):
     headers = {"Accept-Encoding": "zstd" if encoding == "zstd" else "identity"}
     r, body = server.raw(path, headers)

@@ -17,15 +17,6 @@ MODELS = ["raw_all.onnx", "typed_all.onnx", "external/external.onnx", "edge.onnx
 CASTABLE = (TensorProto.FLOAT, TensorProto.DOUBLE)
 
 
-@pytest.fixture(scope="module")
-def zoo_server(zoo, tmp_path_factory):
-    from conftest import Server
-
-    s = Server(["--runtime", "none", *[zoo / m for m in MODELS]], tmp_path_factory.mktemp("logs"))
-    yield s
-    s.stop()
-
-
 def want(zoo, model, dtype):
     """Expected tensors of a model in a representation: name -> dict."""
     out = {}

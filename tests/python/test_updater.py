@@ -11,7 +11,6 @@ import random
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
