@@ -481,7 +481,8 @@ pub struct CacheKey {
     pub model: String,
     pub version: String,
     pub tensor: usize,
-    /// What was derived: a cast, an encoding of a record, …
+    /// What was derived: a cast, a zstd frame, a rendered manifest (whose
+    /// `tensor` is `usize::MAX`: it covers the whole model), …
     pub variant: String,
 }
 

@@ -18,7 +18,7 @@ use body::ChunkReader;
 use negotiate::Query;
 
 use crate::encode::{self, manifest, EncodeError, Encoding, Format, Selection};
-use crate::store::{Model, Store};
+use crate::store::{CacheKey, Model, Store};
 
 /// Header on every answer about one model: the version of its weights as
 /// stored, whatever representation was asked, so a client can tell that
@@ -172,8 +172,9 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
         ["v1", "models"] => {
             let q = negotiate::query(pairs, &["format"]).map_err(bad_request)?;
             let format = ask.format(Format::DOCUMENTS, &q)?;
-            let body = manifest::render_listing(&manifest::listing(&state.store.entries()), format);
-            let versions: Vec<String> = state.store.entries().iter().map(|e| match e {
+            let entries = state.store.entries();
+            let body = manifest::render_listing(&manifest::listing(&entries), format);
+            let versions: Vec<String> = entries.iter().map(|e| match e {
                 crate::store::Entry::Loaded(m) => m.version().to_string(),
                 crate::store::Entry::Failed { name, .. } => format!("failed:{name}"),
             }).collect();
@@ -188,10 +189,37 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             if ask.not_modified(&etag) {
                 return Ok(ask.not_modified_response(&etag, format));
             }
-            let view = view(&model, q.dtype).await;
-            let body = manifest::render_manifest(&manifest::manifest(&model, &view), format);
-            let mut r = ask.document(model.version(), &key, format, body, state.options.zstd_level)?;
+            // Rendered (and compressed) once per model version and representation.
+            let cached = CacheKey {
+                model: model.name.clone(),
+                version: model.version().to_string(),
+                tensor: usize::MAX,
+                variant: format!("manifest-{:?}-{}-{}", q.dtype, format.name(), ask.encoding.name()),
+            };
+            let body = match model.cache().get(&cached) {
+                Some(b) => b,
+                None => {
+                    let view = view(&model, q.dtype).await;
+                    let (m, encoding, level) = (model.clone(), ask.encoding, state.options.zstd_level);
+                    let body = smol::unblock(move || {
+                        let raw = manifest::render_manifest(&manifest::manifest(&m, &view), format);
+                        match encoding {
+                            Encoding::Identity => Ok(raw),
+                            Encoding::Zstd => encode::zstd_frame(&raw, level),
+                        }
+                    })
+                    .await
+                    .map_err(internal)?;
+                    let body = bytes::Bytes::from(body);
+                    model.cache().put(cached, body.clone());
+                    body
+                }
+            };
+            let mut r = Response::new(StatusCode::Ok);
+            ask.headers(&mut r, &etag, format);
             r.insert_header(MODEL_VERSION, model.version());
+            let len = body.len();
+            r.set_body(http_types::Body::from_reader(ChunkReader::new(vec![encode::Chunk::Ready(body)]), Some(len)));
             Ok(r)
         }
         ["v1", "models", model, "weights"] => {
