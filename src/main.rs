@@ -334,7 +334,10 @@ fn serve(
 }
 
 fn inspect(path: &std::path::Path) -> Result<(), String> {
-    let model = OnnxModel::open(path).map_err(|e| e.to_string())?;
+    let model = OnnxModel::open(path).map_err(|e| match e {
+        weightcast::onnx::OnnxError::Tensor { .. } => format!("{}: {e}", path.display()),
+        other => other.to_string(),
+    })?;
     let width = model.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
     println!("{:<width$}  {:<14}  {:<20}  {:>12}  storage", "name", "dtype", "shape", "bytes");
     let mut total = 0;
