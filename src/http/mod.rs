@@ -189,37 +189,16 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             if ask.not_modified(&etag) {
                 return Ok(ask.not_modified_response(&etag, format));
             }
-            // Rendered (and compressed) once per model version and representation.
-            let cached = CacheKey {
-                model: model.name.clone(),
-                version: model.version().to_string(),
-                tensor: usize::MAX,
-                variant: format!("manifest-{:?}-{}-{}", q.dtype, format.name(), ask.encoding.name()),
-            };
-            let body = match model.cache().get(&cached) {
-                Some(b) => b,
-                None => {
-                    let view = view(&model, q.dtype).await;
-                    let (m, encoding, level) = (model.clone(), ask.encoding, state.options.zstd_level);
-                    let body = smol::unblock(move || {
-                        let raw = manifest::render_manifest(&manifest::manifest(&m, &view), format);
-                        match encoding {
-                            Encoding::Identity => Ok(raw),
-                            Encoding::Zstd => encode::zstd_frame(&raw, level),
-                        }
-                    })
-                    .await
-                    .map_err(internal)?;
-                    let body = bytes::Bytes::from(body);
-                    model.cache().put(cached, body.clone());
-                    body
-                }
-            };
+            let (m, repr) = (model.clone(), q.dtype);
+            let variant = format!("manifest-{repr:?}-{}", format.name());
+            let body = model_document(&model, variant, ask.encoding, state.options.zstd_level, move || {
+                Ok(manifest::render_manifest(&manifest::manifest(&m, &m.view(repr)), format))
+            })
+            .await?;
             let mut r = Response::new(StatusCode::Ok);
             ask.headers(&mut r, &etag, format);
             r.insert_header(MODEL_VERSION, model.version());
-            let len = body.len();
-            r.set_body(http_types::Body::from_reader(ChunkReader::new(vec![encode::Chunk::Ready(body)]), Some(len)));
+            set_bytes(&mut r, body);
             Ok(r)
         }
         ["v1", "models", model, "weights"] => {
@@ -461,11 +440,55 @@ async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, 
         return Ok(r);
     }
     let m = model.clone();
-    let bytes = smol::unblock(move || m.graph())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::InternalServerError, "cannot rewrite the model", e))?;
-    let mut r = ask.document(model.version(), "graph", format, bytes.to_vec(), state.options.zstd_level)?;
+    let body = model_document(&model, "graph".into(), ask.encoding, state.options.zstd_level, move || {
+        m.graph().map(|b| b.to_vec()).map_err(|e| format!("cannot rewrite the model: {e}"))
+    })
+    .await?;
+    let mut r = Response::new(StatusCode::Ok);
+    ask.headers(&mut r, &etag, format);
     r.insert_header("Content-Type", "application/octet-stream");
     r.insert_header(MODEL_VERSION, model.version());
+    set_bytes(&mut r, body);
     Ok(r)
+}
+
+/// A whole-model document (manifest, graph) in one encoding: from the cache,
+/// or rendered and compressed once, on the blocking pool, and kept.
+async fn model_document(
+    model: &Arc<Model>,
+    variant: String,
+    encoding: Encoding,
+    level: i32,
+    render: impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static,
+) -> Result<bytes::Bytes, ApiError> {
+    let key = CacheKey {
+        model: model.name.clone(),
+        version: model.version().to_string(),
+        tensor: usize::MAX,
+        variant: format!("{variant}-{}", encoding.name()),
+    };
+    if let Some(body) = model.cache().get(&key) {
+        return Ok(body);
+    }
+    let body = smol::unblock(move || {
+        let raw = render()?;
+        match encoding {
+            Encoding::Identity => Ok(raw),
+            Encoding::Zstd => encode::zstd_frame(&raw, level).map_err(|e| e.to_string()),
+        }
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!("internal error: {e}");
+        ApiError::new(StatusCode::InternalServerError, "internal error", e)
+    })?;
+    let body = bytes::Bytes::from(body);
+    model.cache().put(key, body.clone());
+    Ok(body)
+}
+
+/// A body that is already in memory, sent without another copy.
+fn set_bytes(r: &mut Response, body: bytes::Bytes) {
+    let len = body.len();
+    r.set_body(http_types::Body::from_reader(ChunkReader::new(vec![encode::Chunk::Ready(body)]), Some(len)));
 }
