@@ -20,3 +20,4 @@ compile_error!("weightcast serves tensor bytes as they lie in memory and needs a
 pub mod onnx;
 pub mod runtime;
 pub mod store;
+pub mod wire;

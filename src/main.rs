@@ -217,11 +217,11 @@ fn pull(a: PullArgs) -> ExitCode {
                 (a.exit_no_change.unwrap_or(0), None)
             }
             Ok(Outcome::Updated { version, fetched_bytes, model_bytes, tensors_fetched, tensors_total }) => {
-                tracing::info!(version = &version[..16], ms, "updated: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensors_total} tensors changed)");
+                tracing::info!(version = weightcast::wire::short(&version), ms, "updated: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensors_total} tensors changed)");
                 (0, None)
             }
             Ok(Outcome::Rejected { version, reason }) => {
-                tracing::error!(version = &version[..16], "rejected: {reason}");
+                tracing::error!(version = weightcast::wire::short(&version), "rejected: {reason}");
                 (2, None)
             }
             Err(e) => {

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::encode::cast::{self, Target};
 use crate::onnx::{DataType, ModelInfo, OnnxModel, Tensor, TensorData};
 use crate::runtime::{self, OpenSession, Runtime};
+use crate::wire;
 
 /// Why a model did not load.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum LoadError {
     Onnx { model: String, source: crate::onnx::OnnxError },
     #[error("model '{model}': {source}")]
     Runtime { model: String, source: runtime::RuntimeError },
+    #[error("model '{model}': cannot rewrite it with external data for /graph: {problem}")]
+    Graph { model: String, problem: String },
 }
 
 /// A model to load: its name and file.
@@ -81,9 +84,10 @@ pub struct Model {
     index: HashMap<String, usize>,
     stored: Arc<View>,
     cast: [OnceLock<Arc<View>>; 2],
-    /// The model file (for `/graph`), and that rewrite once made.
-    file: Bytes,
-    graph: OnceLock<Result<Bytes, String>>,
+    /// The model file with its large initializers as external data at
+    /// `wire::tensor_file(name)` (`/graph`), made at load, and its sha256.
+    graph: Bytes,
+    graph_sha256: [u8; 32],
     /// Kept open for the model's lifetime: the session is the proof it loads.
     _session: Option<OpenSession>,
     cache: Arc<Cache>,
@@ -142,7 +146,7 @@ impl Model {
                         }
                     })
                     .collect();
-                Arc::new(View::new(&self.tensors, tensors))
+                Arc::new(View::new(&self.tensors, tensors, &self.graph_sha256))
             })
             .clone()
     }
@@ -182,17 +186,16 @@ impl Model {
         Some((bytes, overflowed.unwrap_or(0)))
     }
 
-    /// The model file with its main-graph initializers as external data named
-    /// `encode::safe_name(tensor)` (made once, kept: it is small).
-    pub fn graph(&self) -> Result<Bytes, String> {
-        self.graph
-            .get_or_init(|| {
-                crate::onnx::graph::externalize(&self.file, crate::encode::safe_name, |name| {
-                    self.position(name).map(|i| self.stored.tensors[i].nbytes)
-                })
-                .map(Bytes::from)
-            })
-            .clone()
+    /// The model as `/graph` serves it: the file with its large main-graph
+    /// initializers as external data at `wire::tensor_file(name)`, small ones
+    /// and those shape inference reads inline (`onnx::graph::externalize`).
+    pub fn graph(&self) -> &Bytes {
+        &self.graph
+    }
+
+    /// sha256 of [`Model::graph`] (in the manifest, and part of the version).
+    pub fn graph_sha256(&self) -> &[u8; 32] {
+        &self.graph_sha256
     }
 
     /// The shared cache of derived bytes (for the encoders).
@@ -202,37 +205,9 @@ impl Model {
 }
 
 impl View {
-    fn new(tensors: &[Tensor], metas: Vec<TensorMeta>) -> View {
-        let version =
-            version(tensors.iter().zip(&metas).map(|(t, m)| (t.name.as_str(), m.dtype, t.dims.as_slice(), &m.sha256)));
-        View { tensors: metas, version }
-    }
-}
-
-/// The version of a list of tensors: hex sha256 over one line per tensor,
-/// `name \t DTYPE \t dims,comma,separated \t sha256hex \n`, in manifest order.
-pub fn version<'a>(tensors: impl Iterator<Item = (&'a str, DataType, &'a [i64], &'a [u8; 32])>) -> String {
-    let mut h = Sha256::new();
-    for (name, dtype, dims, digest) in tensors {
-        let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-        h.update(format!("{name}\t{}\t{}\t{}\n", dtype.name(), dims.join(","), hex::encode(digest)));
-    }
-    hex::encode(h.finalize())
-}
-
-/// sha256 of a tensor's data. For STRING tensors: over each element as its
-/// length (u64 little-endian) followed by its bytes.
-pub fn digest(data: &TensorData) -> [u8; 32] {
-    match data {
-        TensorData::Bytes(b) => Sha256::digest(b).into(),
-        TensorData::Strings(s) => {
-            let mut h = Sha256::new();
-            for e in s {
-                h.update((e.len() as u64).to_le_bytes());
-                h.update(e);
-            }
-            h.finalize().into()
-        }
+    fn new(tensors: &[Tensor], metas: Vec<TensorMeta>, graph_sha256: &[u8; 32]) -> View {
+        let rows = tensors.iter().zip(&metas).map(|(t, m)| (t.name.as_str(), m.dtype, t.dims.as_slice(), &m.sha256));
+        View { version: wire::version(graph_sha256, rows), tensors: metas }
     }
 }
 
@@ -274,9 +249,17 @@ pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Mode
         }
     };
     let metas = digests(&onnx.tensors);
-    let stored = Arc::new(View::new(&onnx.tensors, metas));
-    let index = onnx.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-    let file = onnx.bytes.clone();
+    let index: HashMap<String, usize> = onnx.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let graph = crate::onnx::graph::externalize(&onnx.bytes, wire::tensor_file, |name| {
+        index.get(name).map(|&i| match &onnx.tensors[i].data {
+            TensorData::Bytes(b) => b.clone(),
+            TensorData::Strings(_) => Bytes::new(),
+        })
+    })
+    .map(Bytes::from)
+    .map_err(|problem| LoadError::Graph { model: spec.name.clone(), problem })?;
+    let graph_sha256: [u8; 32] = Sha256::digest(&graph).into();
+    let stored = Arc::new(View::new(&onnx.tensors, metas, &graph_sha256));
     Ok(Model {
         name: spec.name.clone(),
         path: spec.path.clone(),
@@ -286,8 +269,8 @@ pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Mode
         index,
         stored,
         cast: [OnceLock::new(), OnceLock::new()],
-        file,
-        graph: OnceLock::new(),
+        graph,
+        graph_sha256,
         _session: session,
         cache,
     })
@@ -329,7 +312,7 @@ fn sums(data: &TensorData) -> ([u8; 32], u32) {
         TensorData::Bytes(b) => crc32fast::hash(b),
         TensorData::Strings(_) => 0,
     };
-    (digest(data), crc)
+    (wire::digest(data), crc)
 }
 
 /// Every model the server was asked to serve: loaded, or failed with a
@@ -372,7 +355,7 @@ fn load_entry(spec: &ModelSpec, engine: &Engine, cache: &Arc<Cache>) -> Entry {
     match load(spec, engine, cache.clone()) {
         Ok(m) => {
             tracing::info!(model = %m.name, path = %spec.path.display(), tensors = m.tensors.len(), bytes = m.total_bytes(),
-                version = %&m.version()[..16], providers = ?m.runtime.active, ms = started.elapsed().as_millis() as u64, "model loaded");
+                version = %crate::wire::short(m.version()), providers = ?m.runtime.active, ms = started.elapsed().as_millis() as u64, "model loaded");
             Entry::Loaded(Arc::new(m))
         }
         Err(e) => {
@@ -411,7 +394,7 @@ impl Store {
             let Ok(mut state) = slot.state.write() else { continue };
             match (&entry, &state.0) {
                 (Entry::Failed { error, .. }, Entry::Loaded(old)) => {
-                    tracing::warn!(model = %slot.spec.name, "new file did not load; still serving version {}: {error}", &old.version()[..16]);
+                    tracing::warn!(model = %slot.spec.name, "new file did not load; still serving version {}: {error}", wire::short(old.version()));
                     state.1 = now;
                 }
                 _ => {

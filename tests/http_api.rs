@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http_types::{Method, Request, Response, Url};
 use prost::Message;
-use weightcast::encode::proto::{Bundle, Manifest};
+use weightcast::wire::proto::{Bundle, Manifest};
 use weightcast::http::{self, ServeOptions, State};
 use weightcast::store::{self, Cache, Engine, Store};
 

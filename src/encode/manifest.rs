@@ -4,7 +4,8 @@
 use prost::Message;
 use serde_json::{json, Value};
 
-use super::{proto, Format};
+use super::Format;
+use crate::wire::proto;
 use crate::onnx::DataType;
 use crate::store::{Entry, Model, View};
 
@@ -53,6 +54,8 @@ pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
                 storage: t.storage.name().to_string(),
             })
             .collect(),
+        graph_sha256: hex::encode(model.graph_sha256()),
+        graph_bytes: model.graph().len() as u64,
     }
 }
 
@@ -116,6 +119,8 @@ fn manifest_json(m: &proto::Manifest) -> Value {
             "warmed_up": rt.warmed_up,
         },
         "tensors": tensors,
+        "graph_sha256": m.graph_sha256,
+        "graph_bytes": m.graph_bytes,
     })
 }
 

@@ -26,12 +26,6 @@ use bytes::Bytes;
 use crate::onnx::{DataType, TensorData};
 use crate::store::{CacheKey, Model, Representation, TensorMeta, View};
 
-/// Messages of `proto/weightcast/v1/weightcast.proto`.
-#[allow(clippy::all, missing_docs)]
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/weightcast.v1.rs"));
-}
-
 /// What a response body means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -428,34 +422,3 @@ pub fn prepare(model: &Arc<Model>, what: Prepared, level: i32, budget: u64) -> (
     totals.into_inner().unwrap_or_default()
 }
 
-/// A tensor name made safe as a file or zip member name, reversibly: every
-/// byte outside `A-Z a-z 0-9 . _ -`, and a leading `.`, becomes `%XX`
-/// (uppercase hex), so `urllib.parse.unquote` gives the name back.
-pub fn safe_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for (i, b) in name.bytes().enumerate() {
-        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
-        if plain {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn safe_names_are_reversible_and_flat() {
-        assert_eq!(safe_name("layer/0/weight"), "layer%2F0%2Fweight");
-        assert_eq!(safe_name("100%"), "100%25");
-        assert_eq!(safe_name(".."), "%2E.");
-        assert_eq!(safe_name("a.b_c-d"), "a.b_c-d");
-        assert_eq!(safe_name("ü"), "%C3%BC");
-        let safe = safe_name("x/ü %.");
-        assert_eq!(percent_encoding::percent_decode_str(&safe).decode_utf8().unwrap(), "x/ü %.");
-    }
-}

@@ -12,7 +12,8 @@ use std::io::Write;
 
 use bytes::Bytes;
 
-use super::{safe_name, EncodeError, Format, Piece, Selection};
+use super::{EncodeError, Format, Piece, Selection};
+use crate::wire::safe_name;
 use crate::onnx::DataType;
 use crate::store::CacheKey;
 

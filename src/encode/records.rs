@@ -9,7 +9,8 @@
 use bytes::Bytes;
 use prost::Message;
 
-use super::{proto, Piece, Selection};
+use super::{Piece, Selection};
+use crate::wire::proto;
 use crate::onnx::TensorData;
 use crate::store::TensorMeta;
 

@@ -23,7 +23,7 @@ use crate::store::{CacheKey, Model, Store};
 /// Header on every answer about one model: the version of its weights as
 /// stored, whatever representation was asked, so a client can tell that
 /// several answers come from the same model file.
-pub const MODEL_VERSION: &str = "X-Weightcast-Model-Version";
+use crate::wire::MODEL_VERSION;
 
 /// Serving choices from the config.
 #[derive(Debug, Clone)]
@@ -257,14 +257,23 @@ fn find_model(state: &State, raw: &str) -> Result<Arc<Model>, ApiError> {
 }
 
 /// Indices of the named tensors (model order, no repeats), or all of them.
+/// Each `names=` value is one tensor's name when the model has a tensor of
+/// exactly that name (so names with commas, and the empty name, can be
+/// asked for), else a comma-separated list of names.
 fn select(model: &Model, names: Option<&[String]>) -> Result<Vec<usize>, ApiError> {
-    let Some(names) = names else { return Ok((0..model.tensors.len()).collect()) };
-    let mut picked = Vec::with_capacity(names.len());
-    for n in names {
-        let i = model.position(n).ok_or_else(|| {
-            ApiError::new(StatusCode::NotFound, "unknown tensor", format!("model '{}' has no tensor '{n}'", model.name))
-        })?;
-        picked.push(i);
+    let Some(values) = names else { return Ok((0..model.tensors.len()).collect()) };
+    let mut picked = Vec::with_capacity(values.len());
+    for value in values {
+        if let Some(i) = model.position(value) {
+            picked.push(i);
+            continue;
+        }
+        for n in value.split(',').filter(|n| !n.is_empty()) {
+            let i = model.position(n).ok_or_else(|| {
+                ApiError::new(StatusCode::NotFound, "unknown tensor", format!("model '{}' has no tensor '{n}'", model.name))
+            })?;
+            picked.push(i);
+        }
     }
     picked.sort_unstable();
     picked.dedup();
@@ -428,9 +437,9 @@ async fn tensors(
     Ok(r)
 }
 
-/// The model as an ONNX file whose main-graph initializers are external, each
-/// at the location `safe_name(tensor)`: a client rebuilds the model from it
-/// and tensors it already has.
+/// The model as an ONNX file whose large main-graph initializers are external,
+/// each at the location `wire::tensor_file(tensor)`: a client rebuilds the
+/// model from it and tensors it already has.
 async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, ApiError> {
     let format = Format::Protobuf; // only for the ETag: the body is an ONNX file
     let etag = ask.etag(model.version(), "graph", format);
@@ -441,7 +450,7 @@ async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, 
     }
     let m = model.clone();
     let body = model_document(&model, "graph".into(), ask.encoding, state.options.zstd_level, move || {
-        m.graph().map(|b| b.to_vec()).map_err(|e| format!("cannot rewrite the model: {e}"))
+        Ok(m.graph().to_vec())
     })
     .await?;
     let mut r = Response::new(StatusCode::Ok);

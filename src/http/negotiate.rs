@@ -122,7 +122,8 @@ pub fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, St
             }
             "names" => {
                 let list = q.names.get_or_insert_with(Vec::new);
-                list.extend(value.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+                list.push(value); // split by the route, which knows the names
+
             }
             _ => unreachable_param(&key)?,
         }
@@ -165,7 +166,7 @@ mod tests {
     fn query_rules() {
         let p = |k: &str, v: &str| (k.to_string(), v.to_string());
         let q = query(vec![p("names", "a,b"), p("names", "c/d"), p("dtype", "f16")], &["names", "dtype"]).unwrap();
-        assert_eq!(q.names.unwrap(), vec!["a", "b", "c/d"]);
+        assert_eq!(q.names.unwrap(), vec!["a,b", "c/d"]);
         assert_eq!(q.dtype, Some(Target::F16));
         assert!(query(vec![p("x", "1")], &["names"]).unwrap_err().contains("unknown query parameter 'x'"));
         assert!(query(vec![p("dtype", "f8")], &["dtype"]).unwrap_err().contains("dtype 'f8'"));

@@ -8,7 +8,13 @@
 //! Only `ModelProto.graph` → `GraphProto.initializer` entries change: their
 //! data fields are dropped and `external_data` + `data_location` added.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::proto::{GraphProto, ModelProto};
 
 /// Field numbers we touch.
 const MODEL_GRAPH: u64 = 7;
@@ -17,6 +23,7 @@ const TENSOR_DATA_TYPE: u64 = 2;
 const TENSOR_NAME: u64 = 8;
 const TENSOR_EXTERNAL_DATA: u64 = 13;
 const TENSOR_DATA_LOCATION: u64 = 14;
+const TENSOR_RAW_DATA: u64 = 9;
 /// float_data, int32_data, int64_data, raw_data, double_data, uint64_data,
 /// external_data, data_location: replaced by the new external reference.
 const TENSOR_DATA_FIELDS: [u64; 8] = [4, 5, 7, 9, 10, 11, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION];
@@ -99,21 +106,102 @@ fn string_entry(key: &str, value: &str) -> Vec<u8> {
     e
 }
 
-/// The model with each main-graph initializer's data replaced by an external
-/// reference: `location` = `locate(name)`, `length` = its byte length.
-/// `length_of` gives a tensor's byte length by name.
+/// Initializers smaller than this stay inline in `/graph` (the default of
+/// onnx's `external_data_helper`): scalars, scales, zero points and shape
+/// vectors cost less inline than as files of their own.
+pub const INLINE_BELOW: u64 = 1024;
+
+/// Inputs whose *values* ONNX shape inference reads while a runtime loads the
+/// graph (`getInputData`/`ParseData` in onnx/defs, every opset), by operator
+/// of the default domain. ONNX Runtime runs that inference on the graph it is
+/// given and cannot read external data there ("Cannot parse data from
+/// external tensors"), so an initializer used at one of these positions, at
+/// any depth of subgraphs, stays inline whatever its size.
+const SHAPE_INPUTS: &[(&str, &[usize])] = &[
+    ("Reshape", &[1]),
+    ("Expand", &[1]),
+    ("Tile", &[1]),
+    ("ConstantOfShape", &[0]),
+    ("Slice", &[1, 2, 3, 4]),
+    ("Split", &[1]),
+    ("SplitToSequence", &[1]),
+    ("Squeeze", &[1]),
+    ("Unsqueeze", &[1]),
+    ("Pad", &[1, 2, 3]),
+    ("Resize", &[1, 2, 3]),
+    ("Upsample", &[1]),
+    ("TopK", &[1]),
+    ("Range", &[0, 1, 2]),
+    ("OneHot", &[1]),
+    ("CenterCropPad", &[1]),
+    ("Col2Im", &[1, 2]),
+    ("DFT", &[1, 2]),
+    ("STFT", &[1, 3]),
+    ("MelWeightMatrix", &[0, 1, 2, 3, 4]),
+    ("HannWindow", &[0]),
+    ("HammingWindow", &[0]),
+    ("BlackmanWindow", &[0]),
+    ("ReduceL1", &[1]),
+    ("ReduceL2", &[1]),
+    ("ReduceLogSum", &[1]),
+    ("ReduceLogSumExp", &[1]),
+    ("ReduceMax", &[1]),
+    ("ReduceMean", &[1]),
+    ("ReduceMin", &[1]),
+    ("ReduceProd", &[1]),
+    ("ReduceSum", &[1]),
+    ("ReduceSumSquare", &[1]),
+    // A Loop hands its inputs' values to the body's inference.
+    ("Loop", &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+];
+
+/// Names of the tensors whose values shape inference reads (see
+/// [`SHAPE_INPUTS`]), in the graph and all its subgraphs.
+pub fn read_by_shape_inference(graph: &GraphProto) -> HashSet<String> {
+    let mut out = HashSet::new();
+    walk(graph, &mut out);
+    out
+}
+
+fn walk(graph: &GraphProto, out: &mut HashSet<String>) {
+    for node in &graph.node {
+        let default_domain = matches!(node.domain(), "" | "ai.onnx");
+        let positions = SHAPE_INPUTS.iter().find(|(op, _)| default_domain && *op == node.op_type());
+        if let Some((op, positions)) = positions {
+            for (i, input) in node.input.iter().enumerate() {
+                if positions.contains(&i) || *op == "Loop" {
+                    out.insert(input.clone());
+                }
+            }
+        }
+        for attr in &node.attribute {
+            for g in attr.g.iter().chain(&attr.graphs) {
+                walk(g, out);
+            }
+        }
+    }
+}
+
+/// The model with its main-graph initializers' data replaced by external
+/// references at `locate(name)`, except those that must or should stay
+/// inline: smaller than [`INLINE_BELOW`], read by shape inference, or STRING
+/// (which cannot be external). `data_of` gives a tensor's bytes as served
+/// (for an inline tensor whose source was itself external data, they are
+/// written into the graph as `raw_data`).
 pub fn externalize(
-    model: &[u8],
+    model: &Bytes,
     locate: impl Fn(&str) -> String,
-    length_of: impl Fn(&str) -> Option<u64>,
+    data_of: impl Fn(&str) -> Option<Bytes>,
 ) -> Result<Vec<u8>, String> {
+    let decoded = ModelProto::decode(model.clone()).map_err(|e| e.to_string())?;
+    let inline = decoded.graph.as_ref().map(read_by_shape_inference).unwrap_or_default();
     let mut out = Vec::with_capacity(model.len().min(1 << 20));
     for f in fields(model)? {
         if f.number == MODEL_GRAPH && f.wire == 2 {
             let mut graph = Vec::new();
             for g in fields(f.payload)? {
                 if g.number == GRAPH_INITIALIZER && g.wire == 2 {
-                    put_bytes(&mut graph, GRAPH_INITIALIZER, &tensor(g.payload, &locate, &length_of)?);
+                    put_bytes(&mut graph, GRAPH_INITIALIZER, &tensor(g.payload, &inline, &locate, &data_of)?);
                 } else {
                     graph.extend_from_slice(g.raw);
                 }
@@ -128,8 +216,9 @@ pub fn externalize(
 
 fn tensor(
     t: &[u8],
+    inline: &HashSet<String>,
     locate: &impl Fn(&str) -> String,
-    length_of: &impl Fn(&str) -> Option<u64>,
+    data_of: &impl Fn(&str) -> Option<Bytes>,
 ) -> Result<Vec<u8>, String> {
     let fs = fields(t)?;
     let name = fs
@@ -139,14 +228,24 @@ fn tensor(
         .unwrap_or_default();
     let data_type = fs.iter().rfind(|f| f.number == TENSOR_DATA_TYPE && f.wire == 0).map_or(0, |f| f.varint);
     if data_type == STRING {
-        return Ok(t.to_vec()); // strings cannot be external data
+        return Ok(t.to_vec());
     }
-    let length = length_of(&name).ok_or_else(|| format!("initializer '{name}' is not among the model's tensors"))?;
-    let mut out = Vec::with_capacity(t.len().min(4096));
+    let data = data_of(&name).ok_or_else(|| format!("initializer '{name}' is not among the model's tensors"))?;
+    let length = data.len() as u64;
+    let external = fs.iter().any(|f| f.number == TENSOR_DATA_LOCATION && f.wire == 0 && f.varint == 1);
+    let keep_inline = length < INLINE_BELOW || inline.contains(&name);
+    if keep_inline && !external {
+        return Ok(t.to_vec());
+    }
+    let mut out = Vec::with_capacity(t.len().min(4096) + if keep_inline { data.len() } else { 0 });
     for f in &fs {
         if !TENSOR_DATA_FIELDS.contains(&f.number) {
             out.extend_from_slice(f.raw);
         }
+    }
+    if keep_inline {
+        put_bytes(&mut out, TENSOR_RAW_DATA, &data);
+        return Ok(out);
     }
     let mut len = String::new();
     let _ = write!(len, "{length}");
@@ -160,34 +259,102 @@ fn tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::proto::{tensor_proto::DataLocation, ModelProto};
-    use prost::Message;
+    use crate::onnx::proto::{
+        attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, NodeProto, TensorProto,
+    };
+    use crate::onnx::{OnnxModel, TensorData};
+
+    fn data_of(model: &OnnxModel) -> impl Fn(&str) -> Option<Bytes> + '_ {
+        |name| {
+            model.tensors.iter().find(|t| t.name == name).map(|t| match &t.data {
+                TensorData::Bytes(b) => b.clone(),
+                TensorData::Strings(_) => Bytes::new(),
+            })
+        }
+    }
 
     #[test]
-    fn initializers_become_external_and_the_rest_is_kept() {
-        let bytes = crate::demo::model_bytes();
-        let out = externalize(&bytes, |n| format!("{n}.bin"), |_| Some(4)).unwrap();
-        let before = ModelProto::decode(bytes.as_slice()).unwrap();
+    fn large_initializers_become_external_small_ones_stay_and_the_rest_is_kept() {
+        let bytes = Bytes::from(crate::demo::model_bytes());
+        let read = OnnxModel::from_bytes("demo.onnx".as_ref(), bytes.clone(), ".".as_ref()).unwrap();
+        let out = externalize(&bytes, |n| format!("{n}.bin"), data_of(&read)).unwrap();
+        let before = ModelProto::decode(bytes.clone()).unwrap();
         let after = ModelProto::decode(out.as_slice()).unwrap();
         let (g0, g1) = (before.graph.unwrap(), after.graph.unwrap());
         assert_eq!(g0.node, g1.node, "nodes untouched (the Constant keeps its value)");
         assert_eq!(before.opset_import, after.opset_import);
         assert_eq!(before.metadata_props, after.metadata_props);
+        let (mut external, mut inline) = (0, 0);
         for (a, b) in g0.initializer.iter().zip(&g1.initializer) {
             assert_eq!((a.name(), &a.dims, a.data_type()), (b.name(), &b.dims, b.data_type()));
-            if a.data_type() == 8 {
-                assert_eq!(a, b, "STRING stays inline");
+            let len = data_of(&read)(a.name()).unwrap().len() as u64;
+            if a.data_type() == 8 || len < INLINE_BELOW {
+                assert_eq!(a, b, "STRING and small tensors stay inline, as they were");
+                inline += 1;
                 continue;
             }
             assert!(b.raw_data.is_none() && b.int64_data.is_empty());
             assert_eq!(b.data_location(), DataLocation::External);
             assert_eq!(b.external_data[0].value(), format!("{}.bin", a.name()));
+            external += 1;
         }
-        assert!(out.len() < 10_000, "weights are gone: {} bytes", out.len());
+        assert!(external > 0 && inline > 0, "{external} external, {inline} inline");
+        assert!(out.len() < 20_000, "weights are gone: {} bytes", out.len());
+    }
+
+    fn int64s(name: &str, n: usize) -> TensorProto {
+        TensorProto {
+            name: Some(name.into()),
+            data_type: Some(7),
+            dims: vec![n as i64],
+            raw_data: Some((0..n as i64).flat_map(i64::to_le_bytes).collect::<Vec<u8>>().into()),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str]) -> NodeProto {
+        NodeProto {
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![format!("{op}_out")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tensors_shape_inference_reads_stay_inline_at_any_size_and_depth() {
+        // A 2,400-byte split vector read by a Split inside an If branch, a
+        // large Reshape target, and a large weight that goes external.
+        let branch = GraphProto { node: vec![node("Split", &["x", "split"])], ..Default::default() };
+        let mut iff = node("If", &["cond"]);
+        iff.attribute.push(AttributeProto {
+            name: Some("then_branch".into()),
+            r#type: Some(AttributeType::Graph as i32),
+            g: Some(branch),
+            ..Default::default()
+        });
+        let model = ModelProto {
+            graph: Some(GraphProto {
+                node: vec![iff, node("Reshape", &["x", "shape"]), node("MatMul", &["x", "weight"])],
+                initializer: vec![int64s("split", 300), int64s("shape", 200), int64s("weight", 300)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let bytes = Bytes::from(model.encode_to_vec());
+        let read = OnnxModel::from_bytes("m.onnx".as_ref(), bytes.clone(), ".".as_ref()).unwrap();
+        let out = ModelProto::decode(externalize(&bytes, |n| n.to_string(), data_of(&read)).unwrap().as_slice()).unwrap();
+        let location = |name: &str| {
+            let t = out.graph.as_ref().unwrap().initializer.iter().find(|t| t.name() == name).unwrap().clone();
+            (t.data_location(), t.raw_data.map(|b| b.len()))
+        };
+        assert_eq!(location("split"), (DataLocation::Default, Some(2400)));
+        assert_eq!(location("shape"), (DataLocation::Default, Some(1600)));
+        assert_eq!(location("weight"), (DataLocation::External, None));
     }
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(externalize(&[0x3a, 0xff], |n| n.into(), |_| Some(0)).is_err());
+        assert!(externalize(&Bytes::from_static(&[0x3a, 0xff]), |n| n.into(), |_| Some(Bytes::new())).is_err());
     }
 }

@@ -171,6 +171,24 @@ impl OnnxModel {
     }
 }
 
+/// The main graph's initializers that carry their data inline (not external
+/// data), read and checked like any tensor: what a client verifies the
+/// inline part of a `/graph` answer with.
+pub fn inline_initializers(model: Bytes) -> Result<Vec<Tensor>, OnnxError> {
+    let path = Path::new("graph");
+    let model = proto::ModelProto::decode(model).map_err(|source| OnnxError::Decode { path: path.into(), source })?;
+    let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.into() })?;
+    // External data is never opened here: those initializers are skipped.
+    let mut reader = Reader { external: ExternalFiles::new(path), tensors: Vec::new(), names: HashSet::new() };
+    for t in &graph.initializer {
+        if t.data_location() != proto::tensor_proto::DataLocation::External {
+            let (data, storage) = reader.tensor_data(t, t.name())?;
+            reader.push(t.name().to_string(), t, data, storage, false)?;
+        }
+    }
+    Ok(reader.tensors)
+}
+
 fn model_info(model: &proto::ModelProto, graph: &proto::GraphProto) -> ModelInfo {
     let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
     ModelInfo {

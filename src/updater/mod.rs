@@ -17,9 +17,8 @@ use http_types::Url;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::encode::proto::{Bundle, Manifest};
-use crate::encode::safe_name;
-use crate::http::MODEL_VERSION;
+use crate::wire::proto::{Bundle, Manifest};
+use crate::wire::{self, MODEL_VERSION};
 use crate::onnx::DataType;
 use crate::runtime::{LibrarySearch, Runtime, SessionOptions};
 pub use client::{Client, FetchError};
@@ -108,24 +107,26 @@ fn invalid(s: impl Into<String>) -> UpdateError {
     UpdateError::Invalid(s.into())
 }
 
-/// Checks a manifest's `version` against its tensor list.
+/// Checks a manifest's `version` against its graph digest and tensor list.
 pub fn verify_manifest(m: &Manifest) -> Result<(), String> {
+    let graph = sha256_hex(&m.graph_sha256).ok_or("the manifest has no valid graph_sha256 (is the hub older than this updater?)")?;
     let mut rows = Vec::with_capacity(m.tensors.len());
     for t in &m.tensors {
         let dtype =
             DataType::from_onnx(t.dtype).ok_or_else(|| format!("tensor '{}' has unknown dtype {}", t.name, t.dtype))?;
-        let digest: [u8; 32] = hex::decode(&t.sha256)
-            .ok()
-            .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| format!("tensor '{}' has a malformed sha256", t.name))?;
+        let digest = sha256_hex(&t.sha256).ok_or_else(|| format!("tensor '{}' has a malformed sha256", t.name))?;
         rows.push((t.name.as_str(), dtype, t.dims.as_slice(), digest));
     }
-    let version = crate::store::version(rows.iter().map(|(n, d, dims, h)| (*n, *d, *dims, h)));
+    let version = wire::version(&graph, rows.iter().map(|(n, d, dims, h)| (*n, *d, *dims, h)));
     if version == m.version {
         Ok(())
     } else {
         Err(format!("manifest version {} does not match its tensor list ({version})", m.version))
     }
+}
+
+fn sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    hex::decode(hex).ok()?.try_into().ok()
 }
 
 fn retry_after(reply: &client::Reply) -> Option<Duration> {
@@ -140,118 +141,195 @@ fn expect_ok(url: &Url, reply: &client::Reply) -> Result<(), UpdateError> {
     }
 }
 
-/// One round of the updater.
-pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateError> {
-    let dest = Dest::open(&opts.dest)?;
-    let mut state = dest.state();
-    let current = dest.current();
-    let base = opts.url.as_str().trim_end_matches('/').to_string();
-    let url = |suffix: &str| {
-        Url::parse(&format!("{base}{suffix}")).map_err(|e| invalid(format!("bad URL {base}{suffix}: {e}")))
-    };
+/// The model's routes on the hub, in the representation asked for.
+struct Hub {
+    base: String,
+    /// `dtype=…`, or empty.
+    query: String,
+}
 
-    // 1. The manifest, conditionally.
-    let query = opts.dtype.as_ref().map_or(String::new(), |d| format!("dtype={d}"));
-    let manifest_url = url(&if query.is_empty() { String::new() } else { format!("?{query}") })?;
-    let etag = state.etag.clone().filter(|_| current.is_some());
+impl Hub {
+    fn new(opts: &Options) -> Hub {
+        Hub {
+            base: opts.url.as_str().trim_end_matches('/').to_string(),
+            query: opts.dtype.as_ref().map_or(String::new(), |d| format!("dtype={d}")),
+        }
+    }
+
+    /// `base + suffix`, with the representation's query appended when `dtype`.
+    fn url(&self, suffix: &str, dtype: bool) -> Result<Url, UpdateError> {
+        let sep = if suffix.contains('?') { '&' } else { '?' };
+        let url = match dtype && !self.query.is_empty() {
+            true => format!("{}{suffix}{sep}{}", self.base, self.query),
+            false => format!("{}{suffix}", self.base),
+        };
+        Url::parse(&url).map_err(|e| invalid(format!("bad URL {url}: {e}")))
+    }
+}
+
+/// A manifest the hub offered, verified against itself.
+struct Offer {
+    manifest: Manifest,
+    /// Its body, kept as the version's `manifest.pb`.
+    body: Vec<u8>,
+    /// The stored weights' version every later answer must carry.
+    model_version: String,
+    etag: Option<String>,
+    wire_bytes: u64,
+}
+
+/// Step 1: the manifest, conditionally. `None`: not modified since `etag`.
+async fn fetch_manifest(client: &Client, hub: &Hub, etag: Option<&str>) -> Result<Option<Offer>, UpdateError> {
+    let url = hub.url("", true)?;
     let mut headers = vec![("Accept", "application/x-protobuf")];
-    if let Some(tag) = &etag {
+    if let Some(tag) = etag {
         headers.push(("If-None-Match", tag));
     }
-    let reply = client.get(&manifest_url, &headers).await?;
+    let reply = client.get(&url, &headers).await?;
     if reply.status == 304 {
-        return Ok(Outcome::Current { version: current.map(|c| c.0) });
+        return match etag {
+            Some(_) => Ok(None),
+            None => Err(invalid(format!("{url} answered 304 Not Modified to a request that named no version"))),
+        };
     }
-    expect_ok(&manifest_url, &reply)?;
+    expect_ok(&url, &reply)?;
     let manifest = Manifest::decode(reply.body.as_slice()).map_err(|e| invalid(format!("manifest: {e}")))?;
     verify_manifest(&manifest).map_err(invalid)?;
-    let model_version = reply.header(MODEL_VERSION).unwrap_or_default().to_string();
-    let new_etag = reply.header("ETag").map(str::to_string);
-    if current.as_ref().is_some_and(|(v, _)| *v == manifest.version) {
-        state.etag = new_etag;
-        dest.save_state(&state)?;
-        return Ok(Outcome::Current { version: Some(manifest.version) });
-    }
-    if state.rejected.contains(&manifest.version) {
-        tracing::info!(version = %manifest.version, "the hub still offers a version that failed its check; keeping the current one");
-        return Ok(Outcome::Current { version: current.map(|c| c.0) });
-    }
+    Ok(Some(Offer {
+        model_version: reply.header(MODEL_VERSION).unwrap_or_default().to_string(),
+        etag: reply.header("ETag").map(str::to_string),
+        wire_bytes: reply.wire_bytes as u64,
+        manifest,
+        body: reply.body,
+    }))
+}
 
-    // 2. Which tensors the version holds, in which file: the graph's external
-    // initializers for ONNX; every tensor safetensors can express otherwise.
-    let (graph, externals) = match opts.output {
-        Output::Onnx => {
-            let graph_url = url("/graph")?;
-            let graph = client.get(&graph_url, &[]).await?;
-            expect_ok(&graph_url, &graph)?;
-            same_model(&graph, &model_version)?;
-            let externals = external_files(&graph.body)?;
-            (Some(graph), externals)
-        }
-        Output::Safetensors => {
-            let mut held = Vec::new();
-            for t in &manifest.tensors {
-                match DataType::from_onnx(t.dtype).and_then(crate::encode::safetensors::dtype_name) {
-                    Some(_) => held.push((t.name.clone(), t.name.clone())),
-                    None => tracing::warn!(tensor = %t.name, "safetensors cannot hold this tensor's dtype; left out"),
-                }
+/// What a new version holds besides the manifest.
+struct Contents {
+    /// The hub's `/graph` (ONNX output), verified against the manifest.
+    graph: Option<Vec<u8>>,
+    /// The tensors held in files (ONNX: the graph's external initializers, at
+    /// `wire::tensor_file`) or in the safetensors file: (name, location).
+    held: Vec<(String, String)>,
+    wire_bytes: u64,
+}
+
+/// Step 2: which tensors the version holds, and where.
+async fn contents(client: &Client, hub: &Hub, opts: &Options, offer: &Offer) -> Result<Contents, UpdateError> {
+    let manifest = &offer.manifest;
+    if opts.output == Output::Safetensors {
+        let mut held = Vec::new();
+        for t in &manifest.tensors {
+            match DataType::from_onnx(t.dtype).and_then(crate::encode::safetensors::dtype_name) {
+                Some(_) => held.push((t.name.clone(), t.name.clone())),
+                None => tracing::warn!(tensor = %t.name, "safetensors cannot hold this tensor's dtype; left out"),
             }
-            (None, held)
         }
-    };
-    let current_st = current.as_ref().and_then(|(_, dir)| std::fs::read(dir.join("model.safetensors")).ok());
-    let current_st = current_st.as_deref().and_then(|b| st_index(b).map(|i| (b, i)));
+        return Ok(Contents { graph: None, held, wire_bytes: 0 });
+    }
+    let url = hub.url("/graph", false)?;
+    let reply = client.get(&url, &[]).await?;
+    expect_ok(&url, &reply)?;
+    same_model(&reply, &offer.model_version)?;
+    verify_graph(manifest, &reply.body)?;
+    let held = external_files(&reply.body)?;
+    Ok(Contents { wire_bytes: reply.wire_bytes as u64, graph: Some(reply.body), held })
+}
 
-    // 3. What changed: tensors whose digest differs from the current version's.
+/// The graph is the one the manifest names (length and sha256), and its
+/// inline initializers are the manifest's tensors, byte for byte.
+fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<(), UpdateError> {
+    if graph.len() as u64 != manifest.graph_bytes || hex::encode(Sha256::digest(graph)) != manifest.graph_sha256 {
+        return Err(invalid(format!(
+            "graph: {} bytes that do not match the manifest's graph_sha256 ({} bytes expected)",
+            graph.len(),
+            manifest.graph_bytes
+        )));
+    }
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
-    let local: HashMap<String, String> = current
-        .as_ref()
-        .and_then(|(_, dir)| std::fs::read(dir.join("manifest.pb")).ok())
-        .and_then(|b| Manifest::decode(b.as_slice()).ok())
-        .map(|m| m.tensors.into_iter().map(|t| (t.name, t.sha256)).collect())
-        .unwrap_or_default();
+    let inline = crate::onnx::inline_initializers(bytes::Bytes::copy_from_slice(graph))
+        .map_err(|e| invalid(format!("graph: {e}")))?;
+    for t in inline {
+        let want = digests
+            .get(t.name.as_str())
+            .ok_or_else(|| invalid(format!("graph holds tensor '{}' that the manifest does not list", t.name)))?;
+        if hex::encode(wire::digest(&t.data)) != *want {
+            return Err(invalid(format!("graph: inline tensor '{}': sha256 does not match the manifest", t.name)));
+        }
+    }
+    Ok(())
+}
+
+/// Step 3: the held tensors to fetch (digest differs from the current
+/// version's, or not in its files), in manifest order; the rest are reused.
+fn plan(
+    manifest: &Manifest,
+    held: &[(String, String)],
+    local: &HashMap<String, String>,
+    in_current: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<String>, UpdateError> {
+    let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
     let mut needed = Vec::new();
-    for (name, location) in &externals {
+    for (name, location) in held {
         let want = digests
             .get(name.as_str())
             .ok_or_else(|| invalid(format!("graph names tensor '{name}' that the manifest does not list")))?;
-        let in_current = match opts.output {
-            Output::Onnx => current.as_ref().is_some_and(|(_, dir)| dir.join(location).is_file()),
-            Output::Safetensors => current_st.as_ref().is_some_and(|(_, index)| index.contains_key(name)),
-        };
-        let reusable = local.get(name).is_some_and(|have| have == want) && in_current;
+        let reusable = local.get(name).is_some_and(|have| have == want) && in_current(name, location);
         if !reusable {
             needed.push(name.clone());
         }
     }
+    Ok(needed)
+}
 
-    // 4. Fetch the changed tensors, verifying each: small ones batched, large
-    // ones one by one into partial files a later round resumes.
+/// The digests of the current version's tensors, by name.
+fn local_digests(current: Option<&Path>) -> HashMap<String, String> {
+    current
+        .and_then(|dir| std::fs::read(dir.join(MANIFEST_FILE)).ok())
+        .and_then(|b| Manifest::decode(b.as_slice()).ok())
+        .map(|m| m.tensors.into_iter().map(|t| (t.name, t.sha256)).collect())
+        .unwrap_or_default()
+}
+
+/// The version folder's own files (tensors live under `wire::TENSOR_DIR`).
+const GRAPH_FILE: &str = "model.onnx";
+const MANIFEST_FILE: &str = "manifest.pb";
+const SAFETENSORS_FILE: &str = "model.safetensors";
+
+/// Step 4: the changed tensors, each verified: large ones (and the rest in
+/// batches) one by one into partial files a later round resumes. Returns
+/// them with the bytes that crossed the wire.
+async fn fetch_tensors(
+    client: &Client,
+    hub: &Hub,
+    offer: &Offer,
+    needed: &[String],
+    partial: &Path,
+) -> Result<(HashMap<String, Vec<u8>>, u64), UpdateError> {
+    let manifest = &offer.manifest;
+    let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
     let sizes: HashMap<&str, u64> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.nbytes)).collect();
     let (large, small): (Vec<String>, Vec<String>) =
         needed.iter().cloned().partition(|n| sizes.get(n.as_str()).copied().unwrap_or(0) >= RESUME_FROM);
     let bar = progress(needed.iter().map(|n| sizes.get(n.as_str()).copied().unwrap_or(0)).sum());
     let mut fetched: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut fetched_bytes = (reply.wire_bytes + graph.as_ref().map_or(0, |g| g.wire_bytes)) as u64;
-    let partial = dest.root().join(".partial");
-    clean_partials(&partial, &manifest.version);
+    let mut wire_bytes = 0;
+    clean_partials(partial, &manifest.version);
     for name in &large {
-        let (data, wire) =
-            fetch_resumable(client, &base, name, &query, &partial.join(&manifest.version), &model_version, &bar)
-                .await?;
-        fetched_bytes += wire;
+        let dir = partial.join(&manifest.version);
+        let (data, wire) = fetch_resumable(client, hub, name, &dir, &offer.model_version, &bar).await?;
+        wire_bytes += wire;
         verify(&digests, name, &data)?;
         fetched.insert(name.clone(), data);
     }
     for batch in batches(&small) {
         let names: Vec<String> =
-            batch.iter().map(|n| percent_encoding::utf8_percent_encode(n, QUERY).to_string()).collect();
-        let dtype = if query.is_empty() { String::new() } else { format!("&{query}") };
-        let weights_url = url(&format!("/weights?names={}{dtype}", names.join(",")))?;
-        let r = client.get(&weights_url, &[("Accept", "application/x-protobuf")]).await?;
-        expect_ok(&weights_url, &r)?;
-        same_model(&r, &model_version)?;
-        fetched_bytes += r.wire_bytes as u64;
+            batch.iter().map(|n| format!("names={}", percent_encoding::utf8_percent_encode(n, QUERY))).collect();
+        let url = hub.url(&format!("/weights?{}", names.join("&")), true)?;
+        let r = client.get(&url, &[("Accept", "application/x-protobuf")]).await?;
+        expect_ok(&url, &r)?;
+        same_model(&r, &offer.model_version)?;
+        wire_bytes += r.wire_bytes as u64;
         for (name, data) in assemble(&r.body)? {
             verify(&digests, &name, &data)?;
             bar.inc(data.len() as u64);
@@ -262,58 +340,124 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     if let Some(missing) = needed.iter().find(|n| !fetched.contains_key(*n)) {
         return Err(invalid(format!("the hub did not send tensor '{missing}'")));
     }
+    Ok((fetched, wire_bytes))
+}
 
-    // 5. Write the new version beside the current one.
+/// Step 5: the new version in a temporary folder beside the current one.
+fn write_version(
+    dest: &Dest,
+    offer: &Offer,
+    contents: &Contents,
+    fetched: &HashMap<String, Vec<u8>>,
+    current: Option<&Path>,
+    current_st: Option<&(&[u8], StIndex)>,
+) -> Result<PathBuf, UpdateError> {
     let tmp = dest.temp_dir()?;
     let written = (|| -> std::io::Result<()> {
-        match &graph {
+        match &contents.graph {
             Some(graph) => {
-                write_synced(&tmp.join("model.onnx"), &graph.body)?;
-                for (name, location) in &externals {
+                write_synced(&tmp.join(GRAPH_FILE), graph)?;
+                if !contents.held.is_empty() {
+                    std::fs::create_dir(tmp.join(wire::TENSOR_DIR))?;
+                }
+                for (name, location) in &contents.held {
                     let path = tmp.join(location);
                     match fetched.get(name) {
                         Some(data) => write_synced(&path, data)?,
-                        None => reuse(&current.as_ref().map(|c| c.1.join(location)).unwrap_or_default(), &path)?,
+                        None => reuse(&current.map(|c| c.join(location)).unwrap_or_default(), &path)?,
                     }
+                }
+                if !contents.held.is_empty() {
+                    std::fs::File::open(tmp.join(wire::TENSOR_DIR))?.sync_all()?;
                 }
             }
             None => {
-                let file = safetensors_file(&manifest, &externals, &fetched, current_st.as_ref())?;
-                write_synced(&tmp.join("model.safetensors"), &file)?;
+                let file = safetensors_file(&offer.manifest, &contents.held, fetched, current_st)?;
+                write_synced(&tmp.join(SAFETENSORS_FILE), &file)?;
             }
         }
-        write_synced(&tmp.join("manifest.pb"), &reply.body)
+        write_synced(&tmp.join(MANIFEST_FILE), &offer.body)
     })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e.into());
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e.into())
+        }
     }
+}
 
-    // 6. Check, then switch.
-    if let Err(reason) = check(&opts.check, &tmp).await {
-        let aside = dest.reject(&tmp, &manifest.version)?;
-        state.rejected.push(manifest.version.clone());
+/// One round of the updater: fetch the manifest → plan the changed tensors →
+/// fetch them → write the version → check it and switch.
+pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateError> {
+    let dest = Dest::open(&opts.dest)?;
+    let mut state = dest.state();
+    let current = dest.current();
+    let current_dir = current.as_ref().map(|c| c.1.as_path());
+    let hub = Hub::new(opts);
+    let etag = state.etag.clone().filter(|_| current.is_some());
+    let Some(offer) = fetch_manifest(client, &hub, etag.as_deref()).await? else {
+        return Ok(Outcome::Current { version: current.map(|c| c.0) });
+    };
+    if current.as_ref().is_some_and(|(v, _)| *v == offer.manifest.version) {
+        state.etag = offer.etag;
         dest.save_state(&state)?;
-        tracing::error!(version = %manifest.version, path = %aside.display(), "new version failed its check; keeping the current one: {reason}");
-        return Ok(Outcome::Rejected { version: manifest.version, reason });
+        return Ok(Outcome::Current { version: Some(offer.manifest.version) });
     }
-    let dir = dest.commit(&tmp, &manifest.version)?;
-    dest.switch(&manifest.version)?;
-    state.etag = new_etag;
+    if state.rejected.contains(&offer.manifest.version) {
+        tracing::info!(version = %offer.manifest.version, "the hub still offers a version that failed its check; keeping the current one");
+        return Ok(Outcome::Current { version: current.map(|c| c.0) });
+    }
+    let contents = contents(client, &hub, opts, &offer).await?;
+    let current_st = current_dir.and_then(|dir| std::fs::read(dir.join(SAFETENSORS_FILE)).ok());
+    let current_st = current_st.as_deref().and_then(|b| st_index(b).map(|i| (b, i)));
+    let needed = plan(&offer.manifest, &contents.held, &local_digests(current_dir), |name, location| {
+        match opts.output {
+            Output::Onnx => current_dir.is_some_and(|dir| dir.join(location).is_file()),
+            Output::Safetensors => current_st.as_ref().is_some_and(|(_, index)| index.contains_key(name)),
+        }
+    })?;
+    let (fetched, tensor_bytes) =
+        fetch_tensors(client, &hub, &offer, &needed, &dest.root().join(".partial")).await?;
+    let tmp = write_version(&dest, &offer, &contents, &fetched, current_dir, current_st.as_ref())?;
+    let fetched_bytes = offer.wire_bytes + contents.wire_bytes + tensor_bytes;
+    let outcome = Outcome::Updated {
+        version: offer.manifest.version.clone(),
+        fetched_bytes,
+        model_bytes: offer.manifest.tensors.iter().map(|t| t.nbytes).sum(),
+        tensors_fetched: needed.len(),
+        tensors_total: offer.manifest.tensors.len(),
+    };
+    check_and_switch(opts, &dest, &mut state, offer, tmp, outcome).await
+}
+
+/// Step 6: check the new version; switch `current` to it, or set it aside.
+async fn check_and_switch(
+    opts: &Options,
+    dest: &Dest,
+    state: &mut layout::State,
+    offer: Offer,
+    tmp: PathBuf,
+    updated: Outcome,
+) -> Result<Outcome, UpdateError> {
+    let version = offer.manifest.version;
+    if let Err(reason) = check(&opts.check, &tmp).await {
+        let aside = dest.reject(&tmp, &version)?;
+        state.rejected.push(version.clone());
+        dest.save_state(state)?;
+        tracing::error!(version = %version, path = %aside.display(), "new version failed its check; keeping the current one: {reason}");
+        return Ok(Outcome::Rejected { version, reason });
+    }
+    let dir = dest.commit(&tmp, &version)?;
+    dest.switch(&version)?;
+    state.etag = offer.etag;
     state.rejected.clear();
-    dest.save_state(&state)?;
+    dest.save_state(state)?;
     dest.prune(opts.keep);
     if let Some(cmd) = &opts.exec {
         run_command(cmd, &dir).await.map_err(|e| invalid(format!("--exec: {e}")))?;
     }
-    let model_bytes = manifest.tensors.iter().map(|t| t.nbytes).sum();
-    Ok(Outcome::Updated {
-        version: manifest.version,
-        fetched_bytes,
-        model_bytes,
-        tensors_fetched: needed.len(),
-        tensors_total: manifest.tensors.len(),
-    })
+    Ok(updated)
 }
 
 /// Tensors at least this large are fetched one by one, uncompressed (a byte
@@ -358,24 +502,23 @@ fn clean_partials(partial: &Path, keep: &str) {
 /// that crossed the wire this time.
 async fn fetch_resumable(
     client: &Client,
-    base: &str,
+    hub: &Hub,
     name: &str,
-    query: &str,
     dir: &Path,
     model_version: &str,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Vec<u8>, u64), UpdateError> {
     std::fs::create_dir_all(dir)?;
-    let part = dir.join(format!("{}.pb", safe_name(name)));
-    let tag_file = dir.join(format!("{}.etag", safe_name(name)));
+    let stem = wire::tensor_file(name);
+    let stem = stem.trim_start_matches(wire::TENSOR_DIR).trim_start_matches('/');
+    let part = dir.join(format!("{stem}.pb"));
+    let tag_file = dir.join(format!("{stem}.etag"));
     let tag = std::fs::read_to_string(&tag_file).ok();
     let have = match (&tag, std::fs::metadata(&part)) {
         (Some(_), Ok(m)) => m.len(),
         _ => 0,
     };
-    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
-    let url = Url::parse(&format!("{base}/tensors/{}{query}", percent_encoding::utf8_percent_encode(name, QUERY)))
-        .map_err(|e| invalid(format!("bad URL for tensor '{name}': {e}")))?;
+    let url = hub.url(&format!("/tensors/{}", percent_encoding::utf8_percent_encode(name, QUERY)), true)?;
     let range = format!("bytes={have}-");
     let mut headers = vec![("Accept", "application/x-protobuf"), ("Accept-Encoding", "identity")];
     if have > 0 {
@@ -448,7 +591,7 @@ fn safetensors_file(
     current: Option<&(&[u8], StIndex)>,
 ) -> std::io::Result<Vec<u8>> {
     let missing = |n: &str| std::io::Error::other(format!("tensor '{n}' neither fetched nor in the current version"));
-    let infos: HashMap<&str, &crate::encode::proto::TensorInfo> =
+    let infos: HashMap<&str, &crate::wire::proto::TensorInfo> =
         manifest.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({ "version": manifest.version, "model": manifest.model }));
@@ -492,7 +635,7 @@ fn batches(names: &[String]) -> Vec<Vec<String>> {
             out.push(Vec::new());
             len = 0;
         }
-        len += n.len() * 3 + 1;
+        len += n.len() * 3 + 7;
         if let Some(b) = out.last_mut() {
             b.push(n.clone());
         }
@@ -507,8 +650,9 @@ fn same_model(reply: &client::Reply, version: &str) -> Result<(), UpdateError> {
     }
 }
 
-/// The graph's external initializers: name → file, checked to be a plain
-/// file name (a hub must not make us write outside the version folder).
+/// The graph's external initializers: name → file, checked to be exactly
+/// `wire::tensor_file(name)` (a hub must not make us write outside the
+/// version's tensor folder, nor over another file).
 fn external_files(graph: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
     let model = crate::onnx::proto::ModelProto::decode(graph).map_err(|e| invalid(format!("graph: {e}")))?;
     let g = model.graph.ok_or_else(|| invalid("graph: no graph"))?;
@@ -518,7 +662,7 @@ fn external_files(graph: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
         else {
             continue;
         };
-        if location != safe_name(t.name()) || location.contains('/') || location.starts_with('.') {
+        if location != wire::tensor_file(t.name()) {
             return Err(invalid(format!("graph: tensor '{}' has an unexpected location '{location}'", t.name())));
         }
         out.push((t.name().to_string(), location));
@@ -655,7 +799,7 @@ mod tests {
 
     #[test]
     fn pieces_join_and_out_of_order_is_refused() {
-        use crate::encode::proto::Tensor;
+        use crate::wire::proto::Tensor;
         let piece = |offset: u64, data: &[u8]| Tensor {
             name: "t".into(),
             data: bytes::Bytes::copy_from_slice(data),
@@ -690,7 +834,9 @@ mod tests {
             }
             .encode_to_vec()
         };
-        assert_eq!(external_files(&graph("w")).unwrap(), vec![("w".to_string(), "w".to_string())]);
+        assert_eq!(external_files(&graph("tensors/w.bin")).unwrap(), vec![("w".to_string(), "tensors/w.bin".to_string())]);
+        assert!(external_files(&graph("w")).is_err());
+        assert!(external_files(&graph("tensors/../w.bin")).is_err());
         assert!(external_files(&graph("../../etc/passwd")).is_err());
         assert!(external_files(&graph("/etc/passwd")).is_err());
     }
