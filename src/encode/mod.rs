@@ -166,9 +166,11 @@ impl Selection {
         }
     }
 
-    /// The bytegroup element size of tensor `i`, if the codec applies to it.
+    /// The bytegroup element size of tensor `i`, if the codec applies to it:
+    /// asked for, a dtype it knows, and data of at least [`FRAME_ALONE`]
+    /// bytes (on less, a frame per byte plane costs more than it saves).
     pub fn element_size(&self, i: usize) -> Option<usize> {
-        if self.bytegroup {
+        if self.bytegroup && self.meta(i).nbytes >= FRAME_ALONE as u64 {
             bytegroup::element_size(self.meta(i).dtype)
         } else {
             None
@@ -238,42 +240,136 @@ pub fn body(sel: &Selection, format: Format, encoding: Encoding, options: Option
         Format::Npy => npy::npy_pieces(sel)?,
         Format::Safetensors => safetensors::pieces(sel)?,
     };
-    Ok(pieces.into_iter().filter_map(|p| chunk(sel, p, encoding, options.zstd_level)).collect())
+    Ok(match encoding {
+        Encoding::Identity => pieces.into_iter().filter_map(|p| identity_chunk(sel, p)).collect(),
+        Encoding::Zstd => zstd_chunks(sel, pieces, options.zstd_level),
+    })
 }
 
-fn chunk(sel: &Selection, piece: Piece, encoding: Encoding, level: i32) -> Option<Chunk> {
-    Some(match (piece, encoding) {
-        (Piece::Inline(b), _) if b.is_empty() => return None,
-        (Piece::Data { range, .. }, _) if range.is_empty() => return None,
-        (Piece::Inline(b), Encoding::Identity) => Chunk::Ready(b),
-        (Piece::Inline(b), Encoding::Zstd) => match zstd_frame(&b, level) {
-            Ok(frame) => Chunk::Ready(frame.into()),
-            Err(e) => Chunk::Later(Box::new(move || Err(e))),
+fn identity_chunk(sel: &Selection, piece: Piece) -> Option<Chunk> {
+    Some(match piece {
+        Piece::Inline(b) if b.is_empty() => return None,
+        Piece::Data { range, .. } if range.is_empty() => return None,
+        Piece::Inline(b) => Chunk::Ready(b),
+        Piece::Data { tensor, range } if sel.is_stored_bytes(tensor) => match &sel.model.tensors[tensor].data {
+            TensorData::Bytes(b) => Chunk::Ready(b.slice(range)),
+            TensorData::Strings(_) => return None,
         },
-        (Piece::Data { tensor, range }, Encoding::Identity) if sel.is_stored_bytes(tensor) => {
-            match &sel.model.tensors[tensor].data {
-                TensorData::Bytes(b) => Chunk::Ready(b.slice(range)),
-                TensorData::Strings(_) => return None,
-            }
-        }
-        (Piece::Data { tensor, range }, Encoding::Identity) => {
+        Piece::Data { tensor, range } => {
             let sel = sel.clone();
             Chunk::Sized(range.len(), Box::new(move || Ok(sel.bytes(tensor).slice(range))))
         }
-        (Piece::Data { tensor, range }, Encoding::Zstd) => {
-            match sel.model.cache().get(&zstd_key(sel, tensor, &range, level)) {
-                // Prepared or served before: ready now, so the body keeps a Content-Length.
-                Some(frame) => Chunk::Ready(frame),
-                None => {
-                    let sel = sel.clone();
-                    Chunk::Later(Box::new(move || zstd_data(&sel, tensor, range, level).map_err(io::Error::other)))
+        Piece::Deferred(f) => Chunk::Later(f),
+    })
+}
+
+/// Tensor data at least this long is a zstd frame of its own, compressed
+/// once per version and cached; everything between such frames (record
+/// headers, small tensors, zip headers) is compressed together, a frame per
+/// run of up to [`GROUP_MAX`] bytes. One frame per small piece would cost a
+/// frame header each and compress tiny inputs badly: a model of many small
+/// tensors came out larger than uncompressed.
+pub const FRAME_ALONE: usize = 64 << 10;
+const GROUP_MAX: usize = 1 << 20;
+
+/// The zstd body: large data frames and grouped frames of the rest, each
+/// from the cache when computed before (so the body keeps a Content-Length),
+/// else computed when the reader gets there, and cached.
+fn zstd_chunks(sel: &Selection, pieces: Vec<Piece>, level: i32) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    let mut group: Vec<Piece> = Vec::new();
+    let mut group_len = 0;
+    for piece in pieces {
+        let len = match &piece {
+            Piece::Inline(b) => b.len(),
+            Piece::Data { range, .. } => range.len(),
+            Piece::Deferred(_) => 0,
+        };
+        if len == 0 && !matches!(piece, Piece::Deferred(_)) {
+            continue;
+        }
+        match piece {
+            Piece::Data { tensor, range } if len >= FRAME_ALONE => {
+                out.extend(group_chunk(sel, std::mem::take(&mut group), level));
+                group_len = 0;
+                out.push(match sel.model.cache().get(&zstd_key(sel, tensor, &range, level)) {
+                    Some(frame) => Chunk::Ready(frame),
+                    None => {
+                        let sel = sel.clone();
+                        Chunk::Later(Box::new(move || zstd_data(&sel, tensor, range, level).map_err(io::Error::other)))
+                    }
+                });
+            }
+            piece => {
+                if group_len + len > GROUP_MAX && !group.is_empty() {
+                    out.extend(group_chunk(sel, std::mem::take(&mut group), level));
+                    group_len = 0;
                 }
+                group_len += len;
+                group.push(piece);
             }
         }
-        (Piece::Deferred(f), Encoding::Identity) => Chunk::Later(f),
-        (Piece::Deferred(f), Encoding::Zstd) => {
-            Chunk::Later(Box::new(move || f().and_then(|b| zstd_frame(&b, level).map(Bytes::from))))
+    }
+    out.extend(group_chunk(sel, group, level));
+    out
+}
+
+/// One zstd frame of a run of small pieces. Cached under a key made of what
+/// the pieces are (their bytes or tensor ranges), unless a piece is only
+/// known when computed.
+fn group_chunk(sel: &Selection, group: Vec<Piece>, level: i32) -> Option<Chunk> {
+    if group.is_empty() {
+        return None;
+    }
+    let key = group_key(sel, &group, level);
+    if let Some(frame) = key.as_ref().and_then(|k| sel.model.cache().get(k)) {
+        return Some(Chunk::Ready(frame));
+    }
+    let sel = sel.clone();
+    Some(Chunk::Later(Box::new(move || {
+        let compute = || -> Result<Bytes, String> {
+            let mut raw = Vec::new();
+            for piece in group {
+                match piece {
+                    Piece::Inline(b) => raw.extend_from_slice(&b),
+                    Piece::Data { tensor, range } => raw.extend_from_slice(&sel.bytes(tensor)[range]),
+                    Piece::Deferred(f) => raw.extend_from_slice(&f().map_err(|e| e.to_string())?),
+                }
+            }
+            zstd_frame(&raw, level).map(Bytes::from).map_err(|e| e.to_string())
+        };
+        match key {
+            Some(key) => sel.model.cache().get_or_compute(key, compute),
+            None => compute(),
         }
+        .map_err(io::Error::other)
+    })))
+}
+
+fn group_key(sel: &Selection, group: &[Piece], level: i32) -> Option<CacheKey> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for piece in group {
+        match piece {
+            Piece::Inline(b) => {
+                h.update([0]);
+                h.update((b.len() as u64).to_le_bytes());
+                h.update(b);
+            }
+            Piece::Data { tensor, range } => {
+                h.update([1]);
+                for n in [*tensor, range.start, range.end] {
+                    h.update((n as u64).to_le_bytes());
+                }
+            }
+            Piece::Deferred(_) => return None,
+        }
+    }
+    Some(CacheKey {
+        model: sel.model.name.clone(),
+        version: sel.model.version().to_string(),
+        tensor: usize::MAX,
+        variant: format!("zstd{level}-group-{:?}-{}-{}", sel.repr, sel.bytegroup, hex::encode(h.finalize())),
     })
 }
 
@@ -376,9 +472,10 @@ impl std::str::FromStr for Prepared {
     }
 }
 
-/// Computes, for every tensor of `model`, the bytes `what` needs (casts, byte
-/// planes, zstd frames) into the cache, a tensor per core at a time, until the
-/// cache budget is reached. Returns (tensors prepared, input bytes, output bytes).
+/// Computes the bytes `what` needs for a whole-model body (casts, byte
+/// planes, zstd frames: the very frames a protobuf `GET …/weights` streams)
+/// into the cache, a piece of work per core at a time, until the cache budget
+/// is reached. Returns (pieces of work done, input bytes, output bytes).
 pub fn prepare(model: &Arc<Model>, what: Prepared, level: i32, budget: u64) -> (usize, u64, u64) {
     let view = model.view(what.repr);
     let sel = Selection {
@@ -389,36 +486,47 @@ pub fn prepare(model: &Arc<Model>, what: Prepared, level: i32, budget: u64) -> (
         single: false,
         bytegroup: what.bytegroup,
     };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let totals = std::sync::Mutex::new((0usize, 0u64, 0u64));
+    let encoding = if what.zstd { Encoding::Zstd } else { Encoding::Identity };
+    let pieces = records::pieces(&sel);
+    let input: u64 = pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Inline(b) => b.len() as u64,
+            Piece::Data { range, .. } => range.len() as u64,
+            Piece::Deferred(_) => 0,
+        })
+        .sum();
+    let chunks = match encoding {
+        Encoding::Identity => pieces.into_iter().filter_map(|p| identity_chunk(&sel, p)).collect(),
+        Encoding::Zstd => zstd_chunks(&sel, pieces, level),
+    };
+    let work: std::sync::Mutex<Vec<Compute>> = std::sync::Mutex::new(
+        chunks
+            .into_iter()
+            .rev()
+            .filter_map(|c| match c {
+                Chunk::Later(f) | Chunk::Sized(_, f) => Some(f),
+                Chunk::Ready(_) => None,
+            })
+            .collect(),
+    );
+    let totals = std::sync::Mutex::new((0usize, 0u64));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&i) = sel.tensors.get(k) else { break };
-                if totals.lock().map_or(true, |t| t.2 >= budget) {
+                if totals.lock().map_or(true, |t| t.1 >= budget) {
                     break;
                 }
-                let n = sel.meta(i).nbytes as usize;
-                if sel.meta(i).dtype == DataType::String || n == 0 {
-                    continue;
-                }
-                let out = if what.zstd {
-                    let mut out = 0;
-                    for start in (0..n).step_by(records::PIECE) {
-                        out += zstd_data(&sel, i, start..(start + records::PIECE).min(n), level).map_or(0, |b| b.len());
-                    }
-                    out
-                } else {
-                    sel.bytes(i).len()
-                };
+                let Some(job) = work.lock().ok().and_then(|mut w| w.pop()) else { break };
+                let out = job().map_or(0, |b| b.len() as u64);
                 if let Ok(mut t) = totals.lock() {
-                    *t = (t.0 + 1, t.1 + n as u64, t.2 + out as u64);
+                    *t = (t.0 + 1, t.1 + out);
                 }
             });
         }
     });
-    totals.into_inner().unwrap_or_default()
+    let (done, output) = totals.into_inner().unwrap_or_default();
+    (done, input, output)
 }
 

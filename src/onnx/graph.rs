@@ -182,31 +182,29 @@ fn walk(graph: &GraphProto, out: &mut HashSet<String>) {
     }
 }
 
-/// The model with its main-graph initializers' data replaced by external
-/// references at `locate(name)`, except those that must or should stay
-/// inline: smaller than [`INLINE_BELOW`], read by shape inference, or STRING
-/// (which cannot be external). `data_of` gives a tensor's bytes as served
-/// (for an inline tensor whose source was itself external data, they are
-/// written into the graph as `raw_data`).
+/// The model with its tensors' data replaced by external references at
+/// `locate(name)`: initializers of the main graph and of every subgraph, and
+/// `Constant` nodes' `value`s, named as [`super::OnnxModel`] names them
+/// (`NODE/ATTR/NAME` inside subgraphs). Kept inline: tensors smaller than
+/// [`INLINE_BELOW`], tensors shape inference reads, STRING tensors (which
+/// cannot be external) and sparse ones. `data_of` gives a tensor's bytes as
+/// served; an inline tensor whose source was itself external data gets them
+/// as `raw_data`.
 pub fn externalize(
     model: &Bytes,
     locate: impl Fn(&str) -> String,
     data_of: impl Fn(&str) -> Option<Bytes>,
 ) -> Result<Vec<u8>, String> {
     let decoded = ModelProto::decode(model.clone()).map_err(|e| e.to_string())?;
-    let inline = decoded.graph.as_ref().map(read_by_shape_inference).unwrap_or_default();
+    let rewrite = Rewrite {
+        shape_read: decoded.graph.as_ref().map(read_by_shape_inference).unwrap_or_default(),
+        locate: &locate,
+        data_of: &data_of,
+    };
     let mut out = Vec::with_capacity(model.len().min(1 << 20));
     for f in fields(model)? {
         if f.number == MODEL_GRAPH && f.wire == 2 {
-            let mut graph = Vec::new();
-            for g in fields(f.payload)? {
-                if g.number == GRAPH_INITIALIZER && g.wire == 2 {
-                    put_bytes(&mut graph, GRAPH_INITIALIZER, &tensor(g.payload, &inline, &locate, &data_of)?);
-                } else {
-                    graph.extend_from_slice(g.raw);
-                }
-            }
-            put_bytes(&mut out, MODEL_GRAPH, &graph);
+            put_bytes(&mut out, MODEL_GRAPH, &rewrite.graph(f.payload, "")?);
         } else {
             out.extend_from_slice(f.raw);
         }
@@ -214,46 +212,130 @@ pub fn externalize(
     Ok(out)
 }
 
-fn tensor(
-    t: &[u8],
-    inline: &HashSet<String>,
-    locate: &impl Fn(&str) -> String,
-    data_of: &impl Fn(&str) -> Option<Bytes>,
-) -> Result<Vec<u8>, String> {
-    let fs = fields(t)?;
-    let name = fs
-        .iter()
-        .rfind(|f| f.number == TENSOR_NAME && f.wire == 2)
-        .map(|f| String::from_utf8_lossy(f.payload).into_owned())
-        .unwrap_or_default();
-    let data_type = fs.iter().rfind(|f| f.number == TENSOR_DATA_TYPE && f.wire == 0).map_or(0, |f| f.varint);
-    if data_type == STRING {
-        return Ok(t.to_vec());
-    }
-    let data = data_of(&name).ok_or_else(|| format!("initializer '{name}' is not among the model's tensors"))?;
-    let length = data.len() as u64;
-    let external = fs.iter().any(|f| f.number == TENSOR_DATA_LOCATION && f.wire == 0 && f.varint == 1);
-    let keep_inline = length < INLINE_BELOW || inline.contains(&name);
-    if keep_inline && !external {
-        return Ok(t.to_vec());
-    }
-    let mut out = Vec::with_capacity(t.len().min(4096) + if keep_inline { data.len() } else { 0 });
-    for f in &fs {
-        if !TENSOR_DATA_FIELDS.contains(&f.number) {
-            out.extend_from_slice(f.raw);
+/// Field numbers of `GraphProto`, `NodeProto` and `AttributeProto`.
+const GRAPH_NODE: u64 = 1;
+const NODE_OUTPUT: u64 = 2;
+const NODE_NAME: u64 = 3;
+const NODE_OP_TYPE: u64 = 4;
+const NODE_ATTRIBUTE: u64 = 5;
+const NODE_DOMAIN: u64 = 7;
+const ATTR_NAME: u64 = 1;
+const ATTR_T: u64 = 5;
+const ATTR_G: u64 = 6;
+const ATTR_GRAPHS: u64 = 11;
+
+struct Rewrite<'a> {
+    shape_read: HashSet<String>,
+    locate: &'a dyn Fn(&str) -> String,
+    data_of: &'a dyn Fn(&str) -> Option<Bytes>,
+}
+
+fn text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}
+
+impl Rewrite<'_> {
+    /// A graph with its initializers and nodes rewritten; `scope` prefixes
+    /// the names of its tensors.
+    fn graph(&self, graph: &[u8], scope: &str) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(graph.len().min(1 << 20));
+        let mut node_index = 0;
+        for f in fields(graph)? {
+            match (f.number, f.wire) {
+                (GRAPH_INITIALIZER, 2) => {
+                    let raw_name = last_string(f.payload, TENSOR_NAME)?;
+                    let served = format!("{scope}{raw_name}");
+                    put_bytes(&mut out, GRAPH_INITIALIZER, &self.tensor(f.payload, &served, &raw_name)?);
+                }
+                (GRAPH_NODE, 2) => {
+                    put_bytes(&mut out, GRAPH_NODE, &self.node(f.payload, scope, node_index)?);
+                    node_index += 1;
+                }
+                _ => out.extend_from_slice(f.raw),
+            }
         }
+        Ok(out)
     }
-    if keep_inline {
-        put_bytes(&mut out, TENSOR_RAW_DATA, &data);
-        return Ok(out);
+
+    /// A node: a Constant's `value` and the subgraphs of its attributes
+    /// rewritten, the rest kept. Nodes with neither are copied as they are.
+    fn node(&self, node: &[u8], scope: &str, index: usize) -> Result<Vec<u8>, String> {
+        let fs = fields(node)?;
+        let string = |n: u64| fs.iter().rfind(|f| f.number == n && f.wire == 2).map(|f| text(f.payload));
+        let op = string(NODE_OP_TYPE).unwrap_or_default();
+        let constant = op == "Constant" && matches!(string(NODE_DOMAIN).as_deref(), None | Some("" | "ai.onnx"));
+        let output = fs.iter().find(|f| f.number == NODE_OUTPUT && f.wire == 2).map(|f| text(f.payload));
+        let label = string(NODE_NAME).filter(|n| !n.is_empty()).unwrap_or_else(|| format!("{op}{index}"));
+        let mut out = Vec::with_capacity(node.len());
+        for f in &fs {
+            if f.number != NODE_ATTRIBUTE || f.wire != 2 {
+                out.extend_from_slice(f.raw);
+                continue;
+            }
+            let mut attr = Vec::with_capacity(f.payload.len());
+            let afs = fields(f.payload)?;
+            let name = afs.iter().rfind(|a| a.number == ATTR_NAME && a.wire == 2).map(|a| text(a.payload));
+            let name = name.unwrap_or_default();
+            let mut graphs = 0;
+            for a in &afs {
+                match (a.number, a.wire) {
+                    (ATTR_T, 2) if constant && name == "value" => {
+                        let output = output.clone().unwrap_or_default();
+                        let tensor = self.tensor(a.payload, &format!("{scope}{output}"), &output)?;
+                        put_bytes(&mut attr, ATTR_T, &tensor);
+                    }
+                    (ATTR_G, 2) => {
+                        put_bytes(&mut attr, ATTR_G, &self.graph(a.payload, &format!("{scope}{label}/{name}/"))?)
+                    }
+                    (ATTR_GRAPHS, 2) => {
+                        let g = self.graph(a.payload, &format!("{scope}{label}/{name}.{graphs}/"))?;
+                        put_bytes(&mut attr, ATTR_GRAPHS, &g);
+                        graphs += 1;
+                    }
+                    _ => attr.extend_from_slice(a.raw),
+                }
+            }
+            put_bytes(&mut out, NODE_ATTRIBUTE, &attr);
+        }
+        Ok(out)
     }
-    let mut len = String::new();
-    let _ = write!(len, "{length}");
-    put_bytes(&mut out, TENSOR_EXTERNAL_DATA, &string_entry("location", &locate(&name)));
-    put_bytes(&mut out, TENSOR_EXTERNAL_DATA, &string_entry("length", &len));
-    put_varint(&mut out, TENSOR_DATA_LOCATION << 3);
-    put_varint(&mut out, 1); // EXTERNAL
-    Ok(out)
+
+    /// A tensor served as `served`, named `raw_name` in its graph.
+    fn tensor(&self, t: &[u8], served: &str, raw_name: &str) -> Result<Vec<u8>, String> {
+        let fs = fields(t)?;
+        let data_type = fs.iter().rfind(|f| f.number == TENSOR_DATA_TYPE && f.wire == 0).map_or(0, |f| f.varint);
+        if data_type == STRING {
+            return Ok(t.to_vec());
+        }
+        let data = (self.data_of)(served).ok_or_else(|| format!("tensor '{served}' is not among the model's tensors"))?;
+        let external = fs.iter().any(|f| f.number == TENSOR_DATA_LOCATION && f.wire == 0 && f.varint == 1);
+        let keep_inline = (data.len() as u64) < INLINE_BELOW || self.shape_read.contains(raw_name);
+        if keep_inline && !external {
+            return Ok(t.to_vec());
+        }
+        let mut out = Vec::with_capacity(t.len().min(4096) + if keep_inline { data.len() } else { 0 });
+        for f in &fs {
+            if !TENSOR_DATA_FIELDS.contains(&f.number) {
+                out.extend_from_slice(f.raw);
+            }
+        }
+        if keep_inline {
+            put_bytes(&mut out, TENSOR_RAW_DATA, &data);
+            return Ok(out);
+        }
+        let mut len = String::new();
+        let _ = write!(len, "{}", data.len());
+        put_bytes(&mut out, TENSOR_EXTERNAL_DATA, &string_entry("location", &(self.locate)(served)));
+        put_bytes(&mut out, TENSOR_EXTERNAL_DATA, &string_entry("length", &len));
+        put_varint(&mut out, TENSOR_DATA_LOCATION << 3);
+        put_varint(&mut out, 1); // EXTERNAL
+        Ok(out)
+    }
+}
+
+/// The last value of a string field (protobuf's rule for repeated scalars).
+fn last_string(message: &[u8], number: u64) -> Result<String, String> {
+    Ok(fields(message)?.iter().rfind(|f| f.number == number && f.wire == 2).map(|f| text(f.payload)).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -164,29 +164,32 @@ impl OnnxModel {
         let model = proto::ModelProto::decode(bytes.clone())
             .map_err(|source| OnnxError::Decode { path: path.to_path_buf(), source })?;
         let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.to_path_buf() })?;
-        let mut reader = Reader { external: ExternalFiles::new(dir), tensors: Vec::new(), names: HashSet::new() };
+        let mut reader = Reader::new(Some(ExternalFiles::new(dir)));
         reader.graph(graph, "")?;
         let info = model_info(&model, graph);
         Ok(OnnxModel { path: path.to_path_buf(), bytes, info, tensors: reader.tensors })
     }
 }
 
-/// The main graph's initializers that carry their data inline (not external
-/// data), read and checked like any tensor: what a client verifies the
-/// inline part of a `/graph` answer with.
-pub fn inline_initializers(model: Bytes) -> Result<Vec<Tensor>, OnnxError> {
+/// A model as a client receives it from `/graph`: the tensors it carries
+/// inline (read and checked like any model's tensors, named as the server
+/// names them) and, for the others, where their external data lies. No file
+/// is opened.
+#[derive(Debug)]
+pub struct GraphParts {
+    pub inline: Vec<Tensor>,
+    /// (tensor name, `location`) of every tensor held as external data.
+    pub external: Vec<(String, String)>,
+}
+
+/// Reads a `/graph` answer into its [`GraphParts`].
+pub fn graph_parts(model: Bytes) -> Result<GraphParts, OnnxError> {
     let path = Path::new("graph");
     let model = proto::ModelProto::decode(model).map_err(|source| OnnxError::Decode { path: path.into(), source })?;
     let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.into() })?;
-    // External data is never opened here: those initializers are skipped.
-    let mut reader = Reader { external: ExternalFiles::new(path), tensors: Vec::new(), names: HashSet::new() };
-    for t in &graph.initializer {
-        if t.data_location() != proto::tensor_proto::DataLocation::External {
-            let (data, storage) = reader.tensor_data(t, t.name())?;
-            reader.push(t.name().to_string(), t, data, storage, false)?;
-        }
-    }
-    Ok(reader.tensors)
+    let mut reader = Reader::new(None);
+    reader.graph(graph, "")?;
+    Ok(GraphParts { inline: reader.tensors, external: reader.elsewhere })
 }
 
 fn model_info(model: &proto::ModelProto, graph: &proto::GraphProto) -> ModelInfo {
@@ -231,17 +234,54 @@ fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
 
 /// Walks a graph and its subgraphs, collecting tensors.
 struct Reader {
-    external: ExternalFiles,
+    /// Where external data is read from; `None`: not read, but noted in
+    /// `elsewhere`.
+    external: Option<ExternalFiles>,
     tensors: Vec<Tensor>,
     names: HashSet<String>,
+    elsewhere: Vec<(String, String)>,
+}
+
+/// What reading a tensor's data gave.
+enum Read {
+    Data(TensorData, Storage),
+    /// External data left unread (at this location).
+    Elsewhere(String),
 }
 
 impl Reader {
+    fn new(external: Option<ExternalFiles>) -> Reader {
+        Reader { external, tensors: Vec::new(), names: HashSet::new(), elsewhere: Vec::new() }
+    }
+
+    /// Keeps a tensor read from the model, or notes where it lies.
+    fn keep(&mut self, name: String, t: &proto::TensorProto, read: Read, constant: bool) -> Result<(), OnnxError> {
+        match read {
+            Read::Data(data, storage) => self.push(name, t, data, storage, constant),
+            Read::Elsewhere(location) => {
+                known_dtype(t, &name)?;
+                if !self.names.insert(name.clone()) {
+                    return Err(OnnxError::tensor(&name, "two tensors have this name"));
+                }
+                self.elsewhere.push((name, location));
+                Ok(())
+            }
+        }
+    }
+
+    /// The data of a tensor that must be in hand (a sparse tensor's parts).
+    fn data_here(&mut self, t: &proto::TensorProto, name: &str) -> Result<(TensorData, Storage), OnnxError> {
+        match self.tensor_data(t, name)? {
+            Read::Data(data, storage) => Ok((data, storage)),
+            Read::Elsewhere(_) => Err(OnnxError::tensor(name, "sparse tensor parts as external data are not supported here")),
+        }
+    }
+
     fn graph(&mut self, graph: &proto::GraphProto, scope: &str) -> Result<(), OnnxError> {
         for t in &graph.initializer {
             let name = format!("{scope}{}", t.name());
-            let (data, storage) = self.tensor_data(t, &name)?;
-            self.push(name, t, data, storage, false)?;
+            let read = self.tensor_data(t, &name)?;
+            self.keep(name, t, read, false)?;
         }
         for s in &graph.sparse_initializer {
             let values =
@@ -278,8 +318,8 @@ impl Reader {
         let (dtype, dims, data) = match attr.name() {
             "value" => {
                 let t = attr.t.as_ref().ok_or_else(|| OnnxError::tensor(&name, "Constant 'value' holds no tensor"))?;
-                let (data, storage) = self.tensor_data(t, &name)?;
-                return self.push(name, t, data, storage, true);
+                let read = self.tensor_data(t, &name)?;
+                return self.keep(name, t, read, true);
             }
             "sparse_value" => {
                 let s = attr
@@ -360,28 +400,32 @@ impl Reader {
     }
 
     /// The tensor's bytes in whichever form the model stores them.
-    fn tensor_data(&mut self, t: &proto::TensorProto, name: &str) -> Result<(TensorData, Storage), OnnxError> {
+    fn tensor_data(&mut self, t: &proto::TensorProto, name: &str) -> Result<Read, OnnxError> {
         let dtype = known_dtype(t, name)?;
         if t.segment.is_some() {
             return Err(OnnxError::tensor(name, "segmented tensors are not supported"));
         }
         let external = t.data_location() == proto::tensor_proto::DataLocation::External;
         if external {
-            let bytes = self.external.read(t, name)?;
             if dtype == DataType::String {
                 return Err(OnnxError::tensor(name, "STRING tensors cannot use external data"));
             }
-            return Ok((TensorData::Bytes(bytes), Storage::External));
+            let Some(files) = self.external.as_mut() else {
+                let location = t.external_data.iter().find(|e| e.key() == "location").map(|e| e.value());
+                let location = location.ok_or_else(|| OnnxError::tensor(name, "external data without a location"))?;
+                return Ok(Read::Elsewhere(location.to_string()));
+            };
+            return Ok(Read::Data(TensorData::Bytes(files.read(t, name)?), Storage::External));
         }
         if dtype == DataType::String {
-            return Ok((TensorData::Strings(t.string_data.clone()), Storage::Typed));
+            return Ok(Read::Data(TensorData::Strings(t.string_data.clone()), Storage::Typed));
         }
         if let Some(raw) = &t.raw_data {
-            return Ok((TensorData::Bytes(raw.clone()), Storage::Raw));
+            return Ok(Read::Data(TensorData::Bytes(raw.clone()), Storage::Raw));
         }
         let count = element_count(&t.dims, name)?;
         let bytes = typed::to_bytes(t, dtype, count).map_err(|p| OnnxError::tensor(name, p))?;
-        Ok((TensorData::Bytes(bytes), Storage::Typed))
+        Ok(Read::Data(TensorData::Bytes(bytes), Storage::Typed))
     }
 
     /// A sparse tensor as dense bytes: zeros, with the values scattered in.
@@ -393,7 +437,7 @@ impl Reader {
             Some(b) if b % 8 == 0 => (b / 8) as usize,
             _ => return Err(OnnxError::tensor(name, format!("sparse {dtype} tensors are not supported"))),
         };
-        let (TensorData::Bytes(vals), _) = self.tensor_data(values, name)? else {
+        let (TensorData::Bytes(vals), _) = self.data_here(values, name)? else {
             return Err(OnnxError::tensor(name, "sparse values are not numeric"));
         };
         let nnz = element_count(&values.dims, name)?;
@@ -403,7 +447,7 @@ impl Reader {
         if known_dtype(indices, name)? != DataType::Int64 {
             return Err(OnnxError::tensor(name, "sparse indices must be INT64"));
         }
-        let (TensorData::Bytes(idx), _) = self.tensor_data(indices, name)? else {
+        let (TensorData::Bytes(idx), _) = self.data_here(indices, name)? else {
             return Err(OnnxError::tensor(name, "sparse indices are not numeric"));
         };
         let idx: Vec<i64> = idx.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();

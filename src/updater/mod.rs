@@ -214,8 +214,16 @@ struct Contents {
     wire_bytes: u64,
 }
 
-/// Step 2: which tensors the version holds, and where.
-async fn contents(client: &Client, hub: &Hub, opts: &Options, offer: &Offer) -> Result<Contents, UpdateError> {
+/// Step 2: which tensors the version holds, and where. The graph comes from
+/// the current version when its digest is the one the manifest names (only
+/// weights changed), else from the hub.
+async fn contents(
+    client: &Client,
+    hub: &Hub,
+    opts: &Options,
+    offer: &Offer,
+    current: Option<&Path>,
+) -> Result<Contents, UpdateError> {
     let manifest = &offer.manifest;
     if opts.output == Output::Safetensors {
         let mut held = Vec::new();
@@ -227,18 +235,26 @@ async fn contents(client: &Client, hub: &Hub, opts: &Options, offer: &Offer) -> 
         }
         return Ok(Contents { graph: None, held, wire_bytes: 0 });
     }
-    let url = hub.url("/graph", false)?;
-    let reply = client.get(&url, &[]).await?;
-    expect_ok(&url, &reply)?;
-    same_model(&reply, &offer.model_version)?;
-    verify_graph(manifest, &reply.body)?;
-    let held = external_files(&reply.body)?;
-    Ok(Contents { wire_bytes: reply.wire_bytes as u64, graph: Some(reply.body), held })
+    let local = current.and_then(|dir| std::fs::read(dir.join(GRAPH_FILE)).ok());
+    let (graph, wire_bytes) = match local.filter(|g| hex::encode(Sha256::digest(g)) == manifest.graph_sha256) {
+        Some(graph) => (graph, 0),
+        None => {
+            let url = hub.url("/graph", false)?;
+            let reply = client.get(&url, &[]).await?;
+            expect_ok(&url, &reply)?;
+            same_model(&reply, &offer.model_version)?;
+            (reply.body, reply.wire_bytes as u64)
+        }
+    };
+    let held = verify_graph(manifest, &graph)?;
+    Ok(Contents { graph: Some(graph), held, wire_bytes })
 }
 
-/// The graph is the one the manifest names (length and sha256), and its
-/// inline initializers are the manifest's tensors, byte for byte.
-fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<(), UpdateError> {
+/// The graph is the one the manifest names (length and sha256); its inline
+/// tensors are the manifest's, byte for byte; each external one lies at
+/// exactly `wire::tensor_file(name)` (a hub must not make us write outside
+/// the version's tensor folder, nor over another file). Returns those.
+fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
     if graph.len() as u64 != manifest.graph_bytes || hex::encode(Sha256::digest(graph)) != manifest.graph_sha256 {
         return Err(invalid(format!(
             "graph: {} bytes that do not match the manifest's graph_sha256 ({} bytes expected)",
@@ -247,9 +263,8 @@ fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<(), UpdateError> {
         )));
     }
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
-    let inline = crate::onnx::inline_initializers(bytes::Bytes::copy_from_slice(graph))
-        .map_err(|e| invalid(format!("graph: {e}")))?;
-    for t in inline {
+    let parts = crate::onnx::graph_parts(bytes::Bytes::copy_from_slice(graph)).map_err(|e| invalid(format!("graph: {e}")))?;
+    for t in &parts.inline {
         let want = digests
             .get(t.name.as_str())
             .ok_or_else(|| invalid(format!("graph holds tensor '{}' that the manifest does not list", t.name)))?;
@@ -257,7 +272,12 @@ fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<(), UpdateError> {
             return Err(invalid(format!("graph: inline tensor '{}': sha256 does not match the manifest", t.name)));
         }
     }
-    Ok(())
+    for (name, location) in &parts.external {
+        if *location != wire::tensor_file(name) {
+            return Err(invalid(format!("graph: tensor '{name}' has an unexpected location '{location}'")));
+        }
+    }
+    Ok(parts.external)
 }
 
 /// Step 3: the held tensors to fetch (digest differs from the current
@@ -408,7 +428,7 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         tracing::info!(version = %offer.manifest.version, "the hub still offers a version that failed its check; keeping the current one");
         return Ok(Outcome::Current { version: current.map(|c| c.0) });
     }
-    let contents = contents(client, &hub, opts, &offer).await?;
+    let contents = contents(client, &hub, opts, &offer, current_dir).await?;
     let current_st = current_dir.and_then(|dir| std::fs::read(dir.join(SAFETENSORS_FILE)).ok());
     let current_st = current_st.as_deref().and_then(|b| st_index(b).map(|i| (b, i)));
     let needed = plan(&offer.manifest, &contents.held, &local_digests(current_dir), |name, location| {
@@ -650,26 +670,6 @@ fn same_model(reply: &client::Reply, version: &str) -> Result<(), UpdateError> {
     }
 }
 
-/// The graph's external initializers: name → file, checked to be exactly
-/// `wire::tensor_file(name)` (a hub must not make us write outside the
-/// version's tensor folder, nor over another file).
-fn external_files(graph: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
-    let model = crate::onnx::proto::ModelProto::decode(graph).map_err(|e| invalid(format!("graph: {e}")))?;
-    let g = model.graph.ok_or_else(|| invalid("graph: no graph"))?;
-    let mut out = Vec::new();
-    for t in &g.initializer {
-        let Some(location) = t.external_data.iter().find(|e| e.key() == "location").map(|e| e.value().to_string())
-        else {
-            continue;
-        };
-        if location != wire::tensor_file(t.name()) {
-            return Err(invalid(format!("graph: tensor '{}' has an unexpected location '{location}'", t.name())));
-        }
-        out.push((t.name().to_string(), location));
-    }
-    Ok(out)
-}
-
 /// Tensors of a protobuf bundle, pieces joined in order.
 fn assemble(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, UpdateError> {
     let bundle = Bundle::decode(body).map_err(|e| invalid(format!("weights: {e} (cut short?)")))?;
@@ -705,12 +705,22 @@ async fn check(check: &Check, dir: &Path) -> Result<(), String> {
     match check {
         Check::None => Ok(()),
         Check::Command(cmd) => run_command(cmd, dir).await,
+        // The version passes when ONNX Runtime opens it by path: the graph
+        // resolves, shape inference runs, every external tensor is read. A
+        // warm-up run on zero inputs (symbolic dims as 1) is tried too, but its
+        // failure only warns: such made-up inputs are not valid for every
+        // model (a reflect Pad needs at least 2 samples); `--check CMD` runs a
+        // real one.
         Check::Ort(search, options) => {
-            let (search, mut options, model) = (search.clone(), options.clone(), dir.join("model.onnx"));
-            options.warmup = true;
+            let (search, mut options, model) = (search.clone(), options.clone(), dir.join(GRAPH_FILE));
+            options.warmup = false;
             smol::unblock(move || {
                 let rt = Runtime::load(&search).map_err(|e| e.to_string())?;
-                rt.open(&model, &options).map(|_| ()).map_err(|e| e.to_string())
+                let mut session = rt.open(&model, &options).map_err(|e| e.to_string())?;
+                if let Err(e) = session.warmup() {
+                    tracing::warn!("the new version loads in ONNX Runtime; a warm-up on zero inputs failed (not a rejection): {e}");
+                }
+                Ok(())
             })
             .await
         }
@@ -815,13 +825,16 @@ mod tests {
     }
 
     #[test]
-    fn locations_outside_the_folder_are_refused() {
+    fn graphs_are_verified_and_locations_outside_the_tensor_folder_refused() {
         use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
         let graph = |location: &str| {
             ModelProto {
                 graph: Some(GraphProto {
                     initializer: vec![TensorProto {
                         name: Some("w".into()),
+                        data_type: Some(1),
+                        dims: vec![1024],
+                        data_location: Some(1),
                         external_data: vec![StringStringEntryProto {
                             key: Some("location".into()),
                             value: Some(location.into()),
@@ -834,10 +847,19 @@ mod tests {
             }
             .encode_to_vec()
         };
-        assert_eq!(external_files(&graph("tensors/w.bin")).unwrap(), vec![("w".to_string(), "tensors/w.bin".to_string())]);
-        assert!(external_files(&graph("w")).is_err());
-        assert!(external_files(&graph("tensors/../w.bin")).is_err());
-        assert!(external_files(&graph("../../etc/passwd")).is_err());
-        assert!(external_files(&graph("/etc/passwd")).is_err());
+        let manifest = |g: &[u8]| Manifest {
+            graph_sha256: hex::encode(Sha256::digest(g)),
+            graph_bytes: g.len() as u64,
+            ..Default::default()
+        };
+        let good = graph("tensors/w.bin");
+        assert_eq!(verify_graph(&manifest(&good), &good).unwrap(), vec![("w".to_string(), "tensors/w.bin".to_string())]);
+        for bad in ["w", "tensors/../w.bin", "../../etc/passwd", "/etc/passwd", "manifest.pb", "model.onnx"] {
+            let g = graph(bad);
+            assert!(verify_graph(&manifest(&g), &g).is_err(), "{bad}");
+        }
+        let mut other = manifest(&good);
+        other.graph_sha256 = hex::encode([0u8; 32]);
+        assert!(verify_graph(&other, &good).unwrap_err().to_string().contains("graph_sha256"));
     }
 }

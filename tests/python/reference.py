@@ -107,3 +107,21 @@ def cast_reference(arr_bytes, data_type, target):
         dst = src.astype(np.float16 if target == "f16" else ml_dtypes.bfloat16)
     overflowed = int(np.sum(np.isfinite(src) & np.isinf(dst.astype(np.float32))))
     return dst.tobytes(), overflowed
+
+
+def version(manifest):
+    """The documented version formula (proto/README.md), from a JSON manifest:
+    sha256 over a domain prefix, the graph's digest, and per tensor its
+    length-prefixed name, dtype number, dims and digest."""
+    import hashlib
+    import struct
+
+    h = hashlib.sha256(b"weightcast.v1 version\n")
+    h.update(bytes.fromhex(manifest["graph_sha256"]))
+    for t in manifest["tensors"]:
+        name = t["name"].encode()
+        h.update(struct.pack("<Q", len(name)) + name)
+        h.update(struct.pack("<I", TensorProto.DataType.Value(t["dtype"])))
+        h.update(struct.pack("<Q", len(t["dims"])) + b"".join(struct.pack("<q", d) for d in t["dims"]))
+        h.update(bytes.fromhex(t["sha256"]))
+    return h.hexdigest()
