@@ -18,8 +18,20 @@ pub enum FetchError {
     Timeout(String, Duration),
     #[error("{url}: body cut short ({got} of {want} bytes)")]
     Truncated { url: String, got: usize, want: usize },
+    #[error("{0}: body cut short (the connection closed before its last chunk)")]
+    CutChunked(String),
     #[error("{0}: cannot decode zstd body: {1}")]
     Zstd(String, std::io::Error),
+}
+
+/// A body that could not be read: async-h1 reports a chunked body whose
+/// connection closed early only by this message, so it is told apart here.
+fn body_error(url: &str, message: String) -> FetchError {
+    if message.contains("Unexpected EOF when decoding chunked data") {
+        FetchError::CutChunked(url.to_string())
+    } else {
+        FetchError::Http(url.to_string(), message)
+    }
 }
 
 /// An answer.
@@ -84,7 +96,7 @@ impl Client {
             let mut body = res.take_body().into_reader();
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = body.read(&mut buf).await.map_err(|e| FetchError::Http(name.clone(), e.to_string()))?;
+                let n = body.read(&mut buf).await.map_err(|e| body_error(&name, e.to_string()))?;
                 if n == 0 {
                     break;
                 }
@@ -131,7 +143,7 @@ impl Client {
         let name = url.to_string();
         let work = async {
             let mut res = self.send(url, headers).await?;
-            let raw = res.body_bytes().await.map_err(|e| FetchError::Http(name.clone(), e.to_string()))?;
+            let raw = res.body_bytes().await.map_err(|e| body_error(&name, e.to_string()))?;
             let headers: Vec<(String, String)> =
                 res.iter().map(|(k, v)| (k.as_str().to_string(), v.last().as_str().to_string())).collect();
             let reply = Reply { status: u16::from(res.status()), headers, body: Vec::new(), wire_bytes: raw.len() };

@@ -177,7 +177,9 @@ def rebuild_and_run(server, name, tmp_path, pb2):
     assert locations, "initializers are external"
     by_name = {t.name: t for t in bundle.tensors}
     for tname, loc in locations.items():
-        assert unquote(loc) == tname, "location is the tensor's URL-safe name"
+        assert loc.startswith("tensors/") and unquote(loc[len("tensors/"):-len(".bin")]) == tname, \
+            "location is tensors/ + the tensor's URL-safe name + .bin"
+        (d / loc).parent.mkdir(exist_ok=True)
         (d / loc).write_bytes(by_name[tname].data)
     return d / "model.onnx"
 

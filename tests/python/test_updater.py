@@ -21,6 +21,7 @@ from onnx import numpy_helper
 import gen_models
 from conftest import binary
 from proxy import Proxy
+from reference import version
 
 
 class Hub:
@@ -33,6 +34,7 @@ class Hub:
         self.seq = 0
         self.publish(seed=1)
         self.server = serve("--runtime", "none", self.path)
+        self.version = self.publish(seed=1)
         self.proxy = Proxy(int(self.server.url.rsplit(":", 1)[1]))
         self.url = f"{self.proxy.url}/v1/models/detector"
 
@@ -51,23 +53,24 @@ class Hub:
                     t.CopyFrom(numpy_helper.from_array(a, bump))
             onnx.save(m, nxt)
         os.replace(nxt, self.path)
-        if hasattr(self, "server"):
-            want = version_of(self.path)
-            deadline = time.monotonic() + 10
-            while self.server.get("/v1/models/detector?format=json").json()["version"] != want:
-                assert time.monotonic() < deadline, "hub did not reload"
-                time.sleep(0.05)
-        return version_of(self.path)
+        if not hasattr(self, "server"):
+            return None
+        want = digests_of(self.path)
+        deadline = time.monotonic() + 10
+        while True:
+            m = self.server.get("/v1/models/detector?format=json").json()
+            if [(t["name"], t["sha256"]) for t in m["tensors"]] == want:
+                break
+            assert time.monotonic() < deadline, "hub did not reload"
+            time.sleep(0.05)
+        assert m["version"] == version(m), "the documented version formula"
+        return m["version"]
 
 
-def version_of(path):
-    """The manifest version of a model file, computed here from the onnx package."""
-    m = onnx.load(str(path))
-    lines = ""
-    for t in m.graph.initializer:
-        a = numpy_helper.to_array(t)
-        lines += f"{t.name}\t{onnx.TensorProto.DataType.Name(t.data_type)}\t{','.join(map(str, a.shape))}\t{hashlib.sha256(a.tobytes()).hexdigest()}\n"
-    return hashlib.sha256(lines.encode()).hexdigest()
+def digests_of(path):
+    """(name, sha256) of a model file's tensors, computed here from the onnx package."""
+    return [(t.name, hashlib.sha256(numpy_helper.to_array(t).tobytes()).hexdigest())
+            for t in onnx.load(str(path)).graph.initializer]
 
 
 def pull(hub, dest, *extra, timeout=60):
@@ -103,22 +106,24 @@ def hub(serve, tmp_path):
 def test_pull_fetches_only_what_changed(hub, tmp_path):
     dest = tmp_path / "device"
     rc, out, err = pull(hub, dest)
-    assert rc == 0 and out["status"] == "updated" and out["tensors_fetched"] == 4, (out, err)
+    # b2 (16 bytes) stays inline in the graph; w1, b1, w2 are files.
+    assert rc == 0 and out["status"] == "updated" and out["tensors_fetched"] == 3, (out, err)
     assert np.array_equal(outputs(dest / "current" / "model.onnx"), outputs(hub.path))
     full = hub.proxy.bytes_for("/weights")
     assert full > out["model_bytes"] * 0.5, "the first pull fetched the weights"
 
-    v2 = hub.publish(bump="b2")  # 1 of 4 tensors changes (16 bytes)
+    v2 = hub.publish(bump="b1")  # 1 of 4 tensors changes (8 KiB)
     hub.proxy.reset()
     rc, out, err = pull(hub, dest)
     assert rc == 0 and out["status"] == "updated" and out["version"] == v2, (out, err)
     assert out["tensors_fetched"] == 1 and out["tensors_total"] == 4
     weights = hub.proxy.bytes_for("/weights")
     print(f"weights bytes on the wire: first pull {full}, one-tensor change {weights}; round total {out['fetched_bytes']}")
-    assert weights < 1000 and weights < full / 50, f"only b2's record crossed the wire: {weights} vs {full}"
-    assert [p for p in hub.proxy.paths() if "/weights" in p] == ["/v1/models/detector/weights?names=b2"]
+    assert weights < 9000 and weights < full / 10, f"only b1's record crossed the wire: {weights} vs {full}"
+    assert [p for p in hub.proxy.paths() if "/weights" in p] == ["/v1/models/detector/weights?names=b1"]
+    assert "/v1/models/detector/graph" not in hub.proxy.paths(), "an unchanged graph is taken from the current version"
     assert np.array_equal(outputs(dest / "current" / "model.onnx"), outputs(hub.path))
-    unchanged = {(dest / "versions" / v / "w1").read_bytes() for v in os.listdir(dest / "versions")}
+    unchanged = {(dest / "versions" / v / "tensors" / "w1.bin").read_bytes() for v in os.listdir(dest / "versions")}
     assert len(unchanged) == 1, "unchanged tensors are copied from the current version"
 
     hub.proxy.reset()
