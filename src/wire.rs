@@ -155,7 +155,8 @@ mod tests {
     fn versions_are_unambiguous() {
         let d = [7u8; 32];
         let g = [1u8; 32];
-        let two = version(&g, [("x", DataType::Float, &[1i64][..], &d), ("y", DataType::Float, &[1i64][..], &d)].into_iter());
+        let two =
+            version(&g, [("x", DataType::Float, &[1i64][..], &d), ("y", DataType::Float, &[1i64][..], &d)].into_iter());
         let forged_name = format!("x\tFLOAT\t1\t{}\ny", hex::encode(d));
         let one = version(&g, [(forged_name.as_str(), DataType::Float, &[1i64][..], &d)].into_iter());
         assert_ne!(one, two);

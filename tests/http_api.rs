@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use http_types::{Method, Request, Response, Url};
 use prost::Message;
-use weightcast::wire::proto::{Bundle, Manifest};
 use weightcast::http::{self, ServeOptions, State};
 use weightcast::store::{self, Cache, Engine, Store};
+use weightcast::wire::proto::{Bundle, Manifest};
 
 fn start() -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

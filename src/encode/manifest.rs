@@ -5,9 +5,9 @@ use prost::Message;
 use serde_json::{json, Value};
 
 use super::Format;
-use crate::wire::proto;
 use crate::onnx::DataType;
 use crate::store::{Entry, Model, View};
+use crate::wire::proto;
 
 /// A model's manifest in a representation's view.
 pub fn manifest(model: &Model, view: &View) -> proto::Manifest {

@@ -529,4 +529,3 @@ pub fn prepare(model: &Arc<Model>, what: Prepared, level: i32, budget: u64) -> (
     let (done, output) = totals.into_inner().unwrap_or_default();
     (done, input, output)
 }
-

@@ -13,9 +13,9 @@ use std::io::Write;
 use bytes::Bytes;
 
 use super::{EncodeError, Format, Piece, Selection};
-use crate::wire::safe_name;
 use crate::onnx::DataType;
 use crate::store::CacheKey;
+use crate::wire::safe_name;
 
 /// The numpy dtype descriptor of an ONNX dtype, where numpy has one.
 pub fn descr(d: DataType) -> Option<&'static str> {

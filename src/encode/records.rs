@@ -10,9 +10,9 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::{Piece, Selection};
-use crate::wire::proto;
 use crate::onnx::TensorData;
 use crate::store::TensorMeta;
+use crate::wire::proto;
 
 /// Largest `data` payload of one record.
 pub const PIECE: usize = 1 << 30;

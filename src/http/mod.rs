@@ -270,7 +270,11 @@ fn select(model: &Model, names: Option<&[String]>) -> Result<Vec<usize>, ApiErro
         }
         for n in value.split(',').filter(|n| !n.is_empty()) {
             let i = model.position(n).ok_or_else(|| {
-                ApiError::new(StatusCode::NotFound, "unknown tensor", format!("model '{}' has no tensor '{n}'", model.name))
+                ApiError::new(
+                    StatusCode::NotFound,
+                    "unknown tensor",
+                    format!("model '{}' has no tensor '{n}'", model.name),
+                )
             })?;
             picked.push(i);
         }
@@ -449,10 +453,9 @@ async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, 
         return Ok(r);
     }
     let m = model.clone();
-    let body = model_document(&model, "graph".into(), ask.encoding, state.options.zstd_level, move || {
-        Ok(m.graph().to_vec())
-    })
-    .await?;
+    let body =
+        model_document(&model, "graph".into(), ask.encoding, state.options.zstd_level, move || Ok(m.graph().to_vec()))
+            .await?;
     let mut r = Response::new(StatusCode::Ok);
     ask.headers(&mut r, &etag, format);
     r.insert_header("Content-Type", "application/octet-stream");

@@ -123,7 +123,6 @@ pub fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, St
             "names" => {
                 let list = q.names.get_or_insert_with(Vec::new);
                 list.push(value); // split by the route, which knows the names
-
             }
             _ => unreachable_param(&key)?,
         }

@@ -307,7 +307,8 @@ impl Rewrite<'_> {
         if data_type == STRING {
             return Ok(t.to_vec());
         }
-        let data = (self.data_of)(served).ok_or_else(|| format!("tensor '{served}' is not among the model's tensors"))?;
+        let data =
+            (self.data_of)(served).ok_or_else(|| format!("tensor '{served}' is not among the model's tensors"))?;
         let external = fs.iter().any(|f| f.number == TENSOR_DATA_LOCATION && f.wire == 0 && f.varint == 1);
         let keep_inline = (data.len() as u64) < INLINE_BELOW || self.shape_read.contains(raw_name);
         if keep_inline && !external {
@@ -335,7 +336,11 @@ impl Rewrite<'_> {
 
 /// The last value of a string field (protobuf's rule for repeated scalars).
 fn last_string(message: &[u8], number: u64) -> Result<String, String> {
-    Ok(fields(message)?.iter().rfind(|f| f.number == number && f.wire == 2).map(|f| text(f.payload)).unwrap_or_default())
+    Ok(fields(message)?
+        .iter()
+        .rfind(|f| f.number == number && f.wire == 2)
+        .map(|f| text(f.payload))
+        .unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -425,7 +430,8 @@ mod tests {
         };
         let bytes = Bytes::from(model.encode_to_vec());
         let read = OnnxModel::from_bytes("m.onnx".as_ref(), bytes.clone(), ".".as_ref()).unwrap();
-        let out = ModelProto::decode(externalize(&bytes, |n| n.to_string(), data_of(&read)).unwrap().as_slice()).unwrap();
+        let out =
+            ModelProto::decode(externalize(&bytes, |n| n.to_string(), data_of(&read)).unwrap().as_slice()).unwrap();
         let location = |name: &str| {
             let t = out.graph.as_ref().unwrap().initializer.iter().find(|t| t.name() == name).unwrap().clone();
             (t.data_location(), t.raw_data.map(|b| b.len()))

@@ -273,7 +273,9 @@ impl Reader {
     fn data_here(&mut self, t: &proto::TensorProto, name: &str) -> Result<(TensorData, Storage), OnnxError> {
         match self.tensor_data(t, name)? {
             Read::Data(data, storage) => Ok((data, storage)),
-            Read::Elsewhere(_) => Err(OnnxError::tensor(name, "sparse tensor parts as external data are not supported here")),
+            Read::Elsewhere(_) => {
+                Err(OnnxError::tensor(name, "sparse tensor parts as external data are not supported here"))
+            }
         }
     }
 

@@ -17,10 +17,10 @@ use http_types::Url;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::wire::proto::{Bundle, Manifest};
-use crate::wire::{self, MODEL_VERSION};
 use crate::onnx::DataType;
 use crate::runtime::{LibrarySearch, Runtime, SessionOptions};
+use crate::wire::proto::{Bundle, Manifest};
+use crate::wire::{self, MODEL_VERSION};
 pub use client::{Client, FetchError};
 use layout::{write_synced, Dest};
 
@@ -109,7 +109,8 @@ fn invalid(s: impl Into<String>) -> UpdateError {
 
 /// Checks a manifest's `version` against its graph digest and tensor list.
 pub fn verify_manifest(m: &Manifest) -> Result<(), String> {
-    let graph = sha256_hex(&m.graph_sha256).ok_or("the manifest has no valid graph_sha256 (is the hub older than this updater?)")?;
+    let graph = sha256_hex(&m.graph_sha256)
+        .ok_or("the manifest has no valid graph_sha256 (is the hub older than this updater?)")?;
     let mut rows = Vec::with_capacity(m.tensors.len());
     for t in &m.tensors {
         let dtype =
@@ -263,7 +264,8 @@ fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<Vec<(String, String
         )));
     }
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
-    let parts = crate::onnx::graph_parts(bytes::Bytes::copy_from_slice(graph)).map_err(|e| invalid(format!("graph: {e}")))?;
+    let parts =
+        crate::onnx::graph_parts(bytes::Bytes::copy_from_slice(graph)).map_err(|e| invalid(format!("graph: {e}")))?;
     for t in &parts.inline {
         let want = digests
             .get(t.name.as_str())
@@ -431,14 +433,12 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     let contents = contents(client, &hub, opts, &offer, current_dir).await?;
     let current_st = current_dir.and_then(|dir| std::fs::read(dir.join(SAFETENSORS_FILE)).ok());
     let current_st = current_st.as_deref().and_then(|b| st_index(b).map(|i| (b, i)));
-    let needed = plan(&offer.manifest, &contents.held, &local_digests(current_dir), |name, location| {
-        match opts.output {
+    let needed =
+        plan(&offer.manifest, &contents.held, &local_digests(current_dir), |name, location| match opts.output {
             Output::Onnx => current_dir.is_some_and(|dir| dir.join(location).is_file()),
             Output::Safetensors => current_st.as_ref().is_some_and(|(_, index)| index.contains_key(name)),
-        }
-    })?;
-    let (fetched, tensor_bytes) =
-        fetch_tensors(client, &hub, &offer, &needed, &dest.root().join(".partial")).await?;
+        })?;
+    let (fetched, tensor_bytes) = fetch_tensors(client, &hub, &offer, &needed, &dest.root().join(".partial")).await?;
     let tmp = write_version(&dest, &offer, &contents, &fetched, current_dir, current_st.as_ref())?;
     let fetched_bytes = offer.wire_bytes + contents.wire_bytes + tensor_bytes;
     let outcome = Outcome::Updated {
@@ -718,7 +718,9 @@ async fn check(check: &Check, dir: &Path) -> Result<(), String> {
                 let rt = Runtime::load(&search).map_err(|e| e.to_string())?;
                 let mut session = rt.open(&model, &options).map_err(|e| e.to_string())?;
                 if let Err(e) = session.warmup() {
-                    tracing::warn!("the new version loads in ONNX Runtime; a warm-up on zero inputs failed (not a rejection): {e}");
+                    tracing::warn!(
+                        "the new version loads in ONNX Runtime; a warm-up on zero inputs failed (not a rejection): {e}"
+                    );
                 }
                 Ok(())
             })
@@ -853,7 +855,10 @@ mod tests {
             ..Default::default()
         };
         let good = graph("tensors/w.bin");
-        assert_eq!(verify_graph(&manifest(&good), &good).unwrap(), vec![("w".to_string(), "tensors/w.bin".to_string())]);
+        assert_eq!(
+            verify_graph(&manifest(&good), &good).unwrap(),
+            vec![("w".to_string(), "tensors/w.bin".to_string())]
+        );
         for bad in ["w", "tensors/../w.bin", "../../etc/passwd", "/etc/passwd", "manifest.pb", "model.onnx"] {
             let g = graph(bad);
             assert!(verify_graph(&manifest(&g), &g).is_err(), "{bad}");

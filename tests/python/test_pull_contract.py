@@ -1,0 +1,187 @@
+"""A version is exactly what was published: hostile and unusual names
+against an honest hub, and an altered graph or a bare 304 from a hostile
+one (issue #9, part 4). Each case once broke `weightcast pull`."""
+
+import hashlib
+import http.server
+import json
+import subprocess
+import threading
+import urllib.request
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import binary
+from reference import version
+
+
+def pull(url, dest, *extra):
+    r = subprocess.run([str(binary()), "pull", url, "--dest", str(dest), "--once", "--json", "--timeout", "5s", *extra],
+                       capture_output=True, text=True, timeout=60)
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    return r.returncode, (lines[-1] if lines else {}), r.stderr
+
+
+def named_model(path, names, n=512):
+    """y = x + one initializer per name (each n floats, values 0, 1, 2, …)."""
+    inits = [numpy_helper.from_array(np.arange(n, dtype=np.float32) + k, name) for k, name in enumerate(names)]
+    nodes, prev = [], "x"
+    for k, name in enumerate(names):
+        if name == "":  # an empty input name means "absent" to a node: kept, unused
+            continue
+        nodes.append(helper.make_node("Add", [prev, name], [f"s{k}"]))
+        prev = f"s{k}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    g = helper.make_graph(nodes, "names", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, path)
+
+
+@pytest.mark.parametrize("names", [["manifest.pb", "model.onnx"], ["", "a,b", "tensors", "../x", ".hidden"],
+                                   ["a" * 300, "/" * 150, "ü/é %"]])
+def test_tensor_names_cannot_collide_with_the_version_files(serve, tmp_path, names):
+    path = tmp_path / "m.onnx"
+    named_model(path, names)
+    server = serve("--runtime", "none", path)
+    dest = tmp_path / "device"
+    rc, out, err = pull(f"{server.url}/v1/models/m", dest)
+    assert rc == 0 and out["status"] == "updated", (out, err)
+    installed = onnx.load(str(dest / "current" / "model.onnx"))  # external data loaded by onnx
+    got = {t.name: numpy_helper.to_array(t) for t in installed.graph.initializer}
+    want = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert np.array_equal(got[name], want[name]), f"tensor {name!r} came back with other values"
+    x = np.zeros(512, np.float32)
+    a = ort.InferenceSession(str(dest / "current" / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    b = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert a[0].tobytes() == b[0].tobytes()
+    m = server.get("/v1/models/m?format=json").json()
+    assert m["version"] == version(m)
+
+
+def test_a_tab_newline_name_cannot_forge_another_models_version(serve, tmp_path):
+    """`x` + `y` versus one tensor named like the old formula's `x` line + `y`."""
+    def tensor_digest(a):
+        return hashlib.sha256(a.tobytes()).hexdigest()
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir()
+    one.mkdir()
+    named_model(two / "m.onnx", ["x", "y"], n=1)
+    d = tensor_digest(np.arange(1, dtype=np.float32))
+    forged = f"x\tFLOAT\t1\t{d}\ny"
+    inits = [numpy_helper.from_array(np.arange(1, dtype=np.float32) + 1, forged)]
+    g = helper.make_graph([], "g", [], [], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), one / "m.onnx")
+    versions = []
+    for d in (two, one):
+        s = serve("--runtime", "none", d / "m.onnx")
+        r = s.get("/v1/models/m?format=json")
+        versions.append((r.json()["version"], r.headers["ETag"]))
+    assert versions[0][0] != versions[1][0] and versions[0][1] != versions[1][1]
+
+
+class HostileHub:
+    """Forwards to a real hub, but answers some paths its own way."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.override = {}  # path (no query) -> fn(status, headers, body) -> (status, headers, body)
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                req = urllib.request.Request(hub.upstream + self.path, headers={
+                    k: v for k, v in self.headers.items() if k.lower() in ("accept", "if-none-match", "range", "if-range")})
+                try:
+                    with urllib.request.urlopen(req) as r:
+                        status, headers, body = r.status, dict(r.headers), r.read()
+                except urllib.error.HTTPError as e:
+                    status, headers, body = e.code, dict(e.headers), e.read()
+                fn = hub.override.get(self.path.split("?")[0])
+                if fn:
+                    status, headers, body = fn(status, headers, body)
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def hostile(serve, tmp_path):
+    path = tmp_path / "m.onnx"
+    named_model(path, ["w1", "w2"])
+    server = serve("--runtime", "none", path)
+    hub = HostileHub(server.url)
+    yield hub
+    hub.server.shutdown()
+
+
+def test_a_graph_not_covered_by_the_manifest_is_refused(hostile, tmp_path):
+    # Another graph (a big one) with the honest manifest: refused, nothing installed.
+    hostile.override["/v1/models/m/graph"] = lambda s, h, b: (s, h, b + b"\0" * 1_000_000)
+    rc, out, err = pull(f"{hostile.url}/v1/models/m", tmp_path / "device")
+    assert rc == 1 and "graph_sha256" in out["error"], (out, err)
+    assert not (tmp_path / "device" / "current").exists()
+
+
+def test_an_inline_tensor_that_differs_from_the_manifest_is_refused(serve, tmp_path, pb2):
+    """A consistent forgery: the graph's inline tensor changed, the manifest
+    rewritten to name that graph (digest, length, a recomputed version) but
+    still listing the honest tensor digests: refused, nothing installed."""
+    path = tmp_path / "small.onnx"
+    named_model(path, ["w1", "w2"], n=100)  # 400 bytes each: inline in /graph
+    hub = HostileHub(serve("--runtime", "none", path).url)
+    forged = {}
+
+    def graph(s, h, body):
+        m = onnx.load_from_string(body)
+        t = m.graph.initializer[0]
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + 1, t.name))
+        forged["graph"] = m.SerializeToString()
+        return s, h, forged["graph"]
+
+    def manifest(s, h, body):
+        if s != 200 or "graph" not in forged:
+            return s, h, body
+        m = pb2.Manifest.FromString(body)
+        m.graph_sha256 = hashlib.sha256(forged["graph"]).hexdigest()
+        m.graph_bytes = len(forged["graph"])
+        doc = {"graph_sha256": m.graph_sha256, "tensors": [
+            {"name": t.name, "dtype": TensorProto.DataType.Name(t.dtype), "dims": list(t.dims), "sha256": t.sha256}
+            for t in m.tensors]}
+        m.version = version(doc)
+        return s, h, m.SerializeToString()
+
+    hub.override["/v1/models/small/graph"] = graph
+    urllib.request.urlopen(hub.url + "/v1/models/small/graph").read()  # make the forged graph first
+    hub.override["/v1/models/small"] = manifest
+    rc, out, err = pull(f"{hub.url}/v1/models/small", tmp_path / "device")
+    assert rc == 1 and "inline tensor 'w1'" in out["error"], (out, err)
+    assert not (tmp_path / "device" / "current").exists()
+    hub.server.shutdown()
+
+
+def test_a_304_to_a_first_request_is_not_current(hostile, tmp_path):
+    hostile.override["/v1/models/m"] = lambda s, h, b: (304, {"ETag": '"x"'}, b"")
+    rc, out, err = pull(f"{hostile.url}/v1/models/m", tmp_path / "device")
+    assert rc == 1 and out["status"] == "failed" and "304" in out["error"], (out, err)
+    assert not (tmp_path / "device" / "current").exists()
