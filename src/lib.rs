@@ -3,8 +3,10 @@
 //! The modules follow the data's path: [`onnx`] reads a model file,
 //! [`runtime`] opens an ONNX Runtime session on it, [`store`] keeps the loaded
 //! models with their versions and digests, [`encode`] turns tensors into bytes
-//! on the wire, and [`http`] answers requests. [`config`] is the TOML file and
-//! [`demo`] the built-in demo model.
+//! on the wire, and [`http`] answers requests. [`wire`] is the contract the
+//! server and [`updater`] (`weightcast pull`) share: protobuf types, header
+//! names, the version formula, where tensors lie outside the hub. [`config`]
+//! is the TOML file and [`demo`] the built-in demo model.
 
 pub mod config;
 pub mod demo;

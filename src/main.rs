@@ -213,15 +213,15 @@ fn pull(a: PullArgs) -> ExitCode {
         let ms = started.elapsed().as_millis() as u64;
         let (code, retry) = match &result {
             Ok(Outcome::Current { version }) => {
-                tracing::info!(version = version.as_deref().map(|v| &v[..16.min(v.len())]), ms, "no change");
+                tracing::info!(version = version.as_deref().map(weightcast::wire::short), ms, "no change");
                 (a.exit_no_change.unwrap_or(0), None)
             }
             Ok(Outcome::Updated { version, fetched_bytes, model_bytes, tensors_fetched, tensors_total }) => {
-                tracing::info!(version = weightcast::wire::short(&version), ms, "updated: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensors_total} tensors changed)");
+                tracing::info!(version = weightcast::wire::short(version), ms, "updated: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensors_total} tensors changed)");
                 (0, None)
             }
             Ok(Outcome::Rejected { version, reason }) => {
-                tracing::error!(version = weightcast::wire::short(&version), "rejected: {reason}");
+                tracing::error!(version = weightcast::wire::short(version), "rejected: {reason}");
                 (2, None)
             }
             Err(e) => {
