@@ -8,7 +8,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::slice::HalfFloatSliceExt;
 use sha2::Digest;
-use weightcast::encode::{bytegroup, cast, zstd_frame, zstd_planes};
+use weightcast::encode::{bytegroup, zstd_frame, zstd_planes};
+use weightcast::onnx::cast;
 use weightcast::onnx::DataType;
 
 /// float32 weights shaped like a trained layer's: N(0, 0.02), as LE bytes.

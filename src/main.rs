@@ -169,10 +169,11 @@ fn pull(a: PullArgs) -> ExitCode {
         };
         let check = match a.check.as_deref() {
             None => Check::None,
-            Some("ort") => Check::Ort(
-                LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() },
-                cfg.runtime.clone(),
-            ),
+            Some("ort") => {
+                let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
+                let options = cfg.runtime.clone();
+                Check::Load(std::sync::Arc::new(move |model| runtime::check_model(&search, &options, model)))
+            }
             Some(cmd) => Check::Command(cmd.to_string()),
         };
         let token = match &a.token_file {
@@ -185,7 +186,7 @@ fn pull(a: PullArgs) -> ExitCode {
         if output == updater::Output::Onnx && a.dtype.is_some() {
             return Err("--dtype needs --format safetensors: an ONNX graph declares its initializers' types".into());
         }
-        if output == updater::Output::Safetensors && matches!(check, Check::Ort(..)) {
+        if output == updater::Output::Safetensors && matches!(check, Check::Load(..)) {
             return Err("--check ort loads model.onnx; with --format safetensors use --check CMD".into());
         }
         let opts = Options {

@@ -21,7 +21,7 @@ use crate::onnx::ValueInfo;
 pub const ORT_VERSION: &str = "1.31.1";
 
 /// Why the runtime or a session could not be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Clone)]
 pub enum RuntimeError {
     #[error("ONNX Runtime library (libonnxruntime.so) not found; looked in: {}. \
              Get it with `scripts/fetch-ort.sh` (takes it from the onnxruntime=={ORT_VERSION} PyPI wheel), \
@@ -219,14 +219,14 @@ pub struct Runtime {
     reported: Mutex<HashSet<Provider>>,
 }
 
-static RUNTIME: OnceLock<Result<&'static Runtime, String>> = OnceLock::new();
+static RUNTIME: OnceLock<Result<&'static Runtime, RuntimeError>> = OnceLock::new();
 
 impl Runtime {
     /// Loads the library once per process; later calls return the same runtime.
     pub fn load(search: &LibrarySearch) -> Result<&'static Runtime, RuntimeError> {
         let loaded = RUNTIME.get_or_init(|| {
-            let library = find_library(search).map_err(|e| e.to_string())?;
-            let load_error = |message: String| RuntimeError::Load { path: library.clone(), message }.to_string();
+            let library = find_library(search)?;
+            let load_error = |message: String| RuntimeError::Load { path: library.clone(), message };
             let env = ort::init_from(&library)
                 .map_err(|e| load_error(e.to_string()))?
                 .with_name("weightcast")
@@ -236,7 +236,8 @@ impl Runtime {
             let rt = Runtime { library, env, reported: Mutex::new(HashSet::new()) };
             Ok(&*Box::leak(Box::new(rt)))
         });
-        loaded.clone().map_err(|message| RuntimeError::Load { path: PathBuf::new(), message })
+        // The first attempt's error, whole: the library is looked for once.
+        loaded.clone()
     }
 
     /// Opens a session on the model at `path`.
@@ -287,6 +288,22 @@ impl Runtime {
         }
         Ok(open)
     }
+}
+
+/// What `weightcast pull --check ort` asks of a new version: ONNX Runtime
+/// opens it by path (the graph resolves, shape inference runs, every external
+/// tensor is read). A warm-up on zero inputs (symbolic dims as 1) is tried
+/// too, but its failure only warns: such made-up inputs are not valid for
+/// every model (a reflect Pad needs at least 2 samples); `--check CMD` runs a
+/// real one.
+pub fn check_model(search: &LibrarySearch, options: &SessionOptions, model: &Path) -> Result<(), String> {
+    let rt = Runtime::load(search).map_err(|e| e.to_string())?;
+    let options = SessionOptions { warmup: false, ..options.clone() };
+    let mut session = rt.open(model, &options).map_err(|e| e.to_string())?;
+    if let Err(e) = session.warmup() {
+        tracing::warn!("the new version loads in ONNX Runtime; a warm-up on zero inputs failed (not a rejection): {e}");
+    }
+    Ok(())
 }
 
 pub(crate) fn cuda_provider(o: &CudaOptions) -> ep::CUDA {

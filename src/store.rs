@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::encode::cast::{self, Target};
+use crate::onnx::cast::{self, Target};
 use crate::onnx::{DataType, ModelInfo, OnnxModel, Tensor, TensorData};
 use crate::runtime::{self, OpenSession, Runtime};
 use crate::wire;

@@ -10,7 +10,6 @@
 //! variant here and one small module.
 
 pub mod bytegroup;
-pub mod cast;
 pub mod json;
 pub mod manifest;
 pub mod npy;
@@ -23,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::onnx::{DataType, TensorData};
+use crate::onnx::{cast, DataType, TensorData};
 use crate::store::{CacheKey, Model, Representation, TensorMeta, View};
 
 /// What a response body means.

@@ -7,36 +7,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::{EncodeError, Format, Piece, Selection};
-use crate::onnx::DataType;
-
-/// The safetensors name of an ONNX dtype, where safetensors has one.
-/// Sub-byte types are left out: safetensors' F4/F6 packing is not specified
-/// to match ONNX's, and a wrong guess would corrupt weights silently.
-pub fn dtype_name(d: DataType) -> Option<&'static str> {
-    use DataType::*;
-    Some(match d {
-        Float => "F32",
-        Double => "F64",
-        Float16 => "F16",
-        Bfloat16 => "BF16",
-        Int8 => "I8",
-        Int16 => "I16",
-        Int32 => "I32",
-        Int64 => "I64",
-        Uint8 => "U8",
-        Uint16 => "U16",
-        Uint32 => "U32",
-        Uint64 => "U64",
-        Bool => "BOOL",
-        Complex64 => "C64",
-        Float8E4M3Fn => "F8_E4M3",
-        Float8E5M2 => "F8_E5M2",
-        Float8E4M3Fnuz => "F8_E4M3FNUZ",
-        Float8E5M2Fnuz => "F8_E5M2FNUZ",
-        Float8E8M0 => "F8_E8M0",
-        String | Complex128 | Int4 | Uint4 | Int2 | Uint2 | Float4E2M1 | Float6E2M3 | Float6E3M2 => return None,
-    })
-}
+use crate::wire::safetensors_dtype as dtype_name;
 
 pub fn pieces(sel: &Selection) -> Result<Vec<Piece>, EncodeError> {
     sel.expressible(Format::Safetensors, |d| dtype_name(d).is_some())?;

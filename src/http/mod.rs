@@ -174,10 +174,13 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             let format = ask.format(Format::DOCUMENTS, &q)?;
             let entries = state.store.entries();
             let body = manifest::render_listing(&manifest::listing(&entries), format);
-            let versions: Vec<String> = entries.iter().map(|e| match e {
-                crate::store::Entry::Loaded(m) => m.version().to_string(),
-                crate::store::Entry::Failed { name, .. } => format!("failed:{name}"),
-            }).collect();
+            let versions: Vec<String> = entries
+                .iter()
+                .map(|e| match e {
+                    crate::store::Entry::Loaded(m) => m.version().to_string(),
+                    crate::store::Entry::Failed { name, .. } => format!("failed:{name}"),
+                })
+                .collect();
             ask.document(&versions.join(","), "models", format, body, state.options.zstd_level)
         }
         ["v1", "models", model] => {
@@ -217,11 +220,13 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             let model = find_model(&state, model)?;
             let name = percent_decode(&name.join("/"));
             let index = model.position(&name).ok_or_else(|| {
-                ApiError::new(StatusCode::NotFound, "unknown tensor", format!("model '{}' has no tensor '{name}'; GET /v1/models/{} lists them", model.name, model.name))
+                let m = &model.name;
+                let detail = format!("model '{m}' has no tensor '{name}'; GET /v1/models/{m} lists them");
+                ApiError::new(StatusCode::NotFound, "unknown tensor", detail)
             })?;
             tensors(&state, &ask, &q, model, vec![index], true).await
         }
-        _ => Err(ApiError::new(StatusCode::NotFound, "not found", format!("no route for {path}; routes: /healthz, /v1/models, /v1/models/{{model}}, /v1/models/{{model}}/weights, /v1/models/{{model}}/tensors/{{name}}, /v1/models/{{model}}/graph"))),
+        _ => Err(ApiError::new(StatusCode::NotFound, "not found", format!("no route for {path}; routes: {ROUTES}"))),
     }
 }
 
@@ -255,6 +260,10 @@ fn find_model(state: &State, raw: &str) -> Result<Arc<Model>, ApiError> {
         ),
     })
 }
+
+/// Every route, for the 404 of an unknown one.
+const ROUTES: &str = "/healthz, /v1/models, /v1/models/{model}, /v1/models/{model}/weights, \
+    /v1/models/{model}/tensors/{name}, /v1/models/{model}/graph";
 
 /// Indices of the named tensors (model order, no repeats), or all of them.
 /// Each `names=` value is one tensor's name when the model has a tensor of

@@ -1,8 +1,8 @@
 //! Content negotiation and query parsing: which format, which encoding,
 //! which representation a request asks for.
 
-use crate::encode::cast::Target;
 use crate::encode::{Encoding, Format};
+use crate::onnx::cast::Target;
 
 /// Weight of `media` in an `Accept` header (0 = not acceptable). Exact type
 /// beats `type/*` beats `*/*`; no header accepts everything.

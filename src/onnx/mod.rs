@@ -8,6 +8,7 @@
 //! `Constant` node's value. Every tensor is checked against its dims here, so
 //! later stages can trust lengths.
 
+pub mod cast;
 pub mod dtype;
 mod external;
 pub mod graph;

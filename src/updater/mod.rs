@@ -11,6 +11,7 @@ pub mod layout;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_types::Url;
@@ -18,20 +19,34 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::onnx::DataType;
-use crate::runtime::{LibrarySearch, Runtime, SessionOptions};
 use crate::wire::proto::{Bundle, Manifest};
 use crate::wire::{self, MODEL_VERSION};
 pub use client::{Client, FetchError};
 use layout::{write_synced, Dest};
 
 /// How a new version is checked before `current` moves to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Check {
     None,
-    /// Load it in an ONNX Runtime session and run one zero-input inference.
-    Ort(LibrarySearch, SessionOptions),
+    /// Open `model.onnx` of the new folder (given its path) in a runtime;
+    /// `Err` rejects the version. The binary passes ONNX Runtime's
+    /// (`runtime::check_model`): the updater itself knows no runtime.
+    Load(LoadCheck),
     /// Run a command (`sh -c`); the new folder is in `$WEIGHTCAST_DIR`.
     Command(String),
+}
+
+/// A check that opens a version's `model.onnx` (its path) in a runtime.
+pub type LoadCheck = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Check::None => f.write_str("None"),
+            Check::Load(_) => f.write_str("Load"),
+            Check::Command(cmd) => write!(f, "Command({cmd:?})"),
+        }
+    }
 }
 
 /// What a version folder holds.
@@ -229,7 +244,7 @@ async fn contents(
     if opts.output == Output::Safetensors {
         let mut held = Vec::new();
         for t in &manifest.tensors {
-            match DataType::from_onnx(t.dtype).and_then(crate::encode::safetensors::dtype_name) {
+            match DataType::from_onnx(t.dtype).and_then(wire::safetensors_dtype) {
                 Some(_) => held.push((t.name.clone(), t.name.clone())),
                 None => tracing::warn!(tensor = %t.name, "safetensors cannot hold this tensor's dtype; left out"),
             }
@@ -624,7 +639,7 @@ fn safetensors_file(
             (None, None) => return Err(missing(name)),
         };
         let info = infos.get(name.as_str()).ok_or_else(|| missing(name))?;
-        let dtype = DataType::from_onnx(info.dtype).and_then(crate::encode::safetensors::dtype_name).unwrap_or("U8");
+        let dtype = DataType::from_onnx(info.dtype).and_then(wire::safetensors_dtype).unwrap_or("U8");
         header.insert(
             name.clone(),
             serde_json::json!({"dtype": dtype, "shape": info.dims, "data_offsets": [offset, offset + bytes.len()]}),
@@ -705,26 +720,9 @@ async fn check(check: &Check, dir: &Path) -> Result<(), String> {
     match check {
         Check::None => Ok(()),
         Check::Command(cmd) => run_command(cmd, dir).await,
-        // The version passes when ONNX Runtime opens it by path: the graph
-        // resolves, shape inference runs, every external tensor is read. A
-        // warm-up run on zero inputs (symbolic dims as 1) is tried too, but its
-        // failure only warns: such made-up inputs are not valid for every
-        // model (a reflect Pad needs at least 2 samples); `--check CMD` runs a
-        // real one.
-        Check::Ort(search, options) => {
-            let (search, mut options, model) = (search.clone(), options.clone(), dir.join(GRAPH_FILE));
-            options.warmup = false;
-            smol::unblock(move || {
-                let rt = Runtime::load(&search).map_err(|e| e.to_string())?;
-                let mut session = rt.open(&model, &options).map_err(|e| e.to_string())?;
-                if let Err(e) = session.warmup() {
-                    tracing::warn!(
-                        "the new version loads in ONNX Runtime; a warm-up on zero inputs failed (not a rejection): {e}"
-                    );
-                }
-                Ok(())
-            })
-            .await
+        Check::Load(load) => {
+            let (load, model) = (load.clone(), dir.join(GRAPH_FILE));
+            smol::unblock(move || load(&model)).await
         }
     }
 }

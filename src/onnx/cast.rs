@@ -9,7 +9,7 @@
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
-use crate::onnx::DataType;
+use super::DataType;
 
 /// What a tensor may be cast to (`?dtype=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
