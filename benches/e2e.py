@@ -124,7 +124,7 @@ class Weightcast:
             except (requests.ConnectionError, StopIteration):
                 time.sleep(0.002)
         deadline = time.monotonic() + 300
-        while "prepared" not in self.log.read_text() or "zstd: true" not in self.log.read_text():
+        while "prepared" not in self.log.read_text() or "what=zstd" not in self.log.read_text():
             if time.monotonic() > deadline:
                 raise RuntimeError("background preparation did not finish")
             time.sleep(0.05)

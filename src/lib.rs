@@ -20,6 +20,7 @@ pub mod updater;
 compile_error!("weightcast serves tensor bytes as they lie in memory and needs a little-endian host");
 
 pub mod onnx;
+pub mod publish;
 pub mod runtime;
 pub mod store;
 pub mod wire;

@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 
 use weightcast::config::Config;
 use weightcast::demo;
-use weightcast::encode;
 use weightcast::http::{self, ServeOptions};
 use weightcast::onnx::OnnxModel;
+use weightcast::publish::Preparation;
 use weightcast::runtime::{self, LibrarySearch, Runtime};
 use weightcast::store::{self, Cache, Store};
 
@@ -300,31 +300,11 @@ fn serve(
         store,
         options: ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes },
     });
-    // Encodings clients will ask for are made now, in the background, not on
-    // the first request (a request that comes first shares the same work);
-    // then model files are watched, and a replaced file is loaded and prepared
-    // while the previous version keeps serving.
+    // Encodings are prepared in the background and replaced model files
+    // reloaded, while requests are served (`publish`).
     let watched = state.clone();
-    let level = cfg.zstd_level;
-    std::thread::spawn(move || {
-        let prepare_all = |models: Vec<Arc<store::Model>>| {
-            for model in &models {
-                for what in &prepared {
-                    let started = std::time::Instant::now();
-                    let (n, from, to) = encode::prepare(model, *what, level, cache.budget());
-                    if what.zstd || what.repr.is_some() || what.bytegroup {
-                        tracing::info!(model = %model.name, ?what, tensors = n, bytes_in = from, bytes_out = to,
-                            ms = started.elapsed().as_millis() as u64, cache_used = cache.used(), "prepared");
-                    }
-                }
-            }
-        };
-        prepare_all(watched.store.models());
-        loop {
-            std::thread::sleep(RELOAD_CHECK);
-            prepare_all(watched.store.refresh());
-        }
-    });
+    let preparation = Preparation { what: prepared, zstd_level: cfg.zstd_level, cache };
+    std::thread::spawn(move || preparation.watch(&watched.store, RELOAD_CHECK));
     let listener = std::net::TcpListener::bind(cfg.listen.as_str())
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;

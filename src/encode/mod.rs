@@ -448,6 +448,28 @@ pub struct Prepared {
     pub bytegroup: bool,
 }
 
+impl std::fmt::Display for Prepared {
+    /// As written in the config: `identity`, `zstd`, `f16+zstd`, `zstd+bytegroup`, …
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<&str> = Vec::new();
+        match self.repr {
+            Some(cast::Target::F16) => parts.push("f16"),
+            Some(cast::Target::Bf16) => parts.push("bf16"),
+            None => {}
+        }
+        if self.zstd {
+            parts.push("zstd");
+        }
+        if self.bytegroup {
+            parts.push("bytegroup");
+        }
+        if parts.is_empty() {
+            parts.push("identity");
+        }
+        f.write_str(&parts.join("+"))
+    }
+}
+
 impl std::str::FromStr for Prepared {
     type Err = String;
 
@@ -471,23 +493,22 @@ impl std::str::FromStr for Prepared {
     }
 }
 
-/// Computes the bytes `what` needs for a whole-model body (casts, byte
-/// planes, zstd frames: the very frames a protobuf `GET …/weights` streams)
-/// into the cache, a piece of work per core at a time, until the cache budget
-/// is reached. Returns (pieces of work done, input bytes, output bytes).
-pub fn prepare(model: &Arc<Model>, what: Prepared, level: i32, budget: u64) -> (usize, u64, u64) {
-    let view = model.view(what.repr);
+/// The work a whole-model protobuf body in `what` needs before its first
+/// request can be served from the cache: each computation whose result the
+/// cache keeps (casts, byte planes, zstd frames: the very frames a `GET
+/// …/weights` streams), in body order, with the body's input bytes. Running
+/// them (on which threads, within which budget) is the caller's choice.
+pub fn preparation(model: &Arc<Model>, what: Prepared, level: i32) -> (u64, Vec<Compute>) {
     let sel = Selection {
         model: model.clone(),
-        view,
+        view: model.view(what.repr),
         repr: what.repr,
         tensors: (0..model.tensors.len()).collect(),
         single: false,
         bytegroup: what.bytegroup,
     };
-    let encoding = if what.zstd { Encoding::Zstd } else { Encoding::Identity };
     let pieces = records::pieces(&sel);
-    let input: u64 = pieces
+    let input = pieces
         .iter()
         .map(|p| match p {
             Piece::Inline(b) => b.len() as u64,
@@ -495,36 +516,16 @@ pub fn prepare(model: &Arc<Model>, what: Prepared, level: i32, budget: u64) -> (
             Piece::Deferred(_) => 0,
         })
         .sum();
-    let chunks = match encoding {
-        Encoding::Identity => pieces.into_iter().filter_map(|p| identity_chunk(&sel, p)).collect(),
-        Encoding::Zstd => zstd_chunks(&sel, pieces, level),
+    let chunks = match what.zstd {
+        true => zstd_chunks(&sel, pieces, level),
+        false => pieces.into_iter().filter_map(|p| identity_chunk(&sel, p)).collect(),
     };
-    let work: std::sync::Mutex<Vec<Compute>> = std::sync::Mutex::new(
-        chunks
-            .into_iter()
-            .rev()
-            .filter_map(|c| match c {
-                Chunk::Later(f) | Chunk::Sized(_, f) => Some(f),
-                Chunk::Ready(_) => None,
-            })
-            .collect(),
-    );
-    let totals = std::sync::Mutex::new((0usize, 0u64));
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                if totals.lock().map_or(true, |t| t.1 >= budget) {
-                    break;
-                }
-                let Some(job) = work.lock().ok().and_then(|mut w| w.pop()) else { break };
-                let out = job().map_or(0, |b| b.len() as u64);
-                if let Ok(mut t) = totals.lock() {
-                    *t = (t.0 + 1, t.1 + out);
-                }
-            });
-        }
-    });
-    let (done, output) = totals.into_inner().unwrap_or_default();
-    (done, input, output)
+    let work = chunks
+        .into_iter()
+        .filter_map(|c| match c {
+            Chunk::Later(f) | Chunk::Sized(_, f) => Some(f),
+            Chunk::Ready(_) => None,
+        })
+        .collect();
+    (input, work)
 }
