@@ -597,24 +597,22 @@ async fn fetch_resumable(
 /// Where each tensor's data lies in a safetensors file.
 type StIndex = HashMap<String, std::ops::Range<usize>>;
 
-/// The tensors of a safetensors file: name → byte range of its data.
+/// The tensors of a safetensors file: name → byte range of its data. The
+/// `safetensors` crate validates the file (header length, JSON, offsets in
+/// bounds, contiguous, covering the data, sizes matching dtype and shape);
+/// a file it refuses is not reused (every tensor is fetched again).
 fn st_index(file: &[u8]) -> Option<StIndex> {
-    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?) as usize;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(file.get(8..8 + n)?).ok()?;
-    let base = 8 + n;
-    let mut out = HashMap::new();
-    for (name, v) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let offsets = v.get("data_offsets")?.as_array()?;
-        let (a, b) = (offsets.first()?.as_u64()? as usize, offsets.get(1)?.as_u64()? as usize);
-        if base + b > file.len() || a > b {
-            return None;
-        }
-        out.insert(name, base + a..base + b);
-    }
-    Some(out)
+    let st = safetensors::SafeTensors::deserialize(file).ok()?;
+    let base = file.as_ptr() as usize;
+    Some(
+        st.tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let start = view.data().as_ptr() as usize - base;
+                (name, start..start + view.data().len())
+            })
+            .collect(),
+    )
 }
 
 /// A safetensors file of the manifest's tensors (those listed in `held`):
@@ -864,5 +862,67 @@ mod tests {
         let mut other = manifest(&good);
         other.graph_sha256 = hex::encode([0u8; 32]);
         assert!(verify_graph(&other, &good).unwrap_err().to_string().contains("graph_sha256"));
+    }
+
+    fn info(name: &str, sha: &str) -> crate::wire::proto::TensorInfo {
+        crate::wire::proto::TensorInfo { name: name.into(), sha256: sha.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn the_plan_fetches_changed_and_missing_tensors_and_reuses_the_rest() {
+        let manifest = Manifest {
+            tensors: vec![info("same", "aa"), info("changed", "bb"), info("gone-file", "cc"), info("new", "dd")],
+            ..Default::default()
+        };
+        let held: Vec<(String, String)> = ["same", "changed", "gone-file", "new"]
+            .iter()
+            .map(|n| (n.to_string(), format!("tensors/{n}.bin")))
+            .collect();
+        let local: HashMap<String, String> = [("same", "aa"), ("changed", "b0"), ("gone-file", "cc")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let needed = plan(&manifest, &held, &local, |name, _| name != "gone-file").unwrap();
+        assert_eq!(needed, vec!["changed", "gone-file", "new"]);
+        let stranger = vec![("stranger".to_string(), "tensors/stranger.bin".to_string())];
+        assert!(plan(&manifest, &stranger, &local, |_, _| true).is_err(), "a tensor the manifest does not list");
+    }
+
+    #[test]
+    fn safetensors_files_are_validated_before_reuse() {
+        let manifest = Manifest {
+            tensors: vec![
+                crate::wire::proto::TensorInfo {
+                    name: "a".into(),
+                    dtype: 1,
+                    dims: vec![2],
+                    nbytes: 8,
+                    ..Default::default()
+                },
+                crate::wire::proto::TensorInfo {
+                    name: "b".into(),
+                    dtype: 2,
+                    dims: vec![3],
+                    nbytes: 3,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let held = vec![("a".to_string(), "a".to_string()), ("b".to_string(), "b".to_string())];
+        let fetched: HashMap<String, Vec<u8>> =
+            [("a".to_string(), vec![1u8; 8]), ("b".to_string(), vec![2u8; 3])].into_iter().collect();
+        let file = safetensors_file(&manifest, &held, &fetched, None).unwrap();
+        let index = st_index(&file).unwrap();
+        assert_eq!(&file[index["a"].clone()], &[1u8; 8]);
+        assert_eq!(&file[index["b"].clone()], &[2u8; 3]);
+        // A header claiming more than the file holds, and one whose offsets leave a gap, are refused.
+        assert!(st_index(&file[..file.len() - 1]).is_none());
+        let mut gap = file.clone();
+        let text = String::from_utf8_lossy(&gap[8..]).replace("[8,11]", "[9,11]");
+        gap.truncate(8);
+        gap.extend(text.as_bytes());
+        assert!(st_index(&gap).is_none());
+        assert!(st_index(&(u64::MAX).to_le_bytes()).is_none(), "a header length past the file");
     }
 }
