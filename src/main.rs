@@ -157,7 +157,7 @@ struct PullArgs {
 }
 
 fn pull(a: PullArgs) -> ExitCode {
-    use weightcast::updater::{self, Check, Client, Options, Outcome};
+    use weightcast::updater::{self, Check, Client, Options};
     let setup = || -> Result<(Options, Client), String> {
         let url = http_types::Url::parse(&a.url).map_err(|e| format!("bad URL '{}': {e}", a.url))?;
         if url.scheme() != "http" {
@@ -211,48 +211,54 @@ fn pull(a: PullArgs) -> ExitCode {
     loop {
         let started = std::time::Instant::now();
         let result = smol::block_on(updater::round(&opts, &client));
-        let ms = started.elapsed().as_millis() as u64;
-        let (code, retry) = match &result {
-            Ok(Outcome::Current { version }) => {
-                tracing::info!(version = version.as_deref().map(weightcast::wire::short), ms, "no change");
-                (a.exit_no_change.unwrap_or(0), None)
-            }
-            Ok(Outcome::Updated { version, fetched_bytes, model_bytes, tensors_fetched, tensors_total }) => {
-                tracing::info!(version = weightcast::wire::short(version), ms, "updated: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensors_total} tensors changed)");
-                (0, None)
-            }
-            Ok(Outcome::Rejected { version, reason }) => {
-                tracing::error!(version = weightcast::wire::short(version), "rejected: {reason}");
-                (2, None)
-            }
-            Err(e) => {
-                tracing::error!(ms, "update failed: {e}");
-                (1, e.retry_after())
-            }
-        };
+        let report = report(&result, started.elapsed().as_millis() as u64, a.exit_no_change.unwrap_or(0));
         if a.json {
-            let line = match &result {
-                Ok(Outcome::Current { version }) => {
-                    serde_json::json!({"status": "current", "version": version, "ms": ms})
-                }
-                Ok(Outcome::Updated { version, fetched_bytes, model_bytes, tensors_fetched, tensors_total }) => {
-                    serde_json::json!({
-                    "status": "updated", "version": version, "fetched_bytes": fetched_bytes, "model_bytes": model_bytes,
-                    "tensors_fetched": tensors_fetched, "tensors_total": tensors_total, "ms": ms})
-                }
-                Ok(Outcome::Rejected { version, reason }) => {
-                    serde_json::json!({"status": "rejected", "version": version, "reason": reason})
-                }
-                Err(e) => serde_json::json!({"status": "failed", "error": e.to_string(), "ms": ms}),
-            };
-            println!("{line}");
+            println!("{}", report.json);
         }
         if a.once {
-            return ExitCode::from(code);
+            return ExitCode::from(report.code);
         }
         failures = if result.is_ok() { 0 } else { failures + 1 };
-        std::thread::sleep(updater::next_wait(a.interval, 0.1, failures, retry));
+        std::thread::sleep(updater::next_wait(a.interval, 0.1, failures, report.retry_after));
     }
+}
+
+/// What a round of `pull` tells: logged once, and as a JSON line for `--json`.
+struct Report {
+    code: u8,
+    retry_after: Option<std::time::Duration>,
+    json: serde_json::Value,
+}
+
+fn report(
+    result: &Result<weightcast::updater::Outcome, weightcast::updater::UpdateError>,
+    ms: u64,
+    no_change: u8,
+) -> Report {
+    use weightcast::updater::Outcome;
+    use weightcast::wire::short;
+    let (code, retry_after, json) = match result {
+        Ok(Outcome::Current { version }) => {
+            tracing::info!(version = version.as_deref().map(short), ms, "no change");
+            (no_change, None, serde_json::json!({"status": "current", "version": version, "ms": ms}))
+        }
+        Ok(Outcome::Updated { version, fetched_bytes, model_bytes, tensors_fetched, tensors_total }) => {
+            tracing::info!(version = short(version), ms, "updated: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensors_total} tensor files fetched)");
+            let json = serde_json::json!({
+                "status": "updated", "version": version, "fetched_bytes": fetched_bytes, "model_bytes": model_bytes,
+                "tensors_fetched": tensors_fetched, "tensors_total": tensors_total, "ms": ms});
+            (0, None, json)
+        }
+        Ok(Outcome::Rejected { version, reason }) => {
+            tracing::error!(version = short(version), "rejected: {reason}");
+            (2, None, serde_json::json!({"status": "rejected", "version": version, "reason": reason}))
+        }
+        Err(e) => {
+            tracing::error!(ms, "update failed: {e}");
+            (1, e.retry_after(), serde_json::json!({"status": "failed", "error": e.to_string(), "ms": ms}))
+        }
+    };
+    Report { code, retry_after, json }
 }
 
 /// How often model files are checked for replacement.
