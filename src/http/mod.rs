@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use body::ChunkReader;
 use negotiate::Query;
 
-use crate::encode::{self, manifest, EncodeError, Encoding, Format, Selection};
+use crate::encode::{self, manifest, Chunk, EncodeError, Encoding, Format, Selection};
 use crate::store::{CacheKey, Model, Store};
 
 /// Header on every answer about one model: the version of its weights as
@@ -163,46 +163,16 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
     match segments.as_slice() {
         ["healthz"] => {
             negotiate::query(pairs, &[]).map_err(bad_request)?;
-            let mut r = Response::new(StatusCode::Ok);
-            r.set_body("ok\n");
-            r.insert_header("Content-Type", "text/plain");
-            r.insert_header("Cache-Control", "no-store");
-            Ok(r)
+            Ok(healthz())
         }
         ["v1", "models"] => {
             let q = negotiate::query(pairs, &["format"]).map_err(bad_request)?;
-            let format = ask.format(Format::DOCUMENTS, &q)?;
-            let entries = state.store.entries();
-            let body = manifest::render_listing(&manifest::listing(&entries), format);
-            let versions: Vec<String> = entries
-                .iter()
-                .map(|e| match e {
-                    crate::store::Entry::Loaded(m) => m.version().to_string(),
-                    crate::store::Entry::Failed { name, .. } => format!("failed:{name}"),
-                })
-                .collect();
-            ask.document(&versions.join(","), "models", format, body, state.options.zstd_level)
+            listing(&state, &ask, &q)
         }
         ["v1", "models", model] => {
             let q = negotiate::query(pairs, &["format", "dtype"]).map_err(bad_request)?;
-            let format = ask.format(Format::DOCUMENTS, &q)?;
             let model = find_model(&state, model)?;
-            let key = format!("manifest|{:?}", q.dtype);
-            let etag = ask.etag(model.version(), &key, format);
-            if ask.not_modified(&etag) {
-                return Ok(ask.not_modified_response(&etag, format));
-            }
-            let (m, repr) = (model.clone(), q.dtype);
-            let variant = format!("manifest-{repr:?}-{}", format.name());
-            let body = model_document(&model, variant, ask.encoding, state.options.zstd_level, move || {
-                Ok(manifest::render_manifest(&manifest::manifest(&m, &m.view(repr)), format))
-            })
-            .await?;
-            let mut r = Response::new(StatusCode::Ok);
-            ask.headers(&mut r, &etag, format);
-            r.insert_header(MODEL_VERSION, model.version());
-            set_bytes(&mut r, body);
-            Ok(r)
+            model_manifest(&state, &ask, &q, model).await
         }
         ["v1", "models", model, "weights"] => {
             let q = negotiate::query(pairs, &["format", "dtype", "names", "compress", "codec"]).map_err(bad_request)?;
@@ -219,15 +189,60 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             let q = negotiate::query(pairs, &["format", "dtype", "compress", "codec"]).map_err(bad_request)?;
             let model = find_model(&state, model)?;
             let name = percent_decode(&name.join("/"));
-            let index = model.position(&name).ok_or_else(|| {
-                let m = &model.name;
-                let detail = format!("model '{m}' has no tensor '{name}'; GET /v1/models/{m} lists them");
-                ApiError::new(StatusCode::NotFound, "unknown tensor", detail)
-            })?;
+            let index = model.position(&name).ok_or_else(|| unknown_tensor(&model, &name))?;
             tensors(&state, &ask, &q, model, vec![index], true).await
         }
         _ => Err(ApiError::new(StatusCode::NotFound, "not found", format!("no route for {path}; routes: {ROUTES}"))),
     }
+}
+
+fn healthz() -> Response {
+    let mut r = Response::new(StatusCode::Ok);
+    r.set_body("ok\n");
+    r.insert_header("Content-Type", "text/plain");
+    r.insert_header("Cache-Control", "no-store");
+    r
+}
+
+/// `/v1/models`: every model, loaded or failed.
+fn listing(state: &State, ask: &Ask, q: &Query) -> Result<Response, ApiError> {
+    let format = ask.format(Format::DOCUMENTS, q)?;
+    let entries = state.store.entries();
+    let body = manifest::render_listing(&manifest::listing(&entries), format);
+    let versions: Vec<String> = entries
+        .iter()
+        .map(|e| match e {
+            crate::store::Entry::Loaded(m) => m.version().to_string(),
+            crate::store::Entry::Failed { name, .. } => format!("failed:{name}"),
+        })
+        .collect();
+    ask.document(&versions.join(","), "models", format, body, state.options.zstd_level)
+}
+
+/// `/v1/models/{model}`: the manifest of a representation.
+async fn model_manifest(state: &State, ask: &Ask, q: &Query, model: Arc<Model>) -> Result<Response, ApiError> {
+    let format = ask.format(Format::DOCUMENTS, q)?;
+    let etag = ask.etag(model.version(), &format!("manifest|{:?}", q.dtype), format);
+    if ask.not_modified(&etag) {
+        return Ok(ask.not_modified_response(&etag, format));
+    }
+    let (m, repr) = (model.clone(), q.dtype);
+    let variant = format!("manifest-{repr:?}-{}", format.name());
+    let body = model_document(&model, variant, ask.encoding, state.options.zstd_level, move || {
+        Ok(manifest::render_manifest(&manifest::manifest(&m, &m.view(repr)), format))
+    })
+    .await?;
+    let mut r = Response::new(StatusCode::Ok);
+    ask.headers(&mut r, &etag, format);
+    r.insert_header(MODEL_VERSION, model.version());
+    set_bytes(&mut r, body);
+    Ok(r)
+}
+
+fn unknown_tensor(model: &Model, name: &str) -> ApiError {
+    let m = &model.name;
+    let detail = format!("model '{m}' has no tensor '{name}'; GET /v1/models/{m} lists them");
+    ApiError::new(StatusCode::NotFound, "unknown tensor", detail)
 }
 
 /// A representation's view: at once when ready, else computed (casts) on the
@@ -403,51 +418,55 @@ async fn tensors(
         json_max_bytes: state.options.json_max_bytes,
         deflate: q.compress,
     };
-    let chunks = encode::body(&selection, format, ask.encoding, options).map_err(|e| match e {
+    let chunks = encode::body(&selection, format, ask.encoding, options).map_err(encode_error)?;
+    let mut r = Response::new(StatusCode::Ok);
+    ask.headers(&mut r, &etag, format);
+    r.insert_header("X-Weightcast-Version", version.as_str());
+    r.insert_header(MODEL_VERSION, selection.model.version());
+    let chunks = match with_range(ask, &etag, &mut r, chunks) {
+        Ok(chunks) => chunks,
+        Err(unsatisfiable) => return Ok(*unsatisfiable),
+    };
+    let len = body::known_len(&chunks);
+    r.set_body(http_types::Body::from_reader(ChunkReader::new(chunks), len));
+    Ok(r)
+}
+
+fn encode_error(e: EncodeError) -> ApiError {
+    match e {
         EncodeError::TooLarge { .. } => ApiError::new(StatusCode::PayloadTooLarge, "too large for JSON", e.to_string()),
         EncodeError::CodecNeedsProtobuf(_) => bad_request(e.to_string()),
         EncodeError::Unexpressible { .. } | EncodeError::SingleOnly(_) => {
             ApiError::new(StatusCode::UnprocessableEntity, "cannot express in this format", e.to_string())
         }
-    })?;
-    let mut r = Response::new(StatusCode::Ok);
-    ask.headers(&mut r, &etag, format);
-    r.insert_header("X-Weightcast-Version", version.as_str());
-    r.insert_header(MODEL_VERSION, selection.model.version());
-    let mut chunks = chunks;
-    let len = body::known_len(&chunks);
-    // Ranges, for resuming a download: identity bodies of known length only
-    // (a byte range of a zstd stream could not be decoded on its own).
-    match (len, ask.encoding) {
-        (Some(total), Encoding::Identity) => {
-            r.insert_header("Accept-Ranges", "bytes");
-            let fresh = ask.if_range.as_deref().is_none_or(|t| t.trim() == etag);
-            match ask.range.as_deref().filter(|_| fresh).and_then(|h| body::parse_range(h, total)) {
-                Some(Ok((start, end))) => {
-                    chunks = body::slice(chunks, start, end);
-                    r.set_status(StatusCode::PartialContent);
-                    r.insert_header("Content-Range", format!("bytes {start}-{}/{total}", end - 1));
-                }
-                Some(Err(())) => {
-                    let mut e = ApiError::new(
-                        StatusCode::RequestedRangeNotSatisfiable,
-                        "range not satisfiable",
-                        format!("the body is {total} bytes"),
-                    )
-                    .into_response();
-                    e.insert_header("Content-Range", format!("bytes */{total}"));
-                    return Ok(e);
-                }
-                None => {}
-            }
-        }
-        _ => {
-            r.insert_header("Accept-Ranges", "none");
-        }
     }
-    let len = body::known_len(&chunks);
-    r.set_body(http_types::Body::from_reader(ChunkReader::new(chunks), len));
-    Ok(r)
+}
+
+/// Ranges, for resuming a download: on identity bodies of known length only
+/// (a byte range of a zstd stream could not be decoded on its own). Returns
+/// the chunks to send (`r` made a 206 where a range applies), or the 416.
+fn with_range(ask: &Ask, etag: &str, r: &mut Response, chunks: Vec<Chunk>) -> Result<Vec<Chunk>, Box<Response>> {
+    let (Some(total), Encoding::Identity) = (body::known_len(&chunks), ask.encoding) else {
+        r.insert_header("Accept-Ranges", "none");
+        return Ok(chunks);
+    };
+    r.insert_header("Accept-Ranges", "bytes");
+    let fresh = ask.if_range.as_deref().is_none_or(|t| t.trim() == etag);
+    match ask.range.as_deref().filter(|_| fresh).and_then(|h| body::parse_range(h, total)) {
+        Some(Ok((start, end))) => {
+            r.set_status(StatusCode::PartialContent);
+            r.insert_header("Content-Range", format!("bytes {start}-{}/{total}", end - 1));
+            Ok(body::slice(chunks, start, end))
+        }
+        Some(Err(())) => {
+            let detail = format!("the body is {total} bytes");
+            let mut e = ApiError::new(StatusCode::RequestedRangeNotSatisfiable, "range not satisfiable", detail)
+                .into_response();
+            e.insert_header("Content-Range", format!("bytes */{total}"));
+            Err(Box::new(e))
+        }
+        None => Ok(chunks),
+    }
 }
 
 /// The model as an ONNX file whose large main-graph initializers are external,
