@@ -102,8 +102,22 @@ pub enum UpdateError {
     Fetch(#[from] FetchError),
     #[error("{url} answered {status}")]
     Status { url: String, status: u16, retry_after: Option<Duration> },
-    #[error("the hub sent something unusable: {0}")]
-    Invalid(String),
+    #[error("bad hub URL {url}: {problem}; give one like http://hub:8080/v1/models/NAME")]
+    BadUrl { url: String, problem: String },
+    #[error("{url} answered 304 Not Modified to a request that named no version: the hub, or a cache in front of it, is broken; nothing was installed")]
+    Unconditional304 { url: String },
+    #[error("the hub's manifest is unusable: {problem}; the current version is kept")]
+    Manifest { problem: String },
+    #[error("the hub's graph is not the one its manifest names: {problem}; the current version is kept")]
+    Graph { problem: String },
+    #[error("tensor '{name}': {problem}; the current version is kept and the next round fetches it again")]
+    Tensor { name: String, problem: String },
+    #[error("the hub's weights answer is unusable: {problem}; the next round fetches it again")]
+    Weights { problem: String },
+    #[error("the hub published another version during this update; the next round starts over")]
+    Republished,
+    #[error("--exec: {0}")]
+    Exec(String),
     #[error("{0}")]
     Disk(#[from] std::io::Error),
 }
@@ -118,26 +132,28 @@ impl UpdateError {
     }
 }
 
-fn invalid(s: impl Into<String>) -> UpdateError {
-    UpdateError::Invalid(s.into())
+fn tensor_error(name: &str, problem: impl Into<String>) -> UpdateError {
+    UpdateError::Tensor { name: name.to_string(), problem: problem.into() }
 }
 
 /// Checks a manifest's `version` against its graph digest and tensor list.
-pub fn verify_manifest(m: &Manifest) -> Result<(), String> {
+pub fn verify_manifest(m: &Manifest) -> Result<(), UpdateError> {
+    let problem = |problem: String| UpdateError::Manifest { problem };
     let graph = sha256_hex(&m.graph_sha256)
-        .ok_or("the manifest has no valid graph_sha256 (is the hub older than this updater?)")?;
+        .ok_or_else(|| problem("no valid graph_sha256 (is the hub older than this updater?)".into()))?;
     let mut rows = Vec::with_capacity(m.tensors.len());
     for t in &m.tensors {
-        let dtype =
-            DataType::from_onnx(t.dtype).ok_or_else(|| format!("tensor '{}' has unknown dtype {}", t.name, t.dtype))?;
-        let digest = sha256_hex(&t.sha256).ok_or_else(|| format!("tensor '{}' has a malformed sha256", t.name))?;
+        let dtype = DataType::from_onnx(t.dtype)
+            .ok_or_else(|| problem(format!("tensor '{}' has unknown dtype {}", t.name, t.dtype)))?;
+        let digest =
+            sha256_hex(&t.sha256).ok_or_else(|| problem(format!("tensor '{}' has a malformed sha256", t.name)))?;
         rows.push((t.name.as_str(), dtype, t.dims.as_slice(), digest));
     }
     let version = wire::version(&graph, rows.iter().map(|(n, d, dims, h)| (*n, *d, *dims, h)));
     if version == m.version {
         Ok(())
     } else {
-        Err(format!("manifest version {} does not match its tensor list ({version})", m.version))
+        Err(problem(format!("version {} does not match its graph and tensor list ({version})", m.version)))
     }
 }
 
@@ -179,7 +195,7 @@ impl Hub {
             true => format!("{}{suffix}{sep}{}", self.base, self.query),
             false => format!("{}{suffix}", self.base),
         };
-        Url::parse(&url).map_err(|e| invalid(format!("bad URL {url}: {e}")))
+        Url::parse(&url).map_err(|e| UpdateError::BadUrl { url, problem: e.to_string() })
     }
 }
 
@@ -205,12 +221,13 @@ async fn fetch_manifest(client: &Client, hub: &Hub, etag: Option<&str>) -> Resul
     if reply.status == 304 {
         return match etag {
             Some(_) => Ok(None),
-            None => Err(invalid(format!("{url} answered 304 Not Modified to a request that named no version"))),
+            None => Err(UpdateError::Unconditional304 { url: url.to_string() }),
         };
     }
     expect_ok(&url, &reply)?;
-    let manifest = Manifest::decode(reply.body.as_slice()).map_err(|e| invalid(format!("manifest: {e}")))?;
-    verify_manifest(&manifest).map_err(invalid)?;
+    let manifest = Manifest::decode(reply.body.as_slice())
+        .map_err(|e| UpdateError::Manifest { problem: format!("not a weightcast.v1.Manifest: {e}") })?;
+    verify_manifest(&manifest)?;
     Ok(Some(Offer {
         model_version: reply.header(MODEL_VERSION).unwrap_or_default().to_string(),
         etag: reply.header("ETag").map(str::to_string),
@@ -272,26 +289,25 @@ async fn contents(
 /// the version's tensor folder, nor over another file). Returns those.
 fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
     if graph.len() as u64 != manifest.graph_bytes || hex::encode(Sha256::digest(graph)) != manifest.graph_sha256 {
-        return Err(invalid(format!(
-            "graph: {} bytes that do not match the manifest's graph_sha256 ({} bytes expected)",
-            graph.len(),
-            manifest.graph_bytes
-        )));
+        let (got, want) = (graph.len(), manifest.graph_bytes);
+        let problem = format!("{got} bytes whose sha256 is not graph_sha256 ({want} bytes expected)");
+        return Err(UpdateError::Graph { problem });
     }
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
-    let parts =
-        crate::onnx::graph_parts(bytes::Bytes::copy_from_slice(graph)).map_err(|e| invalid(format!("graph: {e}")))?;
+    let parts = crate::onnx::graph_parts(bytes::Bytes::copy_from_slice(graph))
+        .map_err(|e| UpdateError::Graph { problem: e.to_string() })?;
     for t in &parts.inline {
         let want = digests
             .get(t.name.as_str())
-            .ok_or_else(|| invalid(format!("graph holds tensor '{}' that the manifest does not list", t.name)))?;
+            .ok_or_else(|| tensor_error(&t.name, "in the graph but not in the manifest"))?;
         if hex::encode(wire::digest(&t.data)) != *want {
-            return Err(invalid(format!("graph: inline tensor '{}': sha256 does not match the manifest", t.name)));
+            return Err(tensor_error(&t.name, "inline tensor in the graph whose sha256 is not the manifest's"));
         }
     }
     for (name, location) in &parts.external {
         if *location != wire::tensor_file(name) {
-            return Err(invalid(format!("graph: tensor '{name}' has an unexpected location '{location}'")));
+            let want = wire::tensor_file(name);
+            return Err(tensor_error(name, format!("the graph puts it at '{location}', not at '{want}'")));
         }
     }
     Ok(parts.external)
@@ -308,9 +324,8 @@ fn plan(
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
     let mut needed = Vec::new();
     for (name, location) in held {
-        let want = digests
-            .get(name.as_str())
-            .ok_or_else(|| invalid(format!("graph names tensor '{name}' that the manifest does not list")))?;
+        let want =
+            digests.get(name.as_str()).ok_or_else(|| tensor_error(name, "in the graph but not in the manifest"))?;
         let reusable = local.get(name).is_some_and(|have| have == want) && in_current(name, location);
         if !reusable {
             needed.push(name.clone());
@@ -375,7 +390,7 @@ async fn fetch_tensors(
     }
     bar.finish_and_clear();
     if let Some(missing) = needed.iter().find(|n| !fetched.contains_key(*n)) {
-        return Err(invalid(format!("the hub did not send tensor '{missing}'")));
+        return Err(tensor_error(missing, "asked for, but the hub did not send it"));
     }
     Ok((fetched, wire_bytes))
 }
@@ -490,7 +505,7 @@ async fn check_and_switch(
     dest.save_state(state)?;
     dest.prune(opts.keep);
     if let Some(cmd) = &opts.exec {
-        run_command(cmd, &dir).await.map_err(|e| invalid(format!("--exec: {e}")))?;
+        run_command(cmd, &dir).await.map_err(UpdateError::Exec)?;
     }
     Ok(updated)
 }
@@ -501,9 +516,9 @@ async fn check_and_switch(
 const RESUME_FROM: u64 = 8 << 20;
 
 fn verify(digests: &HashMap<&str, &str>, name: &str, data: &[u8]) -> Result<(), UpdateError> {
-    let want = digests.get(name).ok_or_else(|| invalid(format!("unasked tensor '{name}'")))?;
+    let want = digests.get(name).ok_or_else(|| tensor_error(name, "sent, but not in the manifest"))?;
     if hex::encode(Sha256::digest(data)) != *want {
-        return Err(invalid(format!("tensor '{name}': sha256 does not match the manifest")));
+        return Err(tensor_error(name, "its bytes' sha256 is not the manifest's"));
     }
     Ok(())
 }
@@ -590,7 +605,7 @@ async fn fetch_resumable(
     let mut tensors = assemble(&body)?;
     match tensors.pop() {
         Some((n, data)) if n == name && tensors.is_empty() => Ok((data, reply.wire_bytes as u64)),
-        _ => Err(invalid(format!("tensor '{name}': the answer holds other tensors"))),
+        _ => Err(tensor_error(name, "the answer for it holds other tensors")),
     }
 }
 
@@ -679,26 +694,27 @@ fn batches(names: &[String]) -> Vec<Vec<String>> {
 fn same_model(reply: &client::Reply, version: &str) -> Result<(), UpdateError> {
     match reply.header(MODEL_VERSION) {
         Some(v) if v == version => Ok(()),
-        _ => Err(invalid("the hub published another version during this update; the next round starts over")),
+        _ => Err(UpdateError::Republished),
     }
 }
 
 /// Tensors of a protobuf bundle, pieces joined in order.
 fn assemble(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, UpdateError> {
-    let bundle = Bundle::decode(body).map_err(|e| invalid(format!("weights: {e} (cut short?)")))?;
+    let bundle = Bundle::decode(body)
+        .map_err(|e| UpdateError::Weights { problem: format!("not a weightcast.v1.Bundle ({e}); cut short?") })?;
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     for t in bundle.tensors {
         if !t.codec.is_empty() {
-            return Err(invalid(format!("tensor '{}' came with codec '{}', which was not asked for", t.name, t.codec)));
+            return Err(tensor_error(&t.name, format!("came with codec '{}', which was not asked for", t.codec)));
         }
         match out.last_mut() {
             Some((name, data)) if *name == t.name && t.offset as usize == data.len() => data.extend_from_slice(&t.data),
             _ if t.offset == 0 => out.push((t.name.clone(), t.data.to_vec())),
-            _ => return Err(invalid(format!("tensor '{}': piece at offset {} out of order", t.name, t.offset))),
+            _ => return Err(tensor_error(&t.name, format!("piece at offset {} out of order", t.offset))),
         }
         if let Some((_, data)) = out.last() {
             if data.len() as u64 > t.total_bytes {
-                return Err(invalid(format!("tensor '{}': more bytes than total_bytes", t.name)));
+                return Err(tensor_error(&t.name, "more bytes than its total_bytes"));
             }
         }
     }

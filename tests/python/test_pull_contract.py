@@ -175,7 +175,7 @@ def test_an_inline_tensor_that_differs_from_the_manifest_is_refused(serve, tmp_p
     urllib.request.urlopen(hub.url + "/v1/models/small/graph").read()  # make the forged graph first
     hub.override["/v1/models/small"] = manifest
     rc, out, err = pull(f"{hub.url}/v1/models/small", tmp_path / "device")
-    assert rc == 1 and "inline tensor 'w1'" in out["error"], (out, err)
+    assert rc == 1 and "tensor 'w1': inline tensor in the graph" in out["error"], (out, err)
     assert not (tmp_path / "device" / "current").exists()
     hub.server.shutdown()
 
