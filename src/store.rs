@@ -23,8 +23,8 @@ pub enum LoadError {
     Onnx { model: String, source: crate::onnx::OnnxError },
     #[error("model '{model}': {source}")]
     Runtime { model: String, source: runtime::RuntimeError },
-    #[error("model '{model}': cannot rewrite it with external data for /graph: {problem}")]
-    Graph { model: String, problem: String },
+    #[error("model '{model}': cannot rewrite it with external data for /graph: {source}")]
+    Graph { model: String, source: crate::onnx::graph::RewriteError },
 }
 
 /// A model to load: its name and file.
@@ -257,7 +257,7 @@ pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Mode
         })
     })
     .map(Bytes::from)
-    .map_err(|problem| LoadError::Graph { model: spec.name.clone(), problem })?;
+    .map_err(|source| LoadError::Graph { model: spec.name.clone(), source })?;
     let graph_sha256: [u8; 32] = Sha256::digest(&graph).into();
     let stored = Arc::new(View::new(&onnx.tensors, metas, &graph_sha256));
     Ok(Model {

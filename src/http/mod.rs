@@ -73,8 +73,8 @@ impl ApiError {
     }
 }
 
-fn bad_request(detail: String) -> ApiError {
-    ApiError::new(StatusCode::BadRequest, "bad request", detail)
+fn bad_request(detail: impl ToString) -> ApiError {
+    ApiError::new(StatusCode::BadRequest, "bad request", detail.to_string())
 }
 
 /// Serves on `listener` until it fails, with one executor thread per core

@@ -81,57 +81,63 @@ pub struct Query {
     pub bytegroup: bool,
 }
 
+/// Why a query string was refused (a `400`).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum QueryError {
+    #[error("unknown query parameter '{key}': this route takes none")]
+    NoneTaken { key: String },
+    #[error("unknown query parameter '{key}' (this route takes: {})", .allowed.join(", "))]
+    Unknown { key: String, allowed: Vec<String> },
+    #[error("{key} '{value}' is not one of: {choices}")]
+    BadValue { key: &'static str, value: String, choices: &'static str },
+}
+
 /// Parses a query string, allowing only `allowed` parameters.
-pub fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, String> {
+pub fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, QueryError> {
     let mut q = Query::default();
     for (key, value) in pairs {
         if !allowed.contains(&key.as_str()) {
-            return Err(if allowed.is_empty() {
-                format!("unknown query parameter '{key}': this route takes none")
-            } else {
-                format!("unknown query parameter '{key}' (this route takes: {})", allowed.join(", "))
+            return Err(match allowed.is_empty() {
+                true => QueryError::NoneTaken { key },
+                false => QueryError::Unknown { key, allowed: allowed.iter().map(|a| a.to_string()).collect() },
             });
         }
+        let bad = |key, choices| QueryError::BadValue { key, value: value.clone(), choices };
         match key.as_str() {
             "format" => {
-                q.format = Some(Format::from_name(&value).ok_or_else(|| {
-                    format!("format '{value}' is not one of: {}", Format::ALL.map(|f| f.name()).join(", "))
-                })?)
+                q.format = Some(
+                    Format::from_name(&value).ok_or_else(|| bad("format", "protobuf, json, npz, npy, safetensors"))?,
+                )
             }
             "dtype" => {
                 q.dtype = match value.as_str() {
                     "f16" => Some(Target::F16),
                     "bf16" => Some(Target::Bf16),
                     "f32" | "" => None,
-                    other => return Err(format!("dtype '{other}' is not one of: f16, bf16, f32 (f32 = as stored)")),
+                    _ => return Err(bad("dtype", "f16, bf16, f32 (f32 = as stored)")),
                 }
             }
             "compress" => {
                 q.compress = match value.as_str() {
                     "1" | "true" => true,
                     "0" | "false" => false,
-                    other => return Err(format!("compress '{other}' is not one of: 0, 1")),
+                    _ => return Err(bad("compress", "0, 1")),
                 }
             }
             "codec" => {
                 q.bytegroup = match value.as_str() {
                     "bytegroup" => true,
                     "" | "none" => false,
-                    other => return Err(format!("codec '{other}' is not one of: bytegroup, none")),
+                    _ => return Err(bad("codec", "bytegroup, none")),
                 }
             }
-            "names" => {
-                let list = q.names.get_or_insert_with(Vec::new);
-                list.push(value); // split by the route, which knows the names
-            }
-            _ => unreachable_param(&key)?,
+            // Split by the route, which knows the names.
+            "names" => q.names.get_or_insert_with(Vec::new).push(value),
+            // `allowed` names only the parameters above.
+            _ => return Err(QueryError::NoneTaken { key }),
         }
     }
     Ok(q)
-}
-
-fn unreachable_param(key: &str) -> Result<(), String> {
-    Err(format!("query parameter '{key}' is not handled"))
 }
 
 #[cfg(test)]
@@ -167,7 +173,7 @@ mod tests {
         let q = query(vec![p("names", "a,b"), p("names", "c/d"), p("dtype", "f16")], &["names", "dtype"]).unwrap();
         assert_eq!(q.names.unwrap(), vec!["a,b", "c/d"]);
         assert_eq!(q.dtype, Some(Target::F16));
-        assert!(query(vec![p("x", "1")], &["names"]).unwrap_err().contains("unknown query parameter 'x'"));
-        assert!(query(vec![p("dtype", "f8")], &["dtype"]).unwrap_err().contains("dtype 'f8'"));
+        assert!(query(vec![p("x", "1")], &["names"]).unwrap_err().to_string().contains("unknown query parameter 'x'"));
+        assert!(query(vec![p("dtype", "f8")], &["dtype"]).unwrap_err().to_string().contains("dtype 'f8'"));
     }
 }

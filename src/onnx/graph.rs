@@ -40,57 +40,57 @@ struct Field<'a> {
     varint: u64,
 }
 
-fn varint(buf: &[u8], at: &mut usize) -> Result<u64, String> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*at).ok_or("truncated varint")?;
-        *at += 1;
-        value |= ((b & 0x7f) as u64) << shift;
-        if b & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err("varint too long".into())
+/// Why a model could not be rewritten.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("the model is not valid protobuf: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("the model is not valid protobuf: {0}")]
+    Malformed(&'static str),
+    #[error("tensor '{0}' is not among the model's tensors")]
+    UnknownTensor(String),
 }
 
-fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, String> {
+/// The fields of a message, in order, as they lie (prost's varint codec;
+/// the walk itself is ours because prost decodes into types, and the rewrite
+/// must keep every field it does not know byte for byte).
+fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, RewriteError> {
+    use prost::encoding::decode_varint;
     let mut out = Vec::new();
-    let mut at = 0;
-    while at < buf.len() {
-        let start = at;
-        let tag = varint(buf, &mut at)?;
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let start = buf.len() - rest.len();
+        let tag = decode_varint(&mut rest)?;
         let (number, wire) = (tag >> 3, (tag & 7) as u8);
         let (payload, value) = match wire {
             0 => {
-                let from = at;
-                let v = varint(buf, &mut at)?;
-                (&buf[from..at], v)
+                let before = rest;
+                let v = decode_varint(&mut rest)?;
+                (&before[..before.len() - rest.len()], v)
             }
             1 | 5 => {
                 let n = if wire == 1 { 8 } else { 4 };
-                let p = buf.get(at..at + n).ok_or("truncated fixed field")?;
-                at += n;
+                let p = rest.get(..n).ok_or(RewriteError::Malformed("truncated fixed-size field"))?;
+                rest = &rest[n..];
                 (p, 0)
             }
             2 => {
-                let len = varint(buf, &mut at)? as usize;
-                let p = buf.get(at..at.checked_add(len).ok_or("length overflow")?).ok_or("truncated field")?;
-                at += len;
+                let len = usize::try_from(decode_varint(&mut rest)?)
+                    .map_err(|_| RewriteError::Malformed("field length overflows"))?;
+                let p = rest.get(..len).ok_or(RewriteError::Malformed("truncated field"))?;
+                rest = &rest[len..];
                 (p, 0)
             }
-            w => return Err(format!("unsupported wire type {w}")),
+            _ => return Err(RewriteError::Malformed("unsupported wire type (groups are not used by ONNX)")),
         };
-        out.push(Field { number, wire, raw: &buf[start..at], payload, varint: value });
+        let end = buf.len() - rest.len();
+        out.push(Field { number, wire, raw: &buf[start..end], payload, varint: value });
     }
     Ok(out)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    prost::encoding::encode_varint(v, out);
 }
 
 fn put_bytes(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
@@ -194,8 +194,8 @@ pub fn externalize(
     model: &Bytes,
     locate: impl Fn(&str) -> String,
     data_of: impl Fn(&str) -> Option<Bytes>,
-) -> Result<Vec<u8>, String> {
-    let decoded = ModelProto::decode(model.clone()).map_err(|e| e.to_string())?;
+) -> Result<Vec<u8>, RewriteError> {
+    let decoded = ModelProto::decode(model.clone())?;
     let rewrite = Rewrite {
         shape_read: decoded.graph.as_ref().map(read_by_shape_inference).unwrap_or_default(),
         locate: &locate,
@@ -237,7 +237,7 @@ fn text(payload: &[u8]) -> String {
 impl Rewrite<'_> {
     /// A graph with its initializers and nodes rewritten; `scope` prefixes
     /// the names of its tensors.
-    fn graph(&self, graph: &[u8], scope: &str) -> Result<Vec<u8>, String> {
+    fn graph(&self, graph: &[u8], scope: &str) -> Result<Vec<u8>, RewriteError> {
         let mut out = Vec::with_capacity(graph.len().min(1 << 20));
         let mut node_index = 0;
         for f in fields(graph)? {
@@ -259,7 +259,7 @@ impl Rewrite<'_> {
 
     /// A node: a Constant's `value` and the subgraphs of its attributes
     /// rewritten, the rest kept. Nodes with neither are copied as they are.
-    fn node(&self, node: &[u8], scope: &str, index: usize) -> Result<Vec<u8>, String> {
+    fn node(&self, node: &[u8], scope: &str, index: usize) -> Result<Vec<u8>, RewriteError> {
         let fs = fields(node)?;
         let string = |n: u64| fs.iter().rfind(|f| f.number == n && f.wire == 2).map(|f| text(f.payload));
         let op = string(NODE_OP_TYPE).unwrap_or_default();
@@ -301,14 +301,13 @@ impl Rewrite<'_> {
     }
 
     /// A tensor served as `served`, named `raw_name` in its graph.
-    fn tensor(&self, t: &[u8], served: &str, raw_name: &str) -> Result<Vec<u8>, String> {
+    fn tensor(&self, t: &[u8], served: &str, raw_name: &str) -> Result<Vec<u8>, RewriteError> {
         let fs = fields(t)?;
         let data_type = fs.iter().rfind(|f| f.number == TENSOR_DATA_TYPE && f.wire == 0).map_or(0, |f| f.varint);
         if data_type == STRING {
             return Ok(t.to_vec());
         }
-        let data =
-            (self.data_of)(served).ok_or_else(|| format!("tensor '{served}' is not among the model's tensors"))?;
+        let data = (self.data_of)(served).ok_or_else(|| RewriteError::UnknownTensor(served.to_string()))?;
         let external = fs.iter().any(|f| f.number == TENSOR_DATA_LOCATION && f.wire == 0 && f.varint == 1);
         let keep_inline = (data.len() as u64) < INLINE_BELOW || self.shape_read.contains(raw_name);
         if keep_inline && !external {
@@ -335,7 +334,7 @@ impl Rewrite<'_> {
 }
 
 /// The last value of a string field (protobuf's rule for repeated scalars).
-fn last_string(message: &[u8], number: u64) -> Result<String, String> {
+fn last_string(message: &[u8], number: u64) -> Result<String, RewriteError> {
     Ok(fields(message)?
         .iter()
         .rfind(|f| f.number == number && f.wire == 2)
