@@ -55,13 +55,24 @@ pub struct ModelEntry {
 pub enum ConfigError {
     #[error("cannot read config {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("config {}: {message}", path.display())]
-    Invalid { path: PathBuf, message: String },
+    #[error("config {}: {source}", path.display())]
+    Invalid { path: PathBuf, source: Invalid },
+}
+
+/// What is wrong inside a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("zstd_level {0} is outside 1..=22")]
+    ZstdLevel(i32),
+    #[error(transparent)]
+    Prepare(#[from] crate::encode::UnknownPrepare),
 }
 
 impl Config {
     /// The `prepare` entries, parsed.
-    pub fn prepared(&self) -> Result<Vec<crate::encode::Prepared>, String> {
+    pub fn prepared(&self) -> Result<Vec<crate::encode::Prepared>, crate::encode::UnknownPrepare> {
         self.prepare.iter().map(|p| p.parse()).collect()
     }
 
@@ -70,7 +81,7 @@ impl Config {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         let mut config =
-            Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+            Config::parse(&text).map_err(|source| ConfigError::Invalid { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for m in &mut config.models {
             if m.path.is_relative() {
@@ -85,10 +96,10 @@ impl Config {
         Ok(config)
     }
 
-    pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Config, Invalid> {
+        let config: Config = toml::from_str(text)?;
         if !(1..=22).contains(&config.zstd_level) {
-            return Err(format!("zstd_level {} is outside 1..=22", config.zstd_level));
+            return Err(Invalid::ZstdLevel(config.zstd_level));
         }
         config.prepared()?;
         Ok(config)
@@ -108,13 +119,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let e = Config::parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        let e = Config::parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err().to_string();
         assert!(e.contains("listen_port"), "{e}");
-        let e = Config::parse("[runtime.cuda]\ndevice = 1\n").unwrap_err();
+        let e = Config::parse("[runtime.cuda]\ndevice = 1\n").unwrap_err().to_string();
         assert!(e.contains("device"), "{e}");
-        let e = Config::parse("[runtime]\nproviders = [\"gpu\"]\n").unwrap_err();
+        let e = Config::parse("[runtime]\nproviders = [\"gpu\"]\n").unwrap_err().to_string();
         assert!(e.contains("gpu"), "{e}");
-        let e = Config::parse("prepare = [\"zstd+f8\"]\n").unwrap_err();
+        let e = Config::parse("prepare = [\"zstd+f8\"]\n").unwrap_err().to_string();
         assert!(e.contains("'f8'"), "{e}");
     }
 }

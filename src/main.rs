@@ -78,7 +78,9 @@ fn main() -> ExitCode {
         Command::Serve { config, listen, runtime, ort_lib, models } => serve(config, listen, runtime, ort_lib, models),
         Command::Inspect { model } => inspect(&model),
         Command::Pull(args) => return pull(args),
-        Command::Rollback { dest } => weightcast::updater::rollback(&dest).map(|v| println!("current is now {v}")),
+        Command::Rollback { dest } => {
+            weightcast::updater::rollback(&dest).map(|v| println!("current is now {v}")).map_err(|e| e.to_string())
+        }
         Command::Demo { out } => demo::write(&out).map_err(|e| format!("cannot write {}: {e}", out.display())),
     };
     match result {
@@ -172,7 +174,7 @@ fn pull(a: PullArgs) -> ExitCode {
             Some("ort") => {
                 let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
                 let options = cfg.runtime.clone();
-                Check::Load(std::sync::Arc::new(move |model| runtime::check_model(&search, &options, model)))
+                Check::Load(std::sync::Arc::new(move |model| Ok(runtime::check_model(&search, &options, model)?)))
             }
             Some(cmd) => Check::Command(cmd.to_string()),
         };
@@ -290,7 +292,7 @@ fn serve(
         tracing::info!(path = %path.display(), "no model given: serving the built-in demo model");
         named.push((Some("demo".into()), path));
     }
-    let specs = store::specs(&named)?;
+    let specs = store::specs(&named).map_err(|e| e.to_string())?;
     let engine = match cfg.runtime.engine {
         runtime::Engine::None => store::Engine::None,
         runtime::Engine::Ort => {
@@ -299,7 +301,7 @@ fn serve(
             store::Engine::Ort(rt, cfg.runtime.clone())
         }
     };
-    let prepared = cfg.prepared()?;
+    let prepared = cfg.prepared().map_err(|e| e.to_string())?;
     let cache = Arc::new(Cache::new(cfg.cache_bytes));
     let store = Store::load(&specs, engine, cache.clone());
     let state = Arc::new(http::State {

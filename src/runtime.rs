@@ -296,10 +296,10 @@ impl Runtime {
 /// too, but its failure only warns: such made-up inputs are not valid for
 /// every model (a reflect Pad needs at least 2 samples); `--check CMD` runs a
 /// real one.
-pub fn check_model(search: &LibrarySearch, options: &SessionOptions, model: &Path) -> Result<(), String> {
-    let rt = Runtime::load(search).map_err(|e| e.to_string())?;
+pub fn check_model(search: &LibrarySearch, options: &SessionOptions, model: &Path) -> Result<(), RuntimeError> {
+    let rt = Runtime::load(search)?;
     let options = SessionOptions { warmup: false, ..options.clone() };
-    let mut session = rt.open(model, &options).map_err(|e| e.to_string())?;
+    let mut session = rt.open(model, &options)?;
     if let Err(e) = session.warmup() {
         tracing::warn!("the new version loads in ONNX Runtime; a warm-up on zero inputs failed (not a rejection): {e}");
     }
@@ -461,7 +461,7 @@ mod tests {
         let o = TensorrtOptions { dla_core: Some(1), ..Default::default() };
         let trt = format!("{:?}", tensorrt_provider(&o));
         assert!(trt.contains("\"trt_dla_enable\": \"true\"") && trt.contains("\"trt_dla_core\": \"1\""), "{trt}");
-        let e = crate::config::Config::parse("[runtime.tensorrt]\nfp_16 = true\n").unwrap_err();
+        let e = crate::config::Config::parse("[runtime.tensorrt]\nfp_16 = true\n").unwrap_err().to_string();
         assert!(e.contains("fp_16"), "{e}");
     }
 }

@@ -439,9 +439,18 @@ impl Store {
     }
 }
 
+/// Why the list of models to serve was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("model name '{name}' (from {}) must match [A-Za-z0-9._-]+; name it in the config ([[models]] name = ...) or rename the file", path.display())]
+    BadName { name: String, path: PathBuf },
+    #[error("two models are named '{name}': {} and {}; name one in the config ([[models]] name = ...)", first.display(), second.display())]
+    SameName { name: String, first: PathBuf, second: PathBuf },
+}
+
 /// Names models after their files unless told otherwise, and refuses two
 /// models with one name or a name outside `[A-Za-z0-9._-]+`.
-pub fn specs(named: &[(Option<String>, PathBuf)]) -> Result<Vec<ModelSpec>, String> {
+pub fn specs(named: &[(Option<String>, PathBuf)]) -> Result<Vec<ModelSpec>, SpecError> {
     let mut out: Vec<ModelSpec> = Vec::new();
     for (name, path) in named {
         let name = match name {
@@ -449,10 +458,10 @@ pub fn specs(named: &[(Option<String>, PathBuf)]) -> Result<Vec<ModelSpec>, Stri
             None => path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string(),
         };
         if !valid_name(&name) {
-            return Err(format!("model name '{name}' (from {}) must match [A-Za-z0-9._-]+", path.display()));
+            return Err(SpecError::BadName { name, path: path.clone() });
         }
         if let Some(other) = out.iter().find(|s| s.name == name) {
-            return Err(format!("two models are named '{name}': {} and {}", other.path.display(), path.display()));
+            return Err(SpecError::SameName { name, first: other.path.clone(), second: path.clone() });
         }
         out.push(ModelSpec { name, path: path.clone() });
     }
@@ -619,6 +628,7 @@ mod tests {
         assert_eq!(s[0].name, "m");
         assert!(specs(&[(None, "a/m.onnx".into()), (None, "b/m.onnx".into())])
             .unwrap_err()
+            .to_string()
             .contains("two models are named 'm'"));
         assert!(specs(&[(Some("a b".into()), "x.onnx".into())]).is_err());
     }

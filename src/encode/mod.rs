@@ -470,10 +470,18 @@ impl std::fmt::Display for Prepared {
     }
 }
 
-impl std::str::FromStr for Prepared {
-    type Err = String;
+/// A `prepare` entry with a part weightcast does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("'{part}' in prepare entry '{entry}' is not one of: identity, zstd, f16, bf16, bytegroup")]
+pub struct UnknownPrepare {
+    pub part: String,
+    pub entry: String,
+}
 
-    fn from_str(s: &str) -> Result<Prepared, String> {
+impl std::str::FromStr for Prepared {
+    type Err = UnknownPrepare;
+
+    fn from_str(s: &str) -> Result<Prepared, UnknownPrepare> {
         let mut p = Prepared { repr: None, zstd: false, bytegroup: false };
         for token in s.split('+') {
             match token.trim() {
@@ -482,11 +490,7 @@ impl std::str::FromStr for Prepared {
                 "f16" => p.repr = Some(cast::Target::F16),
                 "bf16" => p.repr = Some(cast::Target::Bf16),
                 "bytegroup" => p.bytegroup = true,
-                other => {
-                    return Err(format!(
-                        "'{other}' in prepare entry '{s}' is not one of: identity, zstd, f16, bf16, bytegroup"
-                    ))
-                }
+                other => return Err(UnknownPrepare { part: other.to_string(), entry: s.to_string() }),
             }
         }
         Ok(p)

@@ -37,7 +37,7 @@ pub enum Check {
 }
 
 /// A check that opens a version's `model.onnx` (its path) in a runtime.
-pub type LoadCheck = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
+pub type LoadCheck = Arc<dyn Fn(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
 impl std::fmt::Debug for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -736,7 +736,7 @@ async fn check(check: &Check, dir: &Path) -> Result<(), String> {
         Check::Command(cmd) => run_command(cmd, dir).await,
         Check::Load(load) => {
             let (load, model) = (load.clone(), dir.join(GRAPH_FILE));
-            smol::unblock(move || load(&model)).await
+            smol::unblock(move || load(&model).map_err(|e| e.to_string())).await
         }
     }
 }
@@ -757,21 +757,32 @@ async fn run_command(cmd: &str, dir: &Path) -> Result<(), String> {
     }
 }
 
+/// Why `weightcast rollback` could not roll back.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("no current version to roll back from (has `weightcast pull` installed one in this folder?)")]
+    NoCurrent,
+    #[error("no version before {current} is kept (keep more with pull's --keep)")]
+    NoPrevious { current: String },
+    #[error("{0}")]
+    Disk(#[from] std::io::Error),
+}
+
 /// Points `current` at the previous version. Returns it.
-pub fn rollback(dest: &Path) -> Result<String, String> {
-    let dest = Dest::open(dest).map_err(|e| e.to_string())?;
-    let current = dest.current().map(|c| c.0).ok_or("no current version to roll back from")?;
+pub fn rollback(dest: &Path) -> Result<String, RollbackError> {
+    let dest = Dest::open(dest)?;
+    let current = dest.current().map(|c| c.0).ok_or(RollbackError::NoCurrent)?;
     let previous = dest
         .versions()
         .into_iter()
         .find(|v| *v != current)
-        .ok_or_else(|| format!("no version before {current} is kept (see --keep)"))?;
-    dest.switch(&previous).map_err(|e| e.to_string())?;
+        .ok_or_else(|| RollbackError::NoPrevious { current: current.clone() })?;
+    dest.switch(&previous)?;
     // Do not fetch the version we rolled back from again until the hub moves on.
     let mut state = dest.state();
     state.etag = None;
     state.rejected.push(current);
-    dest.save_state(&state).map_err(|e| e.to_string())?;
+    dest.save_state(&state)?;
     Ok(previous)
 }
 
