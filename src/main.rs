@@ -148,8 +148,8 @@ struct PullArgs {
     #[arg(long, default_value = "onnx", value_parser = ["onnx", "safetensors"])]
     format: String,
     /// Ask the hub for f16 or bf16 weights (with --format safetensors).
-    #[arg(long, value_parser = ["f16", "bf16"])]
-    dtype: Option<String>,
+    #[arg(long)]
+    dtype: Option<weightcast::onnx::cast::Target>,
     /// TOML config: [runtime] options for --check ort.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -191,15 +191,8 @@ fn pull(a: PullArgs) -> ExitCode {
         if output == updater::Output::Safetensors && matches!(check, Check::Load(..)) {
             return Err("--check ort loads model.onnx; with --format safetensors use --check CMD".into());
         }
-        let opts = Options {
-            url,
-            dest: a.dest.clone(),
-            keep: a.keep,
-            check,
-            exec: a.exec.clone(),
-            output,
-            dtype: a.dtype.clone(),
-        };
+        let opts =
+            Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone(), output, dtype: a.dtype };
         Ok((opts, Client { token, timeout: a.timeout }))
     };
     let (opts, client) = match setup() {
@@ -293,17 +286,17 @@ fn serve(
         named.push((Some("demo".into()), path));
     }
     let specs = store::specs(&named).map_err(|e| e.to_string())?;
-    let engine = match cfg.runtime.engine {
-        runtime::Engine::None => store::Engine::None,
+    let sessions = match cfg.runtime.engine {
+        runtime::Engine::None => None,
         runtime::Engine::Ort => {
             let rt = Runtime::load(&LibrarySearch { flag: ort_lib, config: cfg.runtime.ort_lib.clone() })
                 .map_err(|e| e.to_string())?;
-            store::Engine::Ort(rt, cfg.runtime.clone())
+            Some(store::Sessions { runtime: rt, options: cfg.runtime.clone() })
         }
     };
     let prepared = cfg.prepared().map_err(|e| e.to_string())?;
     let cache = Arc::new(Cache::new(cfg.cache_bytes));
-    let store = Store::load(&specs, engine, cache.clone());
+    let store = Store::load(&specs, sessions, cache.clone());
     let state = Arc::new(http::State {
         store,
         options: ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes },

@@ -96,7 +96,7 @@ impl Preparation {
 mod tests {
     use super::*;
     use crate::onnx::proto::ModelProto;
-    use crate::store::{specs, Engine};
+    use crate::store::specs;
     use prost::Message;
 
     fn preparation(cache: &Arc<Cache>) -> Preparation {
@@ -116,7 +116,7 @@ mod tests {
         let path = dir.path().join("demo.onnx");
         crate::demo::write(&path).unwrap();
         let cache = Arc::new(Cache::new(64 << 20));
-        let store = Store::load(&specs(&[(None, path.clone())]).unwrap(), Engine::None, cache.clone());
+        let store = Store::load(&specs(&[(None, path.clone())]).unwrap(), None, cache.clone());
         let prep = preparation(&cache);
         let first = store.get("demo").unwrap();
         let done = prep.prepare_one(&first, prep.what[0]);

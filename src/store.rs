@@ -166,12 +166,7 @@ impl Model {
         if !cast::applies(t.dtype) {
             return None;
         }
-        let key = CacheKey {
-            model: self.name.clone(),
-            version: self.stored.version.clone(),
-            tensor: index,
-            variant: format!("cast-{target:?}"),
-        };
+        let key = self.cache_key(index, format!("cast-{target:?}"));
         let mut overflowed = None;
         let bytes = self
             .cache
@@ -198,6 +193,13 @@ impl Model {
         &self.graph_sha256
     }
 
+    /// The cache key of bytes derived from this version of the model:
+    /// `tensor` is a tensor's index, or [`WHOLE_MODEL`]; `variant` says how
+    /// they were derived (a cast, a zstd frame, a rendered manifest, …).
+    pub fn cache_key(&self, tensor: usize, variant: String) -> CacheKey {
+        CacheKey { model: self.name.clone(), version: self.version().to_string(), tensor, variant }
+    }
+
     /// The shared cache of derived bytes (for the encoders).
     pub fn cache(&self) -> &Cache {
         &self.cache
@@ -211,20 +213,19 @@ impl View {
     }
 }
 
-/// The runtime choice for loading models.
+/// How each model's ONNX Runtime session is opened; `None` where the
+/// server runs without ONNX Runtime (`engine = "none"`).
 #[derive(Clone)]
-pub enum Engine {
-    /// Open an ONNX Runtime session per model.
-    Ort(&'static Runtime, runtime::SessionOptions),
-    /// Serve weights without ONNX Runtime.
-    None,
+pub struct Sessions {
+    pub runtime: &'static Runtime,
+    pub options: runtime::SessionOptions,
 }
 
 /// Loads one model: reads it, opens its session, computes digests.
-pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Model, LoadError> {
+pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) -> Result<Model, LoadError> {
     let onnx = OnnxModel::open(&spec.path).map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
-    let (session, runtime) = match engine {
-        Engine::None => (
+    let (session, runtime) = match sessions {
+        None => (
             None,
             RuntimeInfo {
                 engine: "none",
@@ -233,7 +234,7 @@ pub fn load(spec: &ModelSpec, engine: &Engine, cache: Arc<Cache>) -> Result<Mode
                 ..Default::default()
             },
         ),
-        Engine::Ort(rt, options) => {
+        Some(Sessions { runtime: rt, options }) => {
             let s = rt
                 .open(&spec.path, options)
                 .map_err(|source| LoadError::Runtime { model: spec.name.clone(), source })?;
@@ -319,7 +320,7 @@ fn sums(data: &TensorData) -> ([u8; 32], u32) {
 /// reason; each reloaded when its file is replaced.
 pub struct Store {
     slots: Vec<Slot>,
-    engine: Engine,
+    sessions: Option<Sessions>,
     cache: Arc<Cache>,
 }
 
@@ -350,9 +351,9 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     Some(FileStamp { inode: m.ino(), len: m.len(), modified: m.modified().ok() })
 }
 
-fn load_entry(spec: &ModelSpec, engine: &Engine, cache: &Arc<Cache>) -> Entry {
+fn load_entry(spec: &ModelSpec, sessions: Option<&Sessions>, cache: &Arc<Cache>) -> Entry {
     let started = std::time::Instant::now();
-    match load(spec, engine, cache.clone()) {
+    match load(spec, sessions, cache.clone()) {
         Ok(m) => {
             tracing::info!(model = %m.name, path = %spec.path.display(), tensors = m.tensors.len(), bytes = m.total_bytes(),
                 version = %crate::wire::short(m.version()), providers = ?m.runtime.active, ms = started.elapsed().as_millis() as u64, "model loaded");
@@ -367,16 +368,16 @@ fn load_entry(spec: &ModelSpec, engine: &Engine, cache: &Arc<Cache>) -> Entry {
 
 impl Store {
     /// Loads each model; one that fails is logged and listed with its error.
-    pub fn load(specs: &[ModelSpec], engine: Engine, cache: Arc<Cache>) -> Store {
+    pub fn load(specs: &[ModelSpec], sessions: Option<Sessions>, cache: Arc<Cache>) -> Store {
         let slots = specs
             .iter()
             .map(|spec| {
                 let before = stamp(&spec.path);
-                let entry = load_entry(spec, &engine, &cache);
+                let entry = load_entry(spec, sessions.as_ref(), &cache);
                 Slot { spec: spec.clone(), state: RwLock::new((entry, before)) }
             })
             .collect();
-        Store { slots, engine, cache }
+        Store { slots, sessions, cache }
     }
 
     /// Reloads every model whose file changed since it was loaded; returns the
@@ -390,7 +391,7 @@ impl Store {
             if !changed {
                 continue;
             }
-            let entry = load_entry(&slot.spec, &self.engine, &self.cache);
+            let entry = load_entry(&slot.spec, self.sessions.as_ref(), &self.cache);
             let Ok(mut state) = slot.state.write() else { continue };
             match (&entry, &state.0) {
                 (Entry::Failed { error, .. }, Entry::Loaded(old)) => {
@@ -467,6 +468,9 @@ pub fn specs(named: &[(Option<String>, PathBuf)]) -> Result<Vec<ModelSpec>, Spec
     }
     Ok(out)
 }
+
+/// [`Model::cache_key`]'s `tensor` for bytes about the whole model.
+pub const WHOLE_MODEL: usize = usize::MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http_types::{Method, Request, Response, Url};
 use prost::Message;
 use weightcast::http::{self, ServeOptions, State};
-use weightcast::store::{self, Cache, Engine, Store};
+use weightcast::store::{self, Cache, Store};
 use weightcast::wire::proto::{Bundle, Manifest};
 
 fn start() -> (String, tempfile::TempDir) {
@@ -14,7 +14,7 @@ fn start() -> (String, tempfile::TempDir) {
     let path = dir.path().join("demo.onnx");
     weightcast::demo::write(&path).unwrap();
     let specs = store::specs(&[(None, path)]).unwrap();
-    let store = Store::load(&specs, Engine::None, Arc::new(Cache::new(64 << 20)));
+    let store = Store::load(&specs, None, Arc::new(Cache::new(64 << 20)));
     let state = Arc::new(State { store, options: ServeOptions::default() });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

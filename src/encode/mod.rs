@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::onnx::{cast, DataType, TensorData};
-use crate::store::{CacheKey, Model, Representation, TensorMeta, View};
+use crate::store::{CacheKey, Model, Representation, TensorMeta, View, WHOLE_MODEL};
 
 /// What a response body means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,12 +154,7 @@ impl Selection {
             None => data,
             Some(k) => {
                 let rotate = bytegroup::rotated(self.meta(i).dtype);
-                let key = CacheKey {
-                    model: self.model.name.clone(),
-                    version: self.model.version().to_string(),
-                    tensor: i,
-                    variant: format!("bytegroup-{:?}", self.repr),
-                };
+                let key = self.model.cache_key(i, format!("bytegroup-{:?}", self.repr));
                 self.model.cache().get_or_compute(key, || Ok(bytegroup::split(&data, k, rotate).into())).unwrap_or(data)
             }
         }
@@ -364,12 +359,10 @@ fn group_key(sel: &Selection, group: &[Piece], level: i32) -> Option<CacheKey> {
             Piece::Deferred(_) => return None,
         }
     }
-    Some(CacheKey {
-        model: sel.model.name.clone(),
-        version: sel.model.version().to_string(),
-        tensor: usize::MAX,
-        variant: format!("zstd{level}-group-{:?}-{}-{}", sel.repr, sel.bytegroup, hex::encode(h.finalize())),
-    })
+    Some(sel.model.cache_key(
+        WHOLE_MODEL,
+        format!("zstd{level}-group-{:?}-{}-{}", sel.repr, sel.bytegroup, hex::encode(h.finalize())),
+    ))
 }
 
 /// The zstd frame of bytes `range` of a tensor's data in the selection's
@@ -415,12 +408,7 @@ pub fn zstd_planes(data: &[u8], plane: usize, offset: usize, level: i32) -> io::
 }
 
 fn zstd_key(sel: &Selection, tensor: usize, range: &Range<usize>, level: i32) -> CacheKey {
-    CacheKey {
-        model: sel.model.name.clone(),
-        version: sel.model.version().to_string(),
-        tensor,
-        variant: format!("zstd{level}-{:?}-{}-{}-{}", sel.repr, sel.bytegroup, range.start, range.end),
-    }
+    sel.model.cache_key(tensor, format!("zstd{level}-{:?}-{}-{}-{}", sel.repr, sel.bytegroup, range.start, range.end))
 }
 
 /// Data larger than this is compressed by several zstd worker threads.
@@ -452,10 +440,8 @@ impl std::fmt::Display for Prepared {
     /// As written in the config: `identity`, `zstd`, `f16+zstd`, `zstd+bytegroup`, …
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts: Vec<&str> = Vec::new();
-        match self.repr {
-            Some(cast::Target::F16) => parts.push("f16"),
-            Some(cast::Target::Bf16) => parts.push("bf16"),
-            None => {}
+        if let Some(target) = self.repr {
+            parts.push(target.name());
         }
         if self.zstd {
             parts.push("zstd");
@@ -487,10 +473,11 @@ impl std::str::FromStr for Prepared {
             match token.trim() {
                 "identity" | "f32" => {}
                 "zstd" => p.zstd = true,
-                "f16" => p.repr = Some(cast::Target::F16),
-                "bf16" => p.repr = Some(cast::Target::Bf16),
                 "bytegroup" => p.bytegroup = true,
-                other => return Err(UnknownPrepare { part: other.to_string(), entry: s.to_string() }),
+                other => match other.parse::<cast::Target>() {
+                    Ok(target) => p.repr = Some(target),
+                    Err(_) => return Err(UnknownPrepare { part: other.to_string(), entry: s.to_string() }),
+                },
             }
         }
         Ok(p)

@@ -14,7 +14,6 @@ use bytes::Bytes;
 
 use super::{EncodeError, Format, Piece, Selection};
 use crate::onnx::DataType;
-use crate::store::CacheKey;
 use crate::wire::safe_name;
 
 /// The numpy dtype descriptor of an ONNX dtype, where numpy has one.
@@ -144,12 +143,7 @@ fn deflated(sel: &Selection, members: Vec<Member>) -> Vec<Piece> {
     let members = std::sync::Arc::new(members);
     let compressed = |sel: &Selection, k: usize, members: &[Member]| -> Result<Bytes, String> {
         let i = sel.tensors[k];
-        let key = CacheKey {
-            model: sel.model.name.clone(),
-            version: sel.model.version().to_string(),
-            tensor: i,
-            variant: format!("npz-deflate-{:?}", sel.repr),
-        };
+        let key = sel.model.cache_key(i, format!("npz-deflate-{:?}", sel.repr));
         sel.model.cache().get_or_compute(key, || {
             let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
             z.write_all(&members[k].npy_header).map_err(|e| e.to_string())?;

@@ -18,7 +18,7 @@ use body::ChunkReader;
 use negotiate::Query;
 
 use crate::encode::{self, manifest, Chunk, EncodeError, Encoding, Format, Selection};
-use crate::store::{CacheKey, Model, Store};
+use crate::store::{Model, Store, WHOLE_MODEL};
 
 /// Header on every answer about one model: the version of its weights as
 /// stored, whatever representation was asked, so a client can tell that
@@ -501,12 +501,7 @@ async fn model_document(
     level: i32,
     render: impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static,
 ) -> Result<bytes::Bytes, ApiError> {
-    let key = CacheKey {
-        model: model.name.clone(),
-        version: model.version().to_string(),
-        tensor: usize::MAX,
-        variant: format!("{variant}-{}", encoding.name()),
-    };
+    let key = model.cache_key(WHOLE_MODEL, format!("{variant}-{}", encoding.name()));
     if let Some(body) = model.cache().get(&key) {
         return Ok(body);
     }

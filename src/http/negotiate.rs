@@ -111,10 +111,8 @@ pub fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, Qu
             }
             "dtype" => {
                 q.dtype = match value.as_str() {
-                    "f16" => Some(Target::F16),
-                    "bf16" => Some(Target::Bf16),
                     "f32" | "" => None,
-                    _ => return Err(bad("dtype", "f16, bf16, f32 (f32 = as stored)")),
+                    v => Some(v.parse::<Target>().map_err(|_| bad("dtype", "f16, bf16, f32 (f32 = as stored)"))?),
                 }
             }
             "compress" => {

@@ -18,7 +18,33 @@ pub enum Target {
     Bf16,
 }
 
+/// A cast target that is not `f16` or `bf16`.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a cast target: f16 or bf16")]
+pub struct UnknownTarget(pub String);
+
+impl std::str::FromStr for Target {
+    type Err = UnknownTarget;
+
+    /// `f16` or `bf16`, as queries, config and the command line write them.
+    fn from_str(s: &str) -> Result<Target, UnknownTarget> {
+        match s {
+            "f16" => Ok(Target::F16),
+            "bf16" => Ok(Target::Bf16),
+            other => Err(UnknownTarget(other.to_string())),
+        }
+    }
+}
+
 impl Target {
+    /// The name `from_str` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::F16 => "f16",
+            Target::Bf16 => "bf16",
+        }
+    }
+
     pub fn dtype(self) -> DataType {
         match self {
             Target::F16 => DataType::Float16,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 /// What the updater remembers between rounds.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct State {
+pub struct SavedState {
     /// ETag of the manifest the current version was built from.
     pub etag: Option<String>,
     /// Versions that failed their check; not retried until the hub moves on.
@@ -153,11 +153,11 @@ impl Dest {
         }
     }
 
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> SavedState {
         fs::read(self.root.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
-    pub fn save_state(&self, state: &State) -> io::Result<()> {
+    pub fn save_state(&self, state: &SavedState) -> io::Result<()> {
         let tmp = self.root.join("state.json.tmp");
         write_synced(&tmp, &serde_json::to_vec_pretty(state).unwrap_or_default())?;
         fs::rename(&tmp, self.root.join("state.json")).map_err(|e| context("cannot save", &tmp, e))

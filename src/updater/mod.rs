@@ -64,7 +64,7 @@ pub struct Options {
     pub output: Output,
     /// `f16` / `bf16`: the representation asked of the hub (safetensors only:
     /// an ONNX graph declares its initializers' types).
-    pub dtype: Option<String>,
+    pub dtype: Option<crate::onnx::cast::Target>,
     /// The model's URL on the hub: `http://hub:8080/v1/models/NAME`.
     pub url: Url,
     pub dest: PathBuf,
@@ -184,7 +184,7 @@ impl Hub {
     fn new(opts: &Options) -> Hub {
         Hub {
             base: opts.url.as_str().trim_end_matches('/').to_string(),
-            query: opts.dtype.as_ref().map_or(String::new(), |d| format!("dtype={d}")),
+            query: opts.dtype.map_or(String::new(), |d| format!("dtype={}", d.name())),
         }
     }
 
@@ -485,7 +485,7 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
 async fn check_and_switch(
     opts: &Options,
     dest: &Dest,
-    state: &mut layout::State,
+    state: &mut layout::SavedState,
     offer: Offer,
     tmp: PathBuf,
     updated: Outcome,
