@@ -1,3 +1,4 @@
+#![warn(clippy::undocumented_unsafe_blocks)]
 //! weightcast: serve an ONNX model's weights over HTTP.
 //!
 //! The modules follow the data's path: [`onnx`] reads a model file,

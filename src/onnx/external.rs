@@ -19,7 +19,11 @@ pub(super) struct ExternalFiles {
 }
 
 impl ExternalFiles {
-    pub(super) fn new(dir: &Path) -> ExternalFiles {
+    /// # Safety
+    ///
+    /// Files under `dir` that get read must not be truncated or written to
+    /// while the bytes read from them live (they are memory-mapped).
+    pub(super) unsafe fn new(dir: &Path) -> ExternalFiles {
         ExternalFiles { dir: dir.to_path_buf(), maps: HashMap::new() }
     }
 
@@ -71,15 +75,10 @@ impl ExternalFiles {
             return Ok(b.clone());
         }
         let file = File::open(&path).map_err(|e| format!("cannot open external data '{location}': {e}"))?;
-        let len = file.metadata().map_err(|e| format!("cannot stat external data '{location}': {e}"))?.len();
-        let bytes = if len == 0 {
-            Bytes::new()
-        } else {
-            // SAFETY: read-only map; files are replaced by rename, never rewritten.
-            let map = unsafe { memmap2::Mmap::map(&file) }
-                .map_err(|e| format!("cannot map external data '{location}': {e}"))?;
-            Bytes::from_owner(map)
-        };
+        // SAFETY: the contract of `ExternalFiles::new`, whose caller vouches
+        // for the files under `dir`.
+        let bytes =
+            unsafe { super::mmap::map(&file) }.map_err(|e| format!("cannot map external data '{location}': {e}"))?;
         self.maps.insert(path, bytes.clone());
         Ok(bytes)
     }

@@ -12,6 +12,7 @@ pub mod cast;
 pub mod dtype;
 mod external;
 pub mod graph;
+mod mmap;
 mod typed;
 
 use std::collections::HashSet;
@@ -141,31 +142,40 @@ pub struct OnnxModel {
 }
 
 impl OnnxModel {
-    /// Memory-maps and reads the model at `path`.
+    /// Memory-maps and reads the model at `path`, and its external data.
     ///
-    /// The map is shared, read-only: a model must be replaced by renaming a new
-    /// file over it (as `weightcast pull` does), never rewritten in place.
-    pub fn open(path: &Path) -> Result<OnnxModel, OnnxError> {
+    /// # Safety
+    ///
+    /// The model file and its external data files must not be truncated or
+    /// written to while the returned model (or any tensor data taken from it)
+    /// lives; replacing them by renaming new files over them is fine. See
+    /// [`mmap`](self::mmap).
+    pub unsafe fn open(path: &Path) -> Result<OnnxModel, OnnxError> {
         let io = |source| OnnxError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
-        if file.metadata().map_err(io)?.len() == 0 {
+        // SAFETY: this function's contract.
+        let bytes = unsafe { mmap::map(&file) }.map_err(io)?;
+        if bytes.is_empty() {
             return Err(OnnxError::Empty { path: path.to_path_buf() });
         }
-        // SAFETY: the map is read-only and we document that files are replaced
-        // by rename, not modified in place.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let bytes = Bytes::from_owner(map);
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::from_bytes(path, bytes, &dir)
+        // SAFETY: this function's contract covers the external data files.
+        unsafe { Self::from_bytes(path, bytes, &dir) }
     }
 
     /// Reads a model from bytes already in memory; external data is looked up
-    /// in `dir`.
-    pub fn from_bytes(path: &Path, bytes: Bytes, dir: &Path) -> Result<OnnxModel, OnnxError> {
+    /// in `dir` and memory-mapped.
+    ///
+    /// # Safety
+    ///
+    /// External data files in `dir` must not be truncated or written to while
+    /// the returned model lives (as for [`OnnxModel::open`]).
+    pub unsafe fn from_bytes(path: &Path, bytes: Bytes, dir: &Path) -> Result<OnnxModel, OnnxError> {
         let model = proto::ModelProto::decode(bytes.clone())
             .map_err(|source| OnnxError::Decode { path: path.to_path_buf(), source })?;
         let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.to_path_buf() })?;
-        let mut reader = Reader::new(Some(ExternalFiles::new(dir)));
+        // SAFETY: this function's contract.
+        let mut reader = Reader::new(Some(unsafe { ExternalFiles::new(dir) }));
         reader.graph(graph, "")?;
         let info = model_info(&model, graph);
         Ok(OnnxModel { path: path.to_path_buf(), bytes, info, tensors: reader.tensors })
