@@ -1,27 +1,46 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
-//! weightcast: serve an ONNX model's weights over HTTP.
+//! weightcast: serve an ONNX model's weights over HTTP, and keep a device's
+//! copy of them current (`weightcast pull`).
 //!
-//! The modules follow the data's path: [`onnx`] reads a model file,
-//! [`runtime`] opens an ONNX Runtime session on it, [`store`] keeps the loaded
-//! models with their versions and digests, [`encode`] turns tensors into bytes
-//! on the wire, and [`http`] answers requests. [`wire`] is the contract the
-//! server and [`updater`] (`weightcast pull`) share: protobuf types, header
-//! names, the version formula, where tensors lie outside the hub. [`config`]
-//! is the TOML file and [`demo`] the built-in demo model.
+//! # Layout
+//!
+//! The server's modules follow a byte from the model file to the socket;
+//! each uses only those above it:
+//!
+//! - [`onnx`]: reads a model file (memory-mapped) into tensors; rewrites it
+//!   for `/graph`; casts to f16/bf16.
+//! - [`wire`]: the contract hub and clients share — protobuf types, header
+//!   names, the version formula, where tensors lie outside the hub.
+//! - [`runtime`]: opens an ONNX Runtime session on a model, with the
+//!   configured execution providers.
+//! - [`store`]: the loaded models — versions, digests, sessions — and the
+//!   byte-bounded cache of derived bytes.
+//! - [`encode`]: a selection of tensors as the bytes of a response (formats,
+//!   zstd, casts), streamed in chunks.
+//! - [`publish`]: prepares encodings in the background and reloads replaced
+//!   model files.
+//! - [`http`]: routes, negotiation, errors, the connection loop.
+//!
+//! A pulled tensor goes from the socket to the device's disk through
+//! [`updater`] alone, which uses only [`wire`] and [`onnx`]: manifest →
+//! plan → fetch and verify → write the version → check and switch.
+//!
+//! Beside them: [`config`] (the TOML file) and [`demo`] (the built-in demo
+//! model).
 
-pub mod config;
-pub mod demo;
-pub mod encode;
-pub mod http;
-pub mod updater;
 // Tensor bytes are little-endian on the wire and in ONNX files, and are
 // served from memory as they lie: a big-endian host would need a byte swap
 // everywhere. Every host weightcast targets (x86-64, aarch64) is little-endian.
 #[cfg(target_endian = "big")]
 compile_error!("weightcast serves tensor bytes as they lie in memory and needs a little-endian host");
 
+pub mod config;
+pub mod demo;
+pub mod encode;
+pub mod http;
 pub mod onnx;
 pub mod publish;
 pub mod runtime;
 pub mod store;
+pub mod updater;
 pub mod wire;
