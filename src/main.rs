@@ -158,44 +158,46 @@ struct PullArgs {
     ort_lib: Option<PathBuf>,
 }
 
-fn pull(a: PullArgs) -> ExitCode {
+/// What `weightcast pull` was told, checked: the updater's options and its client.
+fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast::updater::Client), String> {
     use weightcast::updater::{self, Check, Client, Options};
-    let setup = || -> Result<(Options, Client), String> {
-        let url = http_types::Url::parse(&a.url).map_err(|e| format!("bad URL '{}': {e}", a.url))?;
-        if url.scheme() != "http" {
-            return Err(format!("'{}': only http:// is supported (put TLS in front, e.g. a local proxy)", a.url));
-        }
-        let cfg = match &a.config {
-            Some(p) => Config::load(p).map_err(|e| e.to_string())?,
-            None => Config::default(),
-        };
-        let check = match a.check.as_deref() {
-            None => Check::None,
-            Some("ort") => {
-                let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
-                let options = cfg.runtime.clone();
-                Check::Load(std::sync::Arc::new(move |model| Ok(runtime::check_model(&search, &options, model)?)))
-            }
-            Some(cmd) => Check::Command(cmd.to_string()),
-        };
-        let token = match &a.token_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?.trim().to_string(),
-            ),
-            None => None,
-        };
-        let output = if a.format == "safetensors" { updater::Output::Safetensors } else { updater::Output::Onnx };
-        if output == updater::Output::Onnx && a.dtype.is_some() {
-            return Err("--dtype needs --format safetensors: an ONNX graph declares its initializers' types".into());
-        }
-        if output == updater::Output::Safetensors && matches!(check, Check::Load(..)) {
-            return Err("--check ort loads model.onnx; with --format safetensors use --check CMD".into());
-        }
-        let opts =
-            Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone(), output, dtype: a.dtype };
-        Ok((opts, Client { token, timeout: a.timeout }))
+    let url = http_types::Url::parse(&a.url).map_err(|e| format!("bad URL '{}': {e}", a.url))?;
+    if url.scheme() != "http" {
+        return Err(format!("'{}': only http:// is supported (put TLS in front, e.g. a local proxy)", a.url));
+    }
+    let cfg = match &a.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
     };
-    let (opts, client) = match setup() {
+    let check = match a.check.as_deref() {
+        None => Check::None,
+        Some("ort") => {
+            let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
+            let options = cfg.runtime.clone();
+            Check::Load(std::sync::Arc::new(move |model| Ok(runtime::check_model(&search, &options, model)?)))
+        }
+        Some(cmd) => Check::Command(cmd.to_string()),
+    };
+    let token = match &a.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?.trim().to_string(),
+        ),
+        None => None,
+    };
+    let output = if a.format == "safetensors" { updater::Output::Safetensors } else { updater::Output::Onnx };
+    if output == updater::Output::Onnx && a.dtype.is_some() {
+        return Err("--dtype needs --format safetensors: an ONNX graph declares its initializers' types".into());
+    }
+    if output == updater::Output::Safetensors && matches!(check, Check::Load(..)) {
+        return Err("--check ort loads model.onnx; with --format safetensors use --check CMD".into());
+    }
+    let opts = Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone(), output, dtype: a.dtype };
+    Ok((opts, Client { token, timeout: a.timeout }))
+}
+
+fn pull(a: PullArgs) -> ExitCode {
+    use weightcast::updater;
+    let (opts, client) = match pull_setup(&a) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("weightcast: {e}");

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_lite::{AsyncBufReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, FutureExt};
 use http_types::{Method, Response};
 
 use super::State;
@@ -47,6 +47,25 @@ pub async fn serve(stream: smol::net::TcpStream, state: Arc<State>) -> io::Resul
 async fn write(out: &mut smol::net::TcpStream, method: Method, mut res: Response, close: bool) -> io::Result<()> {
     let body = res.take_body();
     let len = body.len();
+    let status = res.status();
+    let bodiless = status == http_types::StatusCode::NotModified || u16::from(status) < 200;
+    let head = head(&res, if bodiless { Framing::None } else { len.map_or(Framing::Chunked, Framing::Length) }, close);
+    if method == Method::Head || bodiless {
+        out.write_all(&head).await?;
+        return out.flush().await;
+    }
+    write_body(out, body.into_reader(), head, len.is_none()).await
+}
+
+/// How a body's end is told.
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+/// Status line and headers, with the framing, `connection: close` and `date`.
+fn head(res: &Response, framing: Framing, close: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     let status = res.status();
     head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", u16::from(status), status.canonical_reason()).as_bytes());
@@ -58,23 +77,27 @@ async fn write(out: &mut smol::net::TcpStream, method: Method, mut res: Response
             head.extend_from_slice(b"\r\n");
         }
     }
-    let bodiless = status == http_types::StatusCode::NotModified || u16::from(status) < 200;
-    match len {
-        Some(n) if !bodiless => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        None if !bodiless => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        _ => {}
+    match framing {
+        Framing::Length(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None => {}
     }
     if close {
         head.extend_from_slice(b"connection: close\r\n");
     }
     DATE.with(|d| head.extend_from_slice(d.borrow_mut().header()));
     head.extend_from_slice(b"\r\n");
-    if method == Method::Head || bodiless {
-        out.write_all(&head).await?;
-        return out.flush().await;
-    }
-    let chunked = len.is_none();
-    let mut reader = body.into_reader();
+    head
+}
+
+/// The body after `head`, whole chunks per write: small chunks ride with the
+/// head (or the chunk-size line), large ones go in a write of their own.
+async fn write_body(
+    out: &mut smol::net::TcpStream,
+    mut reader: impl AsyncBufRead + Unpin,
+    head: Vec<u8>,
+    chunked: bool,
+) -> io::Result<()> {
     let mut pending_head = Some(head);
     loop {
         let chunk = reader.fill_buf().await?;
@@ -92,7 +115,6 @@ async fn write(out: &mut smol::net::TcpStream, method: Method, mut res: Response
         if chunked {
             frame.extend_from_slice(format!("{n:x}\r\n").as_bytes());
         }
-        // Small chunks ride with the head; large ones go in their own write.
         if frame.len() + n <= 64 * 1024 {
             frame.extend_from_slice(chunk);
             if chunked {
