@@ -227,46 +227,57 @@ fn local_header(name: &[u8], method: u16, crc: u32, compressed: u64, size: u64, 
 
 /// The central directory and end records, for entries ending at `cd_offset`.
 fn central_directory(entries: &[Entry], cd_offset: u64, limit: u64) -> Vec<u8> {
+    let mut out: Vec<u8> = entries.iter().flat_map(|e| central_entry(e, limit)).collect();
+    let cd_size = out.len() as u64;
+    out.extend(end_records(entries.len() as u64, cd_size, cd_offset, limit));
+    out
+}
+
+/// One entry's central directory header (zip64 extra field for values at or
+/// past `limit`).
+fn central_entry(e: &Entry, limit: u64) -> Vec<u8> {
     let mut cd = Vec::new();
-    for e in entries {
-        let mut extra = Vec::new();
-        let mut field = |v: u64| {
-            if v >= limit {
-                extra.extend(v.to_le_bytes());
-                u32::MAX
-            } else {
-                v as u32
-            }
-        };
-        let (size, compressed, offset) = (field(e.size), field(e.compressed), field(e.offset));
-        let zip64 = !extra.is_empty();
-        cd.extend(0x0201_4b50u32.to_le_bytes());
-        cd.extend((if zip64 { 45u16 } else { 20u16 }).to_le_bytes()); // made by
-        cd.extend((if zip64 { 45u16 } else { 20u16 }).to_le_bytes()); // needed
-        cd.extend(0u16.to_le_bytes());
-        cd.extend(e.method.to_le_bytes());
-        cd.extend(0u16.to_le_bytes());
-        cd.extend(0x21u16.to_le_bytes());
-        cd.extend(e.crc.to_le_bytes());
-        cd.extend(compressed.to_le_bytes());
-        cd.extend(size.to_le_bytes());
-        cd.extend((e.name.len() as u16).to_le_bytes());
-        cd.extend((if zip64 { extra.len() as u16 + 4 } else { 0 }).to_le_bytes());
-        cd.extend(0u16.to_le_bytes()); // comment
-        cd.extend(0u16.to_le_bytes()); // disk
-        cd.extend(0u16.to_le_bytes()); // internal attributes
-        cd.extend(0u32.to_le_bytes()); // external attributes
-        cd.extend(offset.to_le_bytes());
-        cd.extend(&e.name);
-        if zip64 {
-            cd.extend(1u16.to_le_bytes());
-            cd.extend((extra.len() as u16).to_le_bytes());
-            cd.extend(&extra);
+    let mut extra = Vec::new();
+    let mut field = |v: u64| {
+        if v >= limit {
+            extra.extend(v.to_le_bytes());
+            u32::MAX
+        } else {
+            v as u32
         }
+    };
+    let (size, compressed, offset) = (field(e.size), field(e.compressed), field(e.offset));
+    let zip64 = !extra.is_empty();
+    cd.extend(0x0201_4b50u32.to_le_bytes());
+    cd.extend((if zip64 { 45u16 } else { 20u16 }).to_le_bytes()); // made by
+    cd.extend((if zip64 { 45u16 } else { 20u16 }).to_le_bytes()); // needed
+    cd.extend(0u16.to_le_bytes());
+    cd.extend(e.method.to_le_bytes());
+    cd.extend(0u16.to_le_bytes());
+    cd.extend(0x21u16.to_le_bytes());
+    cd.extend(e.crc.to_le_bytes());
+    cd.extend(compressed.to_le_bytes());
+    cd.extend(size.to_le_bytes());
+    cd.extend((e.name.len() as u16).to_le_bytes());
+    cd.extend((if zip64 { extra.len() as u16 + 4 } else { 0 }).to_le_bytes());
+    cd.extend(0u16.to_le_bytes()); // comment
+    cd.extend(0u16.to_le_bytes()); // disk
+    cd.extend(0u16.to_le_bytes()); // internal attributes
+    cd.extend(0u32.to_le_bytes()); // external attributes
+    cd.extend(offset.to_le_bytes());
+    cd.extend(&e.name);
+    if zip64 {
+        cd.extend(1u16.to_le_bytes());
+        cd.extend((extra.len() as u16).to_le_bytes());
+        cd.extend(&extra);
     }
-    let cd_size = cd.len() as u64;
-    let count = entries.len() as u64;
-    let mut out = cd;
+    cd
+}
+
+/// The end of central directory record, preceded by the zip64 ones when a
+/// count, size or offset does not fit the classic fields.
+fn end_records(count: u64, cd_size: u64, cd_offset: u64, limit: u64) -> Vec<u8> {
+    let mut out = Vec::new();
     if count >= 0xFFFF || cd_size >= limit || cd_offset >= limit {
         let eocd64_offset = cd_offset + cd_size;
         out.extend(0x0606_4b50u32.to_le_bytes());
