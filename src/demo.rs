@@ -79,6 +79,8 @@ fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
 }
 
 /// The demo model's bytes.
+// Long because it is a description of a model (nodes, tensors, inputs), not
+// logic: splitting it would scatter one picture over several functions.
 pub fn model_bytes() -> Vec<u8> {
     let (i, h1, h2, o) = (256, 1024, 512, 10);
     let mut scale = node("Constant", &[], "output_scale");

@@ -12,6 +12,8 @@ use super::dtype::DataType::{self, *};
 use super::proto::TensorProto;
 
 /// Bytes of a tensor stored in typed fields, or what is wrong with them.
+// Longer than most functions here: one match arm per ONNX dtype, each naming
+// the field ONNX keeps it in and how it packs — a table best read whole.
 pub(super) fn to_bytes(t: &TensorProto, dtype: DataType, count: u64) -> Result<Bytes, std::string::String> {
     let check = |field: &str, have: usize, want: u64| -> Result<(), std::string::String> {
         if have as u64 == want {
