@@ -10,9 +10,11 @@ use crate::runtime::SessionOptions;
 /// Default listen address: loopback only; LAN exposure is a choice.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// The config file (`--config`); every key has a default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Address to listen on, `HOST:PORT`.
     pub listen: String,
     /// zstd level for `Content-Encoding: zstd` (1–22).
     pub zstd_level: i32,
@@ -22,7 +24,9 @@ pub struct Config {
     pub json_max_bytes: u64,
     /// Representations computed in the background right after load.
     pub prepare: Vec<String>,
+    /// The `[runtime]` table: ONNX Runtime and its execution providers.
     pub runtime: SessionOptions,
+    /// The `[[models]]` to serve, besides those named on the command line.
     pub models: Vec<ModelEntry>,
 }
 
@@ -52,6 +56,7 @@ pub struct ModelEntry {
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum ConfigError {
     #[error("cannot read config {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
@@ -61,6 +66,7 @@ pub enum ConfigError {
 
 /// What is wrong inside a config file.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum Invalid {
     #[error("{0}")]
     Toml(#[from] toml::de::Error),
@@ -96,6 +102,7 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses a config's text (relative paths stay as written).
     pub fn parse(text: &str) -> Result<Config, Invalid> {
         let config: Config = toml::from_str(text)?;
         if !(1..=22).contains(&config.zstd_level) {

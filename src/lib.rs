@@ -1,4 +1,4 @@
-#![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 //! weightcast: serve an ONNX model's weights over HTTP, and keep a device's
 //! copy of them current (`weightcast pull`).
 //!

@@ -18,7 +18,9 @@ use crate::store::{Cache, Model, Store};
 pub struct Preparation {
     /// The config's `prepare` entries.
     pub what: Vec<Prepared>,
+    /// zstd level of compressed answers.
     pub zstd_level: i32,
+    /// Where prepared bytes go; its budget ends preparation.
     pub cache: Arc<Cache>,
 }
 
@@ -27,7 +29,9 @@ pub struct Preparation {
 pub struct PrepareReport {
     /// Computations run (casts, zstd frames).
     pub jobs: usize,
+    /// Bytes of the whole-model body the work was for.
     pub bytes_in: u64,
+    /// Bytes the work put in the cache.
     pub bytes_out: u64,
 }
 

@@ -22,6 +22,7 @@ pub const ORT_VERSION: &str = "1.31.1";
 
 /// Why the runtime or a session could not be used.
 #[derive(Debug, thiserror::Error, Clone)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum RuntimeError {
     #[error("ONNX Runtime library (libonnxruntime.so) not found; looked in: {}. \
              Get it with `scripts/fetch-ort.sh` (takes it from the onnxruntime=={ORT_VERSION} PyPI wheel), \
@@ -40,12 +41,16 @@ pub enum RuntimeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
+    /// TensorRT (NVIDIA GPUs, Jetson).
     Tensorrt,
+    /// CUDA (NVIDIA GPUs).
     Cuda,
+    /// ONNX Runtime's own CPU kernels; always there.
     Cpu,
 }
 
 impl Provider {
+    /// Its name in the config and the manifest.
     pub fn name(self) -> &'static str {
         match self {
             Provider::Tensorrt => "tensorrt",
@@ -73,7 +78,9 @@ pub struct CudaOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArenaStrategy {
+    /// Grow by doubling (fewer, larger allocations).
     NextPowerOfTwo,
+    /// Grow by what is asked (tighter memory, Jetson).
     SameAsRequested,
 }
 
@@ -112,6 +119,7 @@ pub enum Engine {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionOptions {
+    /// ONNX Runtime or none.
     pub engine: Engine,
     /// Path of libonnxruntime.so (after --ort-lib and ORT_DYLIB_PATH).
     pub ort_lib: Option<PathBuf>,
@@ -119,7 +127,9 @@ pub struct SessionOptions {
     pub providers: Vec<Provider>,
     /// Run one inference on zero-filled inputs at load; fail the load if it fails.
     pub warmup: bool,
+    /// `[runtime.cuda]`.
     pub cuda: CudaOptions,
+    /// `[runtime.tensorrt]`.
     pub tensorrt: TensorrtOptions,
 }
 
@@ -213,6 +223,7 @@ fn python_onnxruntime() -> Option<PathBuf> {
 
 /// A loaded ONNX Runtime library.
 pub struct Runtime {
+    /// The libonnxruntime.so it came from.
     pub library: PathBuf,
     env: ort::environment::Environment,
     /// Providers whose failure has been logged, so each is logged once.
@@ -369,10 +380,15 @@ fn element_name(t: TensorElementType) -> String {
 
 /// An open session and what it reported.
 pub struct OpenSession {
+    /// The providers the config asked for.
     pub requested: Vec<Provider>,
+    /// Those registered, CPU last.
     pub active: Vec<Provider>,
+    /// Inputs as the session reports them.
     pub inputs: Vec<ValueInfo>,
+    /// Outputs as the session reports them.
     pub outputs: Vec<ValueInfo>,
+    /// Whether the warm-up inference ran.
     pub warmed_up: bool,
     session: Mutex<Session>,
 }

@@ -18,6 +18,7 @@ use crate::wire;
 
 /// Why a model did not load.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum LoadError {
     #[error("model '{model}': {source}")]
     Onnx { model: String, source: crate::onnx::OnnxError },
@@ -30,7 +31,9 @@ pub enum LoadError {
 /// A model to load: its name and file.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
+    /// Its name in URLs (`[A-Za-z0-9._-]+`).
     pub name: String,
+    /// Its file.
     pub path: PathBuf,
 }
 
@@ -42,13 +45,17 @@ pub fn valid_name(name: &str) -> bool {
 /// One tensor as a representation serves it.
 #[derive(Debug, Clone)]
 pub struct TensorMeta {
+    /// The dtype served.
     pub dtype: DataType,
     /// The stored dtype, when `dtype` is a cast of it.
     pub source_dtype: Option<DataType>,
+    /// Byte length of its data as served.
     pub nbytes: u64,
+    /// sha256 of its data as served.
     pub sha256: [u8; 32],
     /// CRC-32 of the data bytes (zip members need it before the data).
     pub crc32: u32,
+    /// Finite values that became ±inf in the cast (0 as stored).
     pub overflowed: u64,
 }
 
@@ -58,7 +65,9 @@ pub type Representation = Option<Target>;
 /// Per-tensor facts and the version of one representation.
 #[derive(Debug)]
 pub struct View {
+    /// One per tensor, in model order.
     pub tensors: Vec<TensorMeta>,
+    /// The representation's version (`wire::version`).
     pub version: String,
 }
 
@@ -67,19 +76,29 @@ pub struct View {
 pub struct RuntimeInfo {
     /// "ort" or "none".
     pub engine: &'static str,
+    /// Execution providers the config asked for.
     pub requested: Vec<String>,
+    /// Those that work, CPU last.
     pub active: Vec<String>,
+    /// Inputs (the session's view, or the file's without ONNX Runtime).
     pub inputs: Vec<crate::onnx::ValueInfo>,
+    /// Outputs, likewise.
     pub outputs: Vec<crate::onnx::ValueInfo>,
+    /// Whether the warm-up inference ran.
     pub warmed_up: bool,
 }
 
 /// A loaded model.
 pub struct Model {
+    /// Its name in URLs.
     pub name: String,
+    /// Its file.
     pub path: PathBuf,
+    /// Facts besides the tensors.
     pub info: ModelInfo,
+    /// Its tensors, as stored.
     pub tensors: Vec<Tensor>,
+    /// What ONNX Runtime reported.
     pub runtime: RuntimeInfo,
     index: HashMap<String, usize>,
     stored: Arc<View>,
@@ -110,6 +129,7 @@ impl Model {
         &self.stored.version
     }
 
+    /// Bytes of all its tensors, as stored.
     pub fn total_bytes(&self) -> u64 {
         self.stored.tensors.iter().map(|t| t.nbytes).sum()
     }
@@ -217,7 +237,9 @@ impl View {
 /// server runs without ONNX Runtime (`engine = "none"`).
 #[derive(Clone)]
 pub struct Sessions {
+    /// The loaded library.
     pub runtime: &'static Runtime,
+    /// Providers and their options.
     pub options: runtime::SessionOptions,
 }
 
@@ -337,8 +359,15 @@ struct Slot {
 /// A model in the listing.
 #[derive(Clone)]
 pub enum Entry {
+    /// Serving.
     Loaded(Arc<Model>),
-    Failed { name: String, error: String },
+    /// Never loaded.
+    Failed {
+        /// The model's name.
+        name: String,
+        /// Why.
+        error: String,
+    },
 }
 
 /// What identifies a file's content cheaply: replaced files (renamed over)
@@ -419,6 +448,7 @@ impl Store {
         self.entries().into_iter().filter_map(|e| if let Entry::Loaded(m) = e { Some(m) } else { None }).collect()
     }
 
+    /// The model called `name`, if it is loaded.
     pub fn get(&self, name: &str) -> Option<Arc<Model>> {
         match self.entry(name)? {
             Entry::Loaded(m) => Some(m),
@@ -447,6 +477,7 @@ impl Store {
 
 /// Why the list of models to serve was refused.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum SpecError {
     #[error("model name '{name}' (from {}) must match [A-Za-z0-9._-]+; name it in the config ([[models]] name = ...) or rename the file", path.display())]
     BadName { name: String, path: PathBuf },
@@ -477,10 +508,14 @@ pub fn specs(named: &[(Option<String>, PathBuf)]) -> Result<Vec<ModelSpec>, Spec
 /// [`Model::cache_key`]'s `tensor` for bytes about the whole model.
 pub const WHOLE_MODEL: usize = usize::MAX;
 
+/// What a cached blob is: bytes derived from one version of one model.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
+    /// The model's name.
     pub model: String,
+    /// The version they were derived from.
     pub version: String,
+    /// A tensor's index, or [`WHOLE_MODEL`].
     pub tensor: usize,
     /// What was derived: a cast, a zstd frame, a rendered manifest (whose
     /// `tensor` is `usize::MAX`: it covers the whole model), …
@@ -507,6 +542,7 @@ struct CacheInner {
 }
 
 impl Cache {
+    /// An empty cache holding at most `budget` bytes.
     pub fn new(budget: u64) -> Cache {
         Cache { budget, inner: Mutex::new(CacheInner::default()), in_flight: Mutex::new(HashMap::new()) }
     }
@@ -543,6 +579,7 @@ impl Cache {
         result
     }
 
+    /// The blob under `key`, if cached (and marks it used).
     pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
         let mut inner = self.inner.lock().ok()?;
         inner.clock += 1;

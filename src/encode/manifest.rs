@@ -80,6 +80,8 @@ pub fn listing(entries: &[Entry]) -> proto::ModelList {
     }
 }
 
+/// The ONNX name of dtype number `n` as JSON (`"FLOAT"`), or the number
+/// itself when this build does not know it.
 pub fn dtype_name(n: i32) -> Value {
     DataType::from_onnx(n).map_or(Value::Null, |d| Value::from(d.name()))
 }

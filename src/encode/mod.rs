@@ -28,10 +28,15 @@ use crate::store::{CacheKey, Model, Representation, TensorMeta, View, WHOLE_MODE
 /// What a response body means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
+    /// `weightcast.v1` protobuf records.
     Protobuf,
+    /// JSON, tensor data in base64.
     Json,
+    /// A numpy `.npz` archive.
     Npz,
+    /// One numpy `.npy` array.
     Npy,
+    /// A Hugging Face safetensors file.
     Safetensors,
 }
 
@@ -45,6 +50,7 @@ impl Format {
     /// Formats for one tensor.
     pub const TENSOR: &'static [Format] = &Format::ALL;
 
+    /// Its `Content-Type`.
     pub fn media_type(self) -> &'static str {
         match self {
             Format::Protobuf => "application/x-protobuf",
@@ -66,6 +72,7 @@ impl Format {
         }
     }
 
+    /// The format a `?format=` value names.
     pub fn from_name(name: &str) -> Option<Format> {
         Format::ALL.into_iter().find(|f| f.name() == name)
     }
@@ -74,11 +81,14 @@ impl Format {
 /// How a response body is compressed (`Content-Encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
+    /// As is.
     Identity,
+    /// A sequence of zstd frames.
     Zstd,
 }
 
 impl Encoding {
+    /// Its `Content-Encoding` name.
     pub fn name(self) -> &'static str {
         match self {
             Encoding::Identity => "identity",
@@ -95,13 +105,19 @@ pub enum Piece {
     /// Small bytes the format made (headers, directories).
     Inline(Bytes),
     /// Bytes `range` of a tensor's data in the selection's representation.
-    Data { tensor: usize, range: Range<usize> },
+    Data {
+        /// Index into the model's tensors.
+        tensor: usize,
+        /// Bytes of its data.
+        range: Range<usize>,
+    },
     /// Bytes that can only be made when the reader gets here.
     Deferred(Compute),
 }
 
 /// A piece of a body, ready to stream.
 pub enum Chunk {
+    /// Bytes to send as they are.
     Ready(Bytes),
     /// Computed when the reader gets near it; its length is not known before.
     Later(Compute),
@@ -113,8 +129,11 @@ pub enum Chunk {
 /// The tensors a response carries, in one representation.
 #[derive(Clone)]
 pub struct Selection {
+    /// The model the tensors belong to.
     pub model: Arc<Model>,
+    /// The representation's per-tensor facts.
     pub view: Arc<View>,
+    /// As stored, or cast.
     pub repr: Representation,
     /// Indices into the model's tensors, in model order.
     pub tensors: Vec<usize>,
@@ -125,14 +144,17 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Tensor `i`'s name.
     pub fn name(&self, i: usize) -> &str {
         &self.model.tensors[i].name
     }
 
+    /// Tensor `i`'s dims.
     pub fn dims(&self, i: usize) -> &[i64] {
         &self.model.tensors[i].dims
     }
 
+    /// Tensor `i` as this representation serves it.
     pub fn meta(&self, i: usize) -> &TensorMeta {
         &self.view.tensors[i]
     }
@@ -194,6 +216,7 @@ impl Selection {
 
 /// Why a selection cannot be written in a format.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum EncodeError {
     #[error("{} cannot express {}; leave them out with ?names=, ask for ?dtype=f16 where they are float, or use protobuf (which carries every ONNX dtype)", .format.name(), describe(.tensors))]
     Unexpressible { format: Format, tensors: Vec<(String, DataType)> },
@@ -216,7 +239,9 @@ fn describe(tensors: &[(String, DataType)]) -> String {
 /// Encoding choices from the config and the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
+    /// zstd level of compressed answers (1–22).
     pub zstd_level: i32,
+    /// Most tensor bytes one JSON answer may carry.
     pub json_max_bytes: u64,
     /// npz members deflated (`?compress=1`), like `numpy.savez_compressed`.
     pub deflate: bool,
@@ -431,8 +456,11 @@ pub fn zstd_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
 /// the config): e.g. `zstd`, `f16+zstd`, `bf16`, `zstd+bytegroup`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prepared {
+    /// As stored, or cast.
     pub repr: Representation,
+    /// zstd frames.
     pub zstd: bool,
+    /// Byte planes (`codec=bytegroup`).
     pub bytegroup: bool,
 }
 
@@ -460,7 +488,9 @@ impl std::fmt::Display for Prepared {
 #[derive(Debug, thiserror::Error)]
 #[error("'{part}' in prepare entry '{entry}' is not one of: identity, zstd, f16, bf16, bytegroup")]
 pub struct UnknownPrepare {
+    /// The part not understood.
     pub part: String,
+    /// The whole entry.
     pub entry: String,
 }
 

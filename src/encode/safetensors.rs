@@ -9,6 +9,8 @@ use serde_json::{json, Map, Value};
 use super::{EncodeError, Format, Piece, Selection};
 use crate::wire::safetensors_dtype as dtype_name;
 
+/// The pieces of a safetensors file holding the selection (`422` for a dtype
+/// safetensors cannot name).
 pub fn pieces(sel: &Selection) -> Result<Vec<Piece>, EncodeError> {
     sel.expressible(Format::Safetensors, |d| dtype_name(d).is_some())?;
     let mut header = Map::new();

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_lite::io::{AsyncBufRead, AsyncRead};
 use futures_lite::Future;
 
-pub use crate::encode::{Chunk, Compute};
+pub(super) use crate::encode::{Chunk, Compute};
 
 /// A chunk in the queue; `Option<usize>` is the length announced for it.
 enum Slot {
@@ -22,7 +22,7 @@ enum Slot {
 }
 
 /// The body's length, if every chunk's length is known now.
-pub fn known_len(chunks: &[Chunk]) -> Option<usize> {
+pub(super) fn known_len(chunks: &[Chunk]) -> Option<usize> {
     chunks
         .iter()
         .map(|c| match c {
@@ -35,7 +35,7 @@ pub fn known_len(chunks: &[Chunk]) -> Option<usize> {
 
 /// Bytes [start, end) of a body whose chunks all have known lengths (Range
 /// requests); chunks outside are dropped, chunks across an edge are cut.
-pub fn slice(chunks: Vec<Chunk>, start: usize, end: usize) -> Vec<Chunk> {
+pub(super) fn slice(chunks: Vec<Chunk>, start: usize, end: usize) -> Vec<Chunk> {
     let mut out = Vec::new();
     let mut at = 0;
     for c in chunks {
@@ -63,7 +63,7 @@ pub fn slice(chunks: Vec<Chunk>, start: usize, end: usize) -> Vec<Chunk> {
 /// bytes: `Some(Ok((start, end_exclusive)))`, `Some(Err(()))` when not
 /// satisfiable, `None` when the header is not a single byte range (then the
 /// whole body is sent, as RFC 9110 allows).
-pub fn parse_range(header: &str, total: usize) -> Option<Result<(usize, usize), ()>> {
+pub(super) fn parse_range(header: &str, total: usize) -> Option<Result<(usize, usize), ()>> {
     let spec = header.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;
@@ -88,13 +88,13 @@ pub fn parse_range(header: &str, total: usize) -> Option<Result<(usize, usize), 
 }
 
 /// Streams chunks in order.
-pub struct ChunkReader {
+pub(super) struct ChunkReader {
     queue: VecDeque<Slot>,
     current: Bytes,
 }
 
 impl ChunkReader {
-    pub fn new(chunks: Vec<Chunk>) -> ChunkReader {
+    pub(super) fn new(chunks: Vec<Chunk>) -> ChunkReader {
         let queue = chunks
             .into_iter()
             .map(|c| match c {

@@ -19,7 +19,7 @@ use super::State;
 const IDLE: Duration = Duration::from_secs(60);
 
 /// Serves requests on `stream` until the client closes it, asks to, or idles.
-pub async fn serve(stream: smol::net::TcpStream, state: Arc<State>) -> io::Result<()> {
+pub(super) async fn serve(stream: smol::net::TcpStream, state: Arc<State>) -> io::Result<()> {
     let mut out = stream.clone();
     loop {
         let next =

@@ -3,7 +3,7 @@
 
 mod body;
 mod conn;
-pub mod negotiate;
+mod negotiate;
 
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -42,7 +42,9 @@ impl Default for ServeOptions {
 
 /// What every request handler sees.
 pub struct State {
+    /// The models served.
     pub store: Store,
+    /// Encoding choices from the config.
     pub options: ServeOptions,
 }
 

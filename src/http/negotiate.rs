@@ -35,7 +35,7 @@ fn quality(accept: &str, media: &str) -> f32 {
 /// The format to answer in, among those a route `offers`: `?format=` wins,
 /// then the best `Accept` match (earlier offers first on ties); `None` when
 /// nothing offered is acceptable.
-pub fn format(offers: &[Format], query_format: Option<Format>, accept: Option<&str>) -> Option<Format> {
+pub(super) fn format(offers: &[Format], query_format: Option<Format>, accept: Option<&str>) -> Option<Format> {
     if let Some(f) = query_format {
         return offers.contains(&f).then_some(f);
     }
@@ -51,7 +51,7 @@ pub fn format(offers: &[Format], query_format: Option<Format>, accept: Option<&s
 }
 
 /// zstd if `Accept-Encoding` allows it, else identity.
-pub fn encoding(accept_encoding: Option<&str>) -> Encoding {
+pub(super) fn encoding(accept_encoding: Option<&str>) -> Encoding {
     let Some(header) = accept_encoding else { return Encoding::Identity };
     for coding in header.split(',') {
         let mut parts = coding.split(';');
@@ -70,20 +70,20 @@ pub fn encoding(accept_encoding: Option<&str>) -> Encoding {
 
 /// The query parameters weightcast understands.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Query {
-    pub format: Option<Format>,
+pub(super) struct Query {
+    pub(super) format: Option<Format>,
     /// `None` = as stored.
-    pub dtype: Option<Target>,
-    pub names: Option<Vec<String>>,
+    pub(super) dtype: Option<Target>,
+    pub(super) names: Option<Vec<String>>,
     /// `compress=1`: npz members deflated.
-    pub compress: bool,
+    pub(super) compress: bool,
     /// `codec=bytegroup`: protobuf tensor data in byte planes.
-    pub bytegroup: bool,
+    pub(super) bytegroup: bool,
 }
 
 /// Why a query string was refused (a `400`).
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum QueryError {
+pub(super) enum QueryError {
     #[error("unknown query parameter '{key}': this route takes none")]
     NoneTaken { key: String },
     #[error("unknown query parameter '{key}' (this route takes: {})", .allowed.join(", "))]
@@ -93,7 +93,7 @@ pub enum QueryError {
 }
 
 /// Parses a query string, allowing only `allowed` parameters.
-pub fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, QueryError> {
+pub(super) fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, QueryError> {
     let mut q = Query::default();
     for (key, value) in pairs {
         if !allowed.contains(&key.as_str()) {

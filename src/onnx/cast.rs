@@ -14,7 +14,9 @@ use super::DataType;
 /// What a tensor may be cast to (`?dtype=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
+    /// IEEE 754 half precision.
     F16,
+    /// bfloat16 (float32's exponent, 7 bits of mantissa).
     Bf16,
 }
 
@@ -45,6 +47,7 @@ impl Target {
         }
     }
 
+    /// The ONNX dtype of the cast tensor.
     pub fn dtype(self) -> DataType {
         match self {
             Target::F16 => DataType::Float16,
@@ -55,7 +58,9 @@ impl Target {
 
 /// A cast tensor's bytes and how many finite values overflowed to ±inf.
 pub struct Cast {
+    /// The cast tensor's little-endian bytes.
     pub bytes: Vec<u8>,
+    /// Finite values that became ±inf.
     pub overflowed: u64,
 }
 

@@ -5,6 +5,7 @@ use std::fmt;
 /// An ONNX `TensorProto.DataType`. The discriminants are ONNX's numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(i32)]
+#[allow(missing_docs)] // the variants are ONNX's names, in ONNX's order
 pub enum DataType {
     Float = 1,
     Uint8 = 2,

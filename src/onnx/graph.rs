@@ -42,6 +42,7 @@ struct Field<'a> {
 
 /// Why a model could not be rewritten.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum RewriteError {
     #[error("the model is not valid protobuf: {0}")]
     Decode(#[from] prost::DecodeError),

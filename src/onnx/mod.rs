@@ -33,6 +33,7 @@ pub mod proto {
 
 /// Why a model could not be read.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum OnnxError {
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
@@ -66,6 +67,7 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// Its name in the manifest (`raw`, `typed`, `external`, `sparse`).
     pub fn name(self) -> &'static str {
         match self {
             Storage::Raw => "raw",
@@ -91,9 +93,13 @@ pub struct Tensor {
     /// Initializer name; for a subgraph's tensors `node/attribute/name`; for a
     /// Constant node its output's name.
     pub name: String,
+    /// Its element type.
     pub dtype: DataType,
+    /// Its shape; empty for a scalar.
     pub dims: Vec<i64>,
+    /// Its elements.
     pub data: TensorData,
+    /// How the file holds it.
     pub storage: Storage,
     /// The value of a `Constant` node rather than an initializer.
     pub constant: bool,
@@ -112,6 +118,7 @@ impl Tensor {
 /// A graph input or output as the model declares it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueInfo {
+    /// The input's or output's name.
     pub name: String,
     /// ONNX type name (`FLOAT`, …) or a description for non-tensor values.
     pub dtype: String,
@@ -122,22 +129,32 @@ pub struct ValueInfo {
 /// Facts about a model besides its tensors.
 #[derive(Debug, Clone, Default)]
 pub struct ModelInfo {
+    /// ONNX IR version.
     pub ir_version: i64,
+    /// The exporter (`pytorch`, `tf2onnx`, …).
     pub producer_name: String,
+    /// The exporter's version.
     pub producer_version: String,
+    /// (domain, opset version) pairs.
     pub opset_imports: Vec<(String, i64)>,
+    /// `metadata_props`, in order.
     pub metadata: Vec<(String, String)>,
+    /// Graph inputs that are not initializers.
     pub inputs: Vec<ValueInfo>,
+    /// Graph outputs.
     pub outputs: Vec<ValueInfo>,
 }
 
 /// A model file, read.
 #[derive(Debug)]
 pub struct OnnxModel {
+    /// Where it was read from.
     pub path: PathBuf,
     /// The whole file (a view of its memory map).
     pub bytes: Bytes,
+    /// Facts besides the tensors.
     pub info: ModelInfo,
+    /// Every weight tensor, in file order (main graph, then subgraphs).
     pub tensors: Vec<Tensor>,
 }
 
@@ -188,6 +205,7 @@ impl OnnxModel {
 /// is opened.
 #[derive(Debug)]
 pub struct GraphParts {
+    /// The tensors whose data the graph carries.
     pub inline: Vec<Tensor>,
     /// (tensor name, `location`) of every tensor held as external data.
     pub external: Vec<(String, String)>,

@@ -9,6 +9,7 @@ use http_types::{Method, Request, Url};
 
 /// Why a request did not give a usable answer.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum FetchError {
     #[error("cannot connect to {0}: {1}")]
     Connect(String, std::io::Error),
@@ -35,42 +36,50 @@ fn body_error(url: &str, message: String) -> FetchError {
 }
 
 /// An answer.
-pub struct Reply {
-    pub status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     /// Decoded (zstd undone).
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     /// Bytes that crossed the wire for the body.
-    pub wire_bytes: usize,
+    pub(crate) wire_bytes: usize,
 }
 
 impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 /// A body being written to a file: what arrived so far stays there, so a later
 /// request can resume it with `Range`.
-pub struct Download<'a> {
-    pub path: &'a std::path::Path,
+pub(crate) struct Download<'a> {
+    pub(crate) path: &'a std::path::Path,
     /// Bytes already in the file (asked for with `Range: bytes=N-`).
-    pub have: u64,
+    pub(crate) have: u64,
     /// Called with the bytes of each piece as it arrives (progress).
-    pub progress: &'a dyn Fn(u64),
+    pub(crate) progress: &'a dyn Fn(u64),
     /// Called with the answer's head before its body is read.
-    pub on_head: &'a dyn Fn(&Reply),
+    pub(crate) on_head: &'a dyn Fn(&Reply),
 }
 
+/// The updater's HTTP client.
 pub struct Client {
+    /// Bearer token sent with every request (`--token-file`).
     pub token: Option<String>,
+    /// Deadline of each request (`--timeout`).
     pub timeout: Duration,
 }
 
 impl Client {
     /// GETs `url` into `dl.path`: appended after `dl.have` bytes on a `206`,
     /// written from the start on a `200`. The reply's body is left empty.
-    pub async fn download(&self, url: &Url, headers: &[(&str, &str)], dl: Download<'_>) -> Result<Reply, FetchError> {
+    pub(crate) async fn download(
+        &self,
+        url: &Url,
+        headers: &[(&str, &str)],
+        dl: Download<'_>,
+    ) -> Result<Reply, FetchError> {
         use futures_lite::AsyncReadExt;
         use std::io::Write;
         let name = url.to_string();
@@ -84,6 +93,12 @@ impl Client {
             let append = status == 206;
             if status != 200 && !append {
                 return Ok(reply);
+            }
+            // A 206 must continue exactly where the file ends.
+            let from = format!("bytes {}-", dl.have);
+            if append && !reply.header("Content-Range").is_some_and(|r| r.starts_with(&from)) {
+                let got = reply.header("Content-Range").unwrap_or("none").to_string();
+                return Err(FetchError::Http(name.clone(), format!("206 for range {got}, asked {from}")));
             }
             (dl.on_head)(&reply);
             let mut file = std::fs::OpenOptions::new()
@@ -139,7 +154,7 @@ impl Client {
     }
 
     /// GETs `url` with `headers`; asks for zstd and decodes it.
-    pub async fn get(&self, url: &Url, headers: &[(&str, &str)]) -> Result<Reply, FetchError> {
+    pub(crate) async fn get(&self, url: &Url, headers: &[(&str, &str)]) -> Result<Reply, FetchError> {
         let name = url.to_string();
         let work = async {
             let mut res = self.send(url, headers).await?;

@@ -25,14 +25,14 @@ use serde::{Deserialize, Serialize};
 
 /// What the updater remembers between rounds.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct SavedState {
+pub(super) struct SavedState {
     /// ETag of the manifest the current version was built from.
-    pub etag: Option<String>,
+    pub(super) etag: Option<String>,
     /// Versions that failed their check; not retried until the hub moves on.
-    pub rejected: Vec<String>,
+    pub(super) rejected: Vec<String>,
 }
 
-pub struct Dest {
+pub(super) struct Dest {
     root: PathBuf,
 }
 
@@ -41,7 +41,7 @@ fn context(what: &str, path: &Path, e: io::Error) -> io::Error {
 }
 
 /// Writes a file and fsyncs it.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = File::create(path).map_err(|e| context("cannot create", path, e))?;
     f.write_all(bytes).map_err(|e| context("cannot write", path, e))?;
     f.sync_all().map_err(|e| context("cannot sync", path, e))
@@ -53,7 +53,7 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 
 impl Dest {
     /// Opens (creating) `root`, and removes temporary folders a crash left.
-    pub fn open(root: &Path) -> io::Result<Dest> {
+    pub(super) fn open(root: &Path) -> io::Result<Dest> {
         for dir in [root.to_path_buf(), root.join("versions"), root.join("rejected")] {
             fs::create_dir_all(&dir).map_err(|e| context("cannot create", &dir, e))?;
         }
@@ -71,16 +71,16 @@ impl Dest {
         Ok(Dest { root: root.to_path_buf() })
     }
 
-    pub fn root(&self) -> &Path {
+    pub(super) fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn version_dir(&self, version: &str) -> PathBuf {
+    pub(super) fn version_dir(&self, version: &str) -> PathBuf {
         self.root.join("versions").join(version)
     }
 
     /// The version `current` points at, and its folder.
-    pub fn current(&self) -> Option<(String, PathBuf)> {
+    pub(super) fn current(&self) -> Option<(String, PathBuf)> {
         let target = fs::read_link(self.root.join("current")).ok()?;
         let version = target.file_name()?.to_str()?.to_string();
         let dir = self.version_dir(&version);
@@ -88,7 +88,7 @@ impl Dest {
     }
 
     /// A fresh temporary folder for a version being written.
-    pub fn temp_dir(&self) -> io::Result<PathBuf> {
+    pub(super) fn temp_dir(&self) -> io::Result<PathBuf> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let dir = self.root.join(format!(".tmp-{}-{nanos}", std::process::id()));
         fs::create_dir(&dir).map_err(|e| context("cannot create", &dir, e))?;
@@ -96,7 +96,7 @@ impl Dest {
     }
 
     /// Syncs `tmp` and moves it to `versions/<version>`.
-    pub fn commit(&self, tmp: &Path, version: &str) -> io::Result<PathBuf> {
+    pub(super) fn commit(&self, tmp: &Path, version: &str) -> io::Result<PathBuf> {
         sync_dir(tmp)?;
         let target = self.version_dir(version);
         if target.exists() {
@@ -110,7 +110,7 @@ impl Dest {
     }
 
     /// Points `current` at `versions/<version>` atomically.
-    pub fn switch(&self, version: &str) -> io::Result<()> {
+    pub(super) fn switch(&self, version: &str) -> io::Result<()> {
         let link = self.root.join(".current.tmp");
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(Path::new("versions").join(version), &link)
@@ -121,7 +121,7 @@ impl Dest {
     }
 
     /// Moves a version that failed its check aside.
-    pub fn reject(&self, tmp: &Path, version: &str) -> io::Result<PathBuf> {
+    pub(super) fn reject(&self, tmp: &Path, version: &str) -> io::Result<PathBuf> {
         let target = self.root.join("rejected").join(version);
         let _ = fs::remove_dir_all(&target);
         fs::rename(tmp, &target).map_err(|e| context("cannot move aside", &target, e))?;
@@ -129,7 +129,7 @@ impl Dest {
     }
 
     /// Committed versions, newest first.
-    pub fn versions(&self) -> Vec<String> {
+    pub(super) fn versions(&self) -> Vec<String> {
         let mut v: Vec<(std::time::SystemTime, String)> = fs::read_dir(self.root.join("versions"))
             .into_iter()
             .flatten()
@@ -144,7 +144,7 @@ impl Dest {
     }
 
     /// Removes all but the newest `keep` versions (never `current`).
-    pub fn prune(&self, keep: usize) {
+    pub(super) fn prune(&self, keep: usize) {
         let current = self.current().map(|c| c.0);
         for old in self.versions().into_iter().skip(keep.max(1)) {
             if Some(&old) != current.as_ref() {
@@ -153,11 +153,11 @@ impl Dest {
         }
     }
 
-    pub fn state(&self) -> SavedState {
+    pub(super) fn state(&self) -> SavedState {
         fs::read(self.root.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
-    pub fn save_state(&self, state: &SavedState) -> io::Result<()> {
+    pub(super) fn save_state(&self, state: &SavedState) -> io::Result<()> {
         let tmp = self.root.join("state.json.tmp");
         write_synced(&tmp, &serde_json::to_vec_pretty(state).unwrap_or_default())?;
         fs::rename(&tmp, self.root.join("state.json")).map_err(|e| context("cannot save", &tmp, e))

@@ -7,7 +7,7 @@
 //! ([`layout`]), optionally checked, and `current` is switched atomically.
 
 mod client;
-pub mod layout;
+mod layout;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use layout::{write_synced, Dest};
 /// How a new version is checked before `current` moves to it.
 #[derive(Clone)]
 pub enum Check {
+    /// Switch without a check.
     None,
     /// Open `model.onnx` of the new folder (given its path) in a runtime;
     /// `Err` rejects the version. The binary passes ONNX Runtime's
@@ -61,14 +62,18 @@ pub enum Output {
 /// What `weightcast pull` was told.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// What a version folder holds.
     pub output: Output,
     /// `f16` / `bf16`: the representation asked of the hub (safetensors only:
     /// an ONNX graph declares its initializers' types).
     pub dtype: Option<crate::onnx::cast::Target>,
     /// The model's URL on the hub: `http://hub:8080/v1/models/NAME`.
     pub url: Url,
+    /// The device's folder (`--dest`).
     pub dest: PathBuf,
+    /// Versions kept on disk (`--keep`).
     pub keep: usize,
+    /// How a new version is checked before the switch.
     pub check: Check,
     /// Run after a successful switch (`sh -c`), with `$WEIGHTCAST_DIR`.
     pub exec: Option<String>,
@@ -79,24 +84,34 @@ pub struct Options {
 pub enum Outcome {
     /// Nothing new (or only a version rejected before).
     Current {
+        /// The version `current` points at, if any.
         version: Option<String>,
     },
+    /// `current` now points at a new version.
     Updated {
+        /// The new version.
         version: String,
+        /// Bytes that crossed the wire this round.
         fetched_bytes: u64,
+        /// Bytes of the model's tensors.
         model_bytes: u64,
+        /// Tensor files fetched (the rest were copied from the current version).
         tensors_fetched: usize,
+        /// Tensors in the manifest.
         tensors_total: usize,
     },
     /// The new version failed its check; `current` is unchanged.
     Rejected {
+        /// The version set aside.
         version: String,
+        /// What the check said.
         reason: String,
     },
 }
 
 /// Why a round failed; the next round starts over.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum UpdateError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
@@ -759,6 +774,7 @@ async fn run_command(cmd: &str, dir: &Path) -> Result<(), String> {
 
 /// Why `weightcast rollback` could not roll back.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum RollbackError {
     #[error("no current version to roll back from (has `weightcast pull` installed one in this folder?)")]
     NoCurrent,
