@@ -96,3 +96,4 @@ def test_missing_library_says_how_to_get_it(zoo, tmp_path):
     assert r.returncode != 0
     for hint in ["libonnxruntime.so", "scripts/fetch-ort.sh", "pip install onnxruntime==", "ORT_DYLIB_PATH", "--runtime none"]:
         assert hint in r.stderr, (hint, r.stderr)
+    assert "cannot load ONNX Runtime from" not in r.stderr, "not found is not a failed load of an empty path"
