@@ -24,6 +24,9 @@ pub struct Config {
     pub json_max_bytes: u64,
     /// Representations computed in the background right after load.
     pub prepare: Vec<String>,
+    /// Most connections open at once; more get a fast `503`. Default: the
+    /// open-files limit (raised to its hard limit at start) less 64.
+    pub max_connections: Option<usize>,
     /// The `[runtime]` table: ONNX Runtime and its execution providers.
     pub runtime: SessionOptions,
     /// The `[[models]]` to serve, besides those named on the command line.
@@ -38,6 +41,7 @@ impl Default for Config {
             cache_bytes: 256 << 20,
             json_max_bytes: 16 << 20,
             prepare: vec!["identity".into(), "zstd".into()],
+            max_connections: None,
             runtime: SessionOptions::default(),
             models: Vec::new(),
         }

@@ -314,7 +314,10 @@ fn serve(
     // On stdout, for scripts and tests that start us on port 0.
     println!("weightcast listening on http://{addr}");
     tracing::info!("listening on http://{addr}");
-    http::run(listener, state).map_err(|e| format!("server stopped: {e}"))
+    let open_files = http::raise_open_files_limit();
+    let max_connections = cfg.max_connections.unwrap_or_else(|| http::default_max_connections(open_files));
+    tracing::info!(open_files, max_connections, "connection limits");
+    http::run(listener, state, max_connections).map_err(|e| format!("server stopped: {e}"))
 }
 
 fn inspect(path: &std::path::Path) -> Result<(), String> {

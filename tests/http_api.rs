@@ -18,7 +18,7 @@ fn start() -> (String, tempfile::TempDir) {
     let state = Arc::new(State { store, options: ServeOptions::default() });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || http::run(listener, state));
+    std::thread::spawn(move || http::run(listener, state, 1024));
     (format!("http://{addr}"), dir)
 }
 

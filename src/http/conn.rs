@@ -1,60 +1,305 @@
-//! One connection: requests are parsed by async-h1, answered by
-//! [`super::respond`], and the response is written here, because async-h1's
-//! own encoder copies every body through an 8 KiB buffer and reformats the
-//! Date header per response. Writing ourselves sends each body chunk — often
-//! a multi-megabyte slice of the memory-mapped model — in one `write` call,
-//! and a bodiless answer (a 304) in one `write` with its head.
+//! One connection: request heads are read and parsed here (httparse), the
+//! request answered by [`super::respond`], and the response written here.
+//!
+//! Why not async-h1's server half: it answers nothing to HTTP/1.0, drops
+//! pipelined requests (a fresh buffer per request loses bytes already read),
+//! closes the connection without a status on a malformed head, and its body
+//! reader has no deadline. Its encoder also copies every body through an
+//! 8 KiB buffer. Here one buffered reader lives as long as the connection,
+//! every read and write has a deadline, every malformed head gets its `400`,
+//! `414` or `431`, and each body chunk — often a multi-megabyte slice of the
+//! memory-mapped model — goes out in as few `write` calls as the deadline
+//! allows.
+//!
+//! Limits (nginx's defaults where it has one): a head of at most 16 KiB and
+//! 100 headers; 60 s to send a head (and between requests); request bodies
+//! (meaningless on GET/HEAD) of at most 64 KiB, read within 60 s; 60 s for
+//! each 1 MiB written.
 
 use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_lite::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, FutureExt};
-use http_types::{Method, Response};
+use futures_lite::io::BufReader;
+use futures_lite::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, FutureExt};
+use http_types::{Method, Request, Response, StatusCode, Url};
 
-use super::State;
+use super::{ApiError, State};
 
-/// How long a connection may sit between requests (or dribble headers).
+/// How long a connection may sit between requests, or take to send a head.
 const IDLE: Duration = Duration::from_secs(60);
+/// How long a request body may take to arrive.
+const BODY_TIME: Duration = Duration::from_secs(60);
+/// How long one slice of a response may take to be written.
+const WRITE_TIME: Duration = Duration::from_secs(60);
+/// Bytes written under one deadline.
+const WRITE_SLICE: usize = 1 << 20;
+/// Largest request head (request line and headers).
+const MAX_HEAD: usize = 16 << 10;
+/// Most headers in a request.
+const MAX_HEADERS: usize = 100;
+/// Largest request body read (and dropped: GET and HEAD take none).
+const MAX_BODY: u64 = 64 << 10;
 
-/// Serves requests on `stream` until the client closes it, asks to, or idles.
+/// Serves requests on `stream`, in order, until the client closes it, asks
+/// to, idles, or sends something that is not HTTP/1.x.
 pub(super) async fn serve(stream: smol::net::TcpStream, state: Arc<State>) -> io::Result<()> {
     let mut out = stream.clone();
+    let mut reader = BufReader::with_capacity(MAX_HEAD, stream);
     loop {
-        let next =
-            async { async_h1::server::decode(stream.clone()).await.map_err(|e| io::Error::other(e.to_string())) }.or(
-                async {
-                    smol::Timer::after(IDLE).await;
-                    Ok(None)
-                },
-            );
-        let Some((req, mut body)) = next.await? else { return Ok(()) };
-        let method = req.method();
-        let close = req.header("Connection").is_some_and(|c| c.as_str().eq_ignore_ascii_case("close"));
-        let response = super::respond(&state, req).await;
-        // A GET or HEAD has no body worth reading; drain whatever came.
-        futures_lite::io::copy(&mut body, &mut futures_lite::io::sink()).await?;
-        write(&mut out, method, response, close).await?;
-        if close {
+        let head = match deadline(IDLE, read_head(&mut reader)).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let parsed = match head.and_then(|h| request(&h)) {
+            Ok(parsed) => parsed,
+            Err(refusal) => return refuse(&mut out, &mut reader, refusal).await,
+        };
+        if let Err(refusal) = drain_body(&mut reader, parsed.body).await {
+            return refuse(&mut out, &mut reader, refusal).await;
+        }
+        let method = parsed.request.method();
+        let response = super::respond(&state, parsed.request).await;
+        write(&mut out, method, response, parsed.close, parsed.http10).await?;
+        if parsed.close {
             return Ok(());
         }
     }
 }
 
+/// `fut`, or a `TimedOut` error once `limit` has passed.
+async fn deadline<T>(limit: Duration, fut: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    fut.or(async {
+        smol::Timer::after(limit).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
+    })
+    .await
+}
+
+/// A connection over the cap: a `503` with `Retry-After`, then closed.
+pub(super) async fn busy(mut stream: smol::net::TcpStream) -> io::Result<()> {
+    let detail = "the server holds as many connections as it may; retry in a second";
+    let mut response = ApiError::new(StatusCode::ServiceUnavailable, "busy", detail).into_response();
+    response.insert_header("Retry-After", "1");
+    deadline(Duration::from_secs(5), write(&mut stream, Method::Get, response, true, false)).await?;
+    let mut reader = stream.clone();
+    linger(&mut stream, &mut reader).await
+}
+
+/// A request the connection cannot answer normally: the status it gets
+/// before the connection closes.
+struct Refusal {
+    status: StatusCode,
+    detail: String,
+}
+
+fn refusal(status: StatusCode, detail: impl Into<String>) -> Refusal {
+    Refusal { status, detail: detail.into() }
+}
+
+/// Answers a refusal (JSON error body, `connection: close`) and ends.
+async fn refuse(
+    out: &mut smol::net::TcpStream,
+    reader: &mut (impl futures_lite::AsyncRead + Unpin),
+    r: Refusal,
+) -> io::Result<()> {
+    let reason = r.status.canonical_reason().to_lowercase();
+    let response = ApiError::new(r.status, reason, r.detail).into_response();
+    write(out, Method::Get, response, true, false).await?;
+    linger(out, reader).await
+}
+
+/// Closes after an early answer the way nginx's `lingering_close` does: the
+/// write side first, then what the client is still sending is read and
+/// dropped for a moment, so the kernel does not reset the connection (and
+/// throw away the answer) because unread bytes were left.
+async fn linger(out: &mut smol::net::TcpStream, reader: &mut (impl futures_lite::AsyncRead + Unpin)) -> io::Result<()> {
+    let _ = out.shutdown(std::net::Shutdown::Write);
+    let mut rest = reader.take(LINGER_BYTES);
+    let _ = deadline(LINGER_TIME, futures_lite::io::copy(&mut rest, &mut futures_lite::io::sink())).await;
+    Ok(())
+}
+
+/// How long, and for how many bytes, [`linger`] reads.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: u64 = 4 << 20;
+
+/// The next request head (up to and including the blank line), `None` when
+/// the client closed cleanly between requests, or the refusal for a head
+/// that is too long.
+async fn read_head(
+    reader: &mut BufReader<smol::net::TcpStream>,
+) -> io::Result<Option<Result<Vec<u8>, Refusal>>> {
+    let mut head: Vec<u8> = Vec::new();
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return match head.iter().all(|b| b.is_ascii_whitespace()) {
+                true => Ok(None),
+                false => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-head")),
+            };
+        }
+        let before = head.len();
+        head.extend_from_slice(buf);
+        // Leading empty lines before a request line are allowed (RFC 9112 2.2).
+        let start = head.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(head.len());
+        if let Some(end) = find_blank_line(&head[start..]) {
+            let end = start + end;
+            reader.consume(end - before);
+            head.truncate(end);
+            return Ok(Some(Ok(head.split_off(start))));
+        }
+        let n = buf.len();
+        reader.consume(n);
+        if head.len() - start > MAX_HEAD {
+            let line_ended = head[start..].windows(2).any(|w| w == b"\r\n");
+            return Ok(Some(Err(match line_ended {
+                false => refusal(StatusCode::UriTooLong, format!("the request line is over {MAX_HEAD} bytes")),
+                true => refusal(
+                    StatusCode::RequestHeaderFieldsTooLarge,
+                    format!("the request head is over {MAX_HEAD} bytes"),
+                ),
+            })));
+        }
+    }
+}
+
+/// End of the first `\r\n\r\n` (or bare `\n\n`) in `buf`.
+fn find_blank_line(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A parsed request and how its connection goes on.
+struct Parsed {
+    request: Request,
+    /// Bytes of request body that follow the head.
+    body: u64,
+    /// Close after answering (HTTP/1.0 without keep-alive, or asked).
+    close: bool,
+    http10: bool,
+}
+
+/// Parses a head into a request, or the refusal it deserves.
+fn request(head: &[u8]) -> Result<Parsed, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(refusal(StatusCode::BadRequest, "incomplete request head")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(refusal(StatusCode::RequestHeaderFieldsTooLarge, format!("more than {MAX_HEADERS} headers")))
+        }
+        Err(e) => return Err(refusal(StatusCode::BadRequest, format!("malformed request head: {e}"))),
+    }
+    let http10 = req.version == Some(0);
+    let method: Method = req.method.unwrap_or_default().parse().map_err(|_| {
+        refusal(StatusCode::MethodNotAllowed, format!("{} is not served; use GET or HEAD", req.method.unwrap_or("")))
+    })?;
+    let path = req.path.unwrap_or("/");
+    let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let host = match header("Host") {
+        Some(h) => std::str::from_utf8(h).map_err(|_| refusal(StatusCode::BadRequest, "Host is not UTF-8"))?,
+        None if http10 => "localhost",
+        None => return Err(refusal(StatusCode::BadRequest, "HTTP/1.1 requests must carry Host")),
+    };
+    if !path.starts_with('/') {
+        return Err(refusal(StatusCode::BadRequest, "the request target must be a path (origin form)"));
+    }
+    let url = Url::parse(&format!("http://{host}{path}"))
+        .map_err(|e| refusal(StatusCode::BadRequest, format!("bad request target or Host: {e}")))?;
+    let mut request = Request::new(method, url);
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| refusal(StatusCode::BadRequest, format!("header {} is not UTF-8", h.name)))?;
+        request.append_header(h.name, value);
+    }
+    let body = body_length(header("Content-Length"), header("Transfer-Encoding"))?;
+    let connection = header("Connection").map(|c| String::from_utf8_lossy(c).to_ascii_lowercase());
+    let close = match connection.as_deref() {
+        Some(c) if c.contains("close") => true,
+        Some(c) if c.contains("keep-alive") => false,
+        _ => http10,
+    };
+    Ok(Parsed { request, body, close, http10 })
+}
+
+/// The request body's length: `Content-Length` (at most [`MAX_BODY`]); a
+/// chunked body is refused (no GET or HEAD needs one).
+fn body_length(content_length: Option<&[u8]>, transfer_encoding: Option<&[u8]>) -> Result<u64, Refusal> {
+    if transfer_encoding.is_some() {
+        return Err(refusal(StatusCode::BadRequest, "request bodies are not accepted (Transfer-Encoding)"));
+    }
+    let Some(value) = content_length else { return Ok(0) };
+    let n: u64 = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| refusal(StatusCode::BadRequest, "Content-Length is not a number"))?;
+    if n > MAX_BODY {
+        return Err(refusal(StatusCode::PayloadTooLarge, format!("request bodies are at most {MAX_BODY} bytes")));
+    }
+    Ok(n)
+}
+
+/// Reads and drops a request body of `n` bytes within [`BODY_TIME`].
+async fn drain_body(reader: &mut BufReader<smol::net::TcpStream>, n: u64) -> Result<(), Refusal> {
+    if n == 0 {
+        return Ok(());
+    }
+    let mut body = (&mut *reader).take(n);
+    let copied = deadline(BODY_TIME, futures_lite::io::copy(&mut body, &mut futures_lite::io::sink())).await;
+    match copied {
+        Ok(got) if got == n => Ok(()),
+        Ok(_) => Err(refusal(StatusCode::BadRequest, "the request body ended before its Content-Length")),
+        Err(_) => Err(refusal(StatusCode::RequestTimeout, "the request body did not arrive in time")),
+    }
+}
+
 /// Writes a response: head, then the body chunk by chunk as the body reader
 /// hands them out (framed by Content-Length when known, else chunked).
-async fn write(out: &mut smol::net::TcpStream, method: Method, mut res: Response, close: bool) -> io::Result<()> {
+async fn write(
+    out: &mut smol::net::TcpStream,
+    method: Method,
+    mut res: Response,
+    close: bool,
+    http10: bool,
+) -> io::Result<()> {
     let body = res.take_body();
     let len = body.len();
     let status = res.status();
-    let bodiless = status == http_types::StatusCode::NotModified || u16::from(status) < 200;
-    let head = head(&res, if bodiless { Framing::None } else { len.map_or(Framing::Chunked, Framing::Length) }, close);
+    let bodiless = status == StatusCode::NotModified || u16::from(status) < 200;
+    // HTTP/1.0 has no chunked encoding: a body of unknown length ends with
+    // the connection.
+    let framing = match (bodiless, len) {
+        (true, _) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) if http10 => Framing::None,
+        (false, None) => Framing::Chunked,
+    };
+    let close = close || (http10 && len.is_none() && !bodiless);
+    let chunked = matches!(framing, Framing::Chunked);
+    let head = head(&res, framing, close);
     if method == Method::Head || bodiless {
-        out.write_all(&head).await?;
+        write_all(out, &head).await?;
         return out.flush().await;
     }
-    write_body(out, body.into_reader(), head, len.is_none()).await
+    write_body(out, body.into_reader(), head, chunked).await
+}
+
+/// Writes `bytes`, a [`WRITE_SLICE`] at a time, each within [`WRITE_TIME`]:
+/// a client that stops reading is cut off (and what it pinned released).
+async fn write_all(out: &mut smol::net::TcpStream, bytes: &[u8]) -> io::Result<()> {
+    for slice in bytes.chunks(WRITE_SLICE) {
+        deadline(WRITE_TIME, out.write_all(slice)).await?;
+    }
+    Ok(())
 }
 
 /// How a body's end is told.
@@ -108,7 +353,7 @@ async fn write_body(
                 frame.extend_from_slice(b"0\r\n\r\n");
             }
             if !frame.is_empty() {
-                out.write_all(&frame).await?;
+                write_all(out, &frame).await?;
             }
             break;
         }
@@ -120,14 +365,14 @@ async fn write_body(
             if chunked {
                 frame.extend_from_slice(b"\r\n");
             }
-            out.write_all(&frame).await?;
+            write_all(out, &frame).await?;
         } else {
             if !frame.is_empty() {
-                out.write_all(&frame).await?;
+                write_all(out, &frame).await?;
             }
-            out.write_all(chunk).await?;
+            write_all(out, chunk).await?;
             if chunked {
-                out.write_all(b"\r\n").await?;
+                write_all(out, b"\r\n").await?;
             }
         }
         reader.consume(n);

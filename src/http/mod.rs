@@ -8,7 +8,7 @@ mod negotiate;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use http_types::{Method, Request, Response, StatusCode};
@@ -79,9 +79,10 @@ fn bad_request(detail: impl ToString) -> ApiError {
     ApiError::new(StatusCode::BadRequest, "bad request", detail.to_string())
 }
 
-/// Serves on `listener` until it fails, with one executor thread per core
+/// Serves on `listener` forever, with one executor thread per core
 /// (CPU-heavy work — casts, compression — runs on the blocking pool instead).
-pub fn run(listener: std::net::TcpListener, state: Arc<State>) -> io::Result<()> {
+/// At most `max_connections` are open at once; more get a fast `503`.
+pub fn run(listener: std::net::TcpListener, state: Arc<State>, max_connections: usize) -> io::Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let executor = Arc::new(smol::Executor::new());
     for k in 1..threads {
@@ -91,25 +92,96 @@ pub fn run(listener: std::net::TcpListener, state: Arc<State>) -> io::Result<()>
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))?;
     }
     let listener = smol::net::TcpListener::try_from(listener)?;
-    smol::block_on(executor.run(accept(listener, state, executor.clone())))
+    smol::block_on(executor.run(accept(listener, state, executor.clone(), max_connections)));
+    Ok(())
 }
 
+/// Raises this process's soft limit on open files to its hard limit (a
+/// fleet's pollers each hold a connection: systemd's default soft limit is
+/// 1,024). Returns the soft limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum) {
+        if soft < hard {
+            let raised = rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                return hard;
+            }
+        }
+    }
+    limit.current.unwrap_or(u64::MAX)
+}
+
+/// The default connection cap for a soft open-files limit: what is left
+/// after files, maps and the listener (64 kept aside).
+pub fn default_max_connections(open_files: u64) -> usize {
+    open_files.saturating_sub(64).clamp(16, 1 << 20) as usize
+}
+
+/// Accepts connections forever: an accept error (out of file descriptors,
+/// a connection reset before it was taken) is logged once per burst and
+/// waited out, never the end of the server.
 async fn accept(
     listener: smol::net::TcpListener,
     state: Arc<State>,
     executor: Arc<smol::Executor<'static>>,
-) -> io::Result<()> {
+    max_connections: usize,
+) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut errors_in_a_row = 0u32;
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                errors_in_a_row = 0;
+                accepted
+            }
+            Err(e) => {
+                if errors_in_a_row == 0 {
+                    tracing::warn!("accept failed, retrying while it lasts: {e}");
+                }
+                errors_in_a_row = errors_in_a_row.saturating_add(1);
+                // Out of descriptors: give closing connections time to free some.
+                let pause = Duration::from_millis(10u64 << errors_in_a_row.min(7));
+                smol::Timer::after(pause).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
+        let guard = ConnectionGuard::take(&open);
         let state = state.clone();
         executor
             .spawn(async move {
-                if let Err(e) = conn::serve(stream, state).await {
+                let result = match guard.count <= max_connections {
+                    true => conn::serve(stream, state).await,
+                    false => conn::busy(stream).await,
+                };
+                if let Err(e) = result {
                     tracing::debug!(%peer, "connection ended: {e}");
                 }
+                drop(guard);
             })
             .detach();
+    }
+}
+
+/// One open connection, counted while it lives.
+struct ConnectionGuard {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Open connections, this one included, when it was accepted.
+    count: usize,
+}
+
+impl ConnectionGuard {
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> ConnectionGuard {
+        let count = open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        ConnectionGuard { open: open.clone(), count }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -5,7 +5,6 @@
 //! must not be able to make the server read arbitrary files.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
@@ -74,7 +73,8 @@ impl ExternalFiles {
         if let Some(b) = self.maps.get(&path) {
             return Ok(b.clone());
         }
-        let file = File::open(&path).map_err(|e| format!("cannot open external data '{location}': {e}"))?;
+        let file = super::mmap::open_regular(&path)
+            .map_err(|e| format!("cannot open external data '{location}': {e}"))?;
         // SAFETY: the contract of `ExternalFiles::new`, whose caller vouches
         // for the files under `dir`.
         let bytes =

@@ -10,6 +10,9 @@
 //! the README's instructions do), never modified in place.
 
 use std::fs::File;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use bytes::Bytes;
 
@@ -29,4 +32,37 @@ pub(crate) unsafe fn map(file: &File) -> std::io::Result<Bytes> {
     // in place while the map lives (this function's contract).
     let map = unsafe { memmap2::Mmap::map(file) }?;
     Ok(Bytes::from_owner(map))
+}
+
+/// Opens `path` for reading if it is a regular file: a FIFO, device or
+/// directory named by a model (or its external data) is refused, and the
+/// open never blocks (a FIFO with no writer would hang `open` forever).
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    let refuse = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("is {what}, not a regular file"));
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() {
+        return Err(refuse(describe(kind)));
+    }
+    // O_NONBLOCK: should the path be swapped for a FIFO after the check.
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(refuse(describe(kind)));
+    }
+    Ok(file)
+}
+
+fn describe(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
 }

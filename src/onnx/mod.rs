@@ -16,7 +16,6 @@ mod mmap;
 mod typed;
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -169,7 +168,7 @@ impl OnnxModel {
     /// [`mmap`](self::mmap).
     pub unsafe fn open(path: &Path) -> Result<OnnxModel, OnnxError> {
         let io = |source| OnnxError::Io { path: path.to_path_buf(), source };
-        let file = File::open(path).map_err(io)?;
+        let file = mmap::open_regular(path).map_err(io)?;
         // SAFETY: this function's contract.
         let bytes = unsafe { mmap::map(&file) }.map_err(io)?;
         if bytes.is_empty() {
@@ -192,7 +191,7 @@ impl OnnxModel {
             .map_err(|source| OnnxError::Decode { path: path.to_path_buf(), source })?;
         let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.to_path_buf() })?;
         // SAFETY: this function's contract.
-        let mut reader = Reader::new(Some(unsafe { ExternalFiles::new(dir) }));
+        let mut reader = Reader::new(Some(unsafe { ExternalFiles::new(dir) }), bytes.len() as u64);
         reader.graph(graph, "")?;
         let info = model_info(&model, graph);
         Ok(OnnxModel { path: path.to_path_buf(), bytes, info, tensors: reader.tensors })
@@ -214,9 +213,10 @@ pub struct GraphParts {
 /// Reads a `/graph` answer into its [`GraphParts`].
 pub fn graph_parts(model: Bytes) -> Result<GraphParts, OnnxError> {
     let path = Path::new("graph");
+    let file_len = model.len() as u64;
     let model = proto::ModelProto::decode(model).map_err(|source| OnnxError::Decode { path: path.into(), source })?;
     let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.into() })?;
-    let mut reader = Reader::new(None);
+    let mut reader = Reader::new(None, file_len);
     reader.graph(graph, "")?;
     Ok(GraphParts { inline: reader.tensors, external: reader.elsewhere })
 }
@@ -261,6 +261,16 @@ fn value_info(v: &proto::ValueInfoProto) -> ValueInfo {
     ValueInfo { name: v.name().to_string(), dtype, dims }
 }
 
+/// The most bytes a sparse tensor may densify to, for a model file of
+/// `file_len` bytes: 64× the file, at least 1 GiB, at most a quarter of
+/// the machine's memory. A few bytes of file must not make the server try
+/// to allocate terabytes.
+fn dense_limit(file_len: u64) -> u64 {
+    let memory = rustix::system::sysinfo();
+    let quarter = (memory.totalram as u64).saturating_mul(memory.mem_unit.max(1) as u64) / 4;
+    (file_len.saturating_mul(64)).max(1 << 30).min(quarter.max(64 << 20))
+}
+
 /// Walks a graph and its subgraphs, collecting tensors.
 struct Reader {
     /// Where external data is read from; `None`: not read, but noted in
@@ -269,6 +279,8 @@ struct Reader {
     tensors: Vec<Tensor>,
     names: HashSet<String>,
     elsewhere: Vec<(String, String)>,
+    /// Bytes of the model file (bounds what a sparse tensor may densify to).
+    file_len: u64,
 }
 
 /// What reading a tensor's data gave.
@@ -279,8 +291,8 @@ enum Read {
 }
 
 impl Reader {
-    fn new(external: Option<ExternalFiles>) -> Reader {
-        Reader { external, tensors: Vec::new(), names: HashSet::new(), elsewhere: Vec::new() }
+    fn new(external: Option<ExternalFiles>, file_len: u64) -> Reader {
+        Reader { external, tensors: Vec::new(), names: HashSet::new(), elsewhere: Vec::new(), file_len }
     }
 
     /// Keeps a tensor read from the model, or notes where it lies.
@@ -505,7 +517,18 @@ impl Reader {
                 format!("sparse indices dims {:?} do not fit {nnz} values", indices.dims),
             ));
         };
-        let mut dense = vec![0u8; total as usize];
+        let limit = dense_limit(self.file_len);
+        if total > limit {
+            return Err(OnnxError::tensor(
+                name,
+                format!("sparse tensor of dims {:?} densifies to {total} bytes, over the limit of {limit} (64× the model file, at least 1 GiB, at most a quarter of this machine's memory)", s.dims),
+            ));
+        }
+        let mut dense = Vec::new();
+        dense
+            .try_reserve_exact(total as usize)
+            .map_err(|_| OnnxError::tensor(name, format!("cannot allocate {total} bytes to densify it")))?;
+        dense.resize(total as usize, 0u8);
         for (k, &i) in linear.iter().enumerate() {
             if i >= count {
                 return Err(OnnxError::tensor(name, format!("sparse index {} is outside dims {:?}", idx[k], s.dims)));
