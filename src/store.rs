@@ -24,7 +24,9 @@ pub enum LoadError {
     Onnx { model: String, source: crate::onnx::OnnxError },
     #[error("model '{model}': {source}")]
     Runtime { model: String, source: runtime::RuntimeError },
-    #[error("model '{model}': loading it hit a bug ({what}); the last good version keeps serving — please report the file")]
+    #[error(
+        "model '{model}': loading it hit a bug ({what}); the last good version keeps serving — please report the file"
+    )]
     Panic { model: String, what: String },
     #[error("model '{model}': cannot rewrite it with external data for /graph: {source}")]
     Graph { model: String, source: crate::onnx::graph::RewriteError },
@@ -393,7 +395,8 @@ fn load_entry(spec: &ModelSpec, sessions: Option<&Sessions>, cache: &Arc<Cache>)
     // server (or the reload thread, and with it every later reload).
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(spec, sessions, cache.clone())))
         .unwrap_or_else(|panic| {
-            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+            let what =
+                panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
             Err(LoadError::Panic { model: spec.name.clone(), what: what.unwrap_or_default() })
         });
     match loaded {

@@ -13,8 +13,8 @@
 //!
 //! Limits (nginx's defaults where it has one): a head of at most 16 KiB and
 //! 100 headers; 60 s to send a head (and between requests); request bodies
-//! (meaningless on GET/HEAD) of at most 64 KiB, read within 60 s; 60 s for
-//! each 1 MiB written.
+//! (meaningless on GET/HEAD) of at most 64 KiB, read within 60 s; a
+//! response must leave at 1 MiB a minute or faster.
 
 use std::cell::RefCell;
 use std::io;
@@ -31,9 +31,9 @@ use super::{ApiError, State};
 const IDLE: Duration = Duration::from_secs(60);
 /// How long a request body may take to arrive.
 const BODY_TIME: Duration = Duration::from_secs(60);
-/// How long one slice of a response may take to be written.
+/// A response must progress by [`WRITE_SLICE`] bytes in every this long.
 const WRITE_TIME: Duration = Duration::from_secs(60);
-/// Bytes written under one deadline.
+/// See [`WRITE_TIME`].
 const WRITE_SLICE: usize = 1 << 20;
 /// Largest request head (request line and headers).
 const MAX_HEAD: usize = 16 << 10;
@@ -47,6 +47,7 @@ const MAX_BODY: u64 = 64 << 10;
 pub(super) async fn serve(stream: smol::net::TcpStream, state: Arc<State>) -> io::Result<()> {
     let mut out = stream.clone();
     let mut reader = BufReader::with_capacity(MAX_HEAD, stream);
+    let mut pace = Pace::new();
     loop {
         let head = match deadline(IDLE, read_head(&mut reader)).await {
             Ok(Some(head)) => head,
@@ -63,7 +64,7 @@ pub(super) async fn serve(stream: smol::net::TcpStream, state: Arc<State>) -> io
         }
         let method = parsed.request.method();
         let response = super::respond(&state, parsed.request).await;
-        write(&mut out, method, response, parsed.close, parsed.http10).await?;
+        write(&mut out, &mut pace, method, response, parsed.close, parsed.http10).await?;
         if parsed.close {
             return Ok(());
         }
@@ -84,7 +85,7 @@ pub(super) async fn busy(mut stream: smol::net::TcpStream) -> io::Result<()> {
     let detail = "the server holds as many connections as it may; retry in a second";
     let mut response = ApiError::new(StatusCode::ServiceUnavailable, "busy", detail).into_response();
     response.insert_header("Retry-After", "1");
-    deadline(Duration::from_secs(5), write(&mut stream, Method::Get, response, true, false)).await?;
+    deadline(Duration::from_secs(5), write(&mut stream, &mut Pace::new(), Method::Get, response, true, false)).await?;
     let mut reader = stream.clone();
     linger(&mut stream, &mut reader).await
 }
@@ -108,7 +109,7 @@ async fn refuse(
 ) -> io::Result<()> {
     let reason = r.status.canonical_reason().to_lowercase();
     let response = ApiError::new(r.status, reason, r.detail).into_response();
-    write(out, Method::Get, response, true, false).await?;
+    write(out, &mut Pace::new(), Method::Get, response, true, false).await?;
     linger(out, reader).await
 }
 
@@ -130,9 +131,7 @@ const LINGER_BYTES: u64 = 4 << 20;
 /// The next request head (up to and including the blank line), `None` when
 /// the client closed cleanly between requests, or the refusal for a head
 /// that is too long.
-async fn read_head(
-    reader: &mut BufReader<smol::net::TcpStream>,
-) -> io::Result<Option<Result<Vec<u8>, Refusal>>> {
+async fn read_head(reader: &mut BufReader<smol::net::TcpStream>) -> io::Result<Option<Result<Vec<u8>, Refusal>>> {
     let mut head: Vec<u8> = Vec::new();
     loop {
         let buf = reader.fill_buf().await?;
@@ -266,6 +265,7 @@ async fn drain_body(reader: &mut BufReader<smol::net::TcpStream>, n: u64) -> Res
 /// hands them out (framed by Content-Length when known, else chunked).
 async fn write(
     out: &mut smol::net::TcpStream,
+    pace: &mut Pace,
     method: Method,
     mut res: Response,
     close: bool,
@@ -287,17 +287,59 @@ async fn write(
     let chunked = matches!(framing, Framing::Chunked);
     let head = head(&res, framing, close);
     if method == Method::Head || bodiless {
-        write_all(out, &head).await?;
+        write_all(out, pace, &head).await?;
         return out.flush().await;
     }
-    write_body(out, body.into_reader(), head, chunked).await
+    write_body(out, pace, body.into_reader(), head, chunked).await
 }
 
-/// Writes `bytes`, a [`WRITE_SLICE`] at a time, each within [`WRITE_TIME`]:
-/// a client that stops reading is cut off (and what it pinned released).
-async fn write_all(out: &mut smol::net::TcpStream, bytes: &[u8]) -> io::Result<()> {
-    for slice in bytes.chunks(WRITE_SLICE) {
-        deadline(WRITE_TIME, out.write_all(slice)).await?;
+/// How fast a stuck connection must drain: once a write would block, the
+/// client has [`WRITE_TIME`] to take [`WRITE_SLICE`] bytes; only then does
+/// the clock stop (and start afresh when a write blocks again). A client that keeps up never meets the clock; one
+/// that stops reading is cut off (and the model version its download pinned
+/// released) even though the kernel still lets a few bytes through now and
+/// then (a zero-window probe takes 64 KiB about once a minute, which keeps a
+/// plain per-write timeout from ever firing). One per connection, so answers
+/// to pipelined requests cannot renew it a response at a time.
+struct Pace {
+    written: usize,
+    /// Set while the connection is behind: (bytes written when it fell
+    /// behind, when its time runs out).
+    behind: Option<(usize, std::time::Instant)>,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace { written: 0, behind: None }
+    }
+
+    /// Counts `n` bytes taken; a client behind that has taken
+    /// [`WRITE_SLICE`] since it fell behind has caught up.
+    fn wrote(&mut self, n: usize) {
+        self.written += n;
+        if self.behind.is_some_and(|(since, _)| self.written - since >= WRITE_SLICE) {
+            self.behind = None;
+        }
+    }
+}
+
+/// Writes `bytes` at no less than the [`Pace`].
+async fn write_all(out: &mut smol::net::TcpStream, pace: &mut Pace, bytes: &[u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = match futures_lite::future::poll_once(out.write(&bytes[at..])).await {
+            Some(result) => result?,
+            None => {
+                let (_, until) = *pace.behind.get_or_insert((pace.written, std::time::Instant::now() + WRITE_TIME));
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                deadline(left, out.write(&bytes[at..])).await?
+            }
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += n;
+        pace.wrote(n);
     }
     Ok(())
 }
@@ -339,6 +381,7 @@ fn head(res: &Response, framing: Framing, close: bool) -> Vec<u8> {
 /// head (or the chunk-size line), large ones go in a write of their own.
 async fn write_body(
     out: &mut smol::net::TcpStream,
+    pace: &mut Pace,
     mut reader: impl AsyncBufRead + Unpin,
     head: Vec<u8>,
     chunked: bool,
@@ -353,7 +396,7 @@ async fn write_body(
                 frame.extend_from_slice(b"0\r\n\r\n");
             }
             if !frame.is_empty() {
-                write_all(out, &frame).await?;
+                write_all(out, pace, &frame).await?;
             }
             break;
         }
@@ -365,14 +408,14 @@ async fn write_body(
             if chunked {
                 frame.extend_from_slice(b"\r\n");
             }
-            write_all(out, &frame).await?;
+            write_all(out, pace, &frame).await?;
         } else {
             if !frame.is_empty() {
-                write_all(out, &frame).await?;
+                write_all(out, pace, &frame).await?;
             }
-            write_all(out, chunk).await?;
+            write_all(out, pace, chunk).await?;
             if chunked {
-                write_all(out, b"\r\n").await?;
+                write_all(out, pace, b"\r\n").await?;
             }
         }
         reader.consume(n);

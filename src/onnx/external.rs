@@ -73,8 +73,8 @@ impl ExternalFiles {
         if let Some(b) = self.maps.get(&path) {
             return Ok(b.clone());
         }
-        let file = super::mmap::open_regular(&path)
-            .map_err(|e| format!("cannot open external data '{location}': {e}"))?;
+        let file =
+            super::mmap::open_regular(&path).map_err(|e| format!("cannot open external data '{location}': {e}"))?;
         // SAFETY: the contract of `ExternalFiles::new`, whose caller vouches
         // for the files under `dir`.
         let bytes =

@@ -44,7 +44,8 @@ pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
         return Err(refuse(describe(kind)));
     }
     // O_NONBLOCK: should the path be swapped for a FIFO after the check.
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path)?;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path)?;
     let kind = file.metadata()?.file_type();
     if !kind.is_file() {
         return Err(refuse(describe(kind)));

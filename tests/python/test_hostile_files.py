@@ -1,0 +1,97 @@
+"""Hostile model files against a running hub (issue #11, part 3): each is a
+clear load error, never a crash or a hang, and a served model replaced by
+one keeps its last good version serving while other models still reload."""
+
+import os
+import time
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import gen_models
+
+
+def sparse_bomb(path):
+    """A tiny model whose sparse initializer densifies to 4 TB."""
+    values = numpy_helper.from_array(np.ones(1, np.float32), "bomb")
+    indices = numpy_helper.from_array(np.zeros(1, np.int64), "bomb_idx")
+    sparse = helper.make_sparse_tensor(values, indices, [1 << 40])
+    g = helper.make_graph([], "bomb", [], [], sparse_initializer=[sparse])
+    onnx.save(helper.make_model(g), path)
+
+
+def external_at(path, location):
+    """A model whose one initializer's data lies at `location`."""
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    t.external_data.add(key="location", value=location)
+    g = helper.make_graph([], "ext", [], [], [t])
+    onnx.save(helper.make_model(g), path)
+
+
+def replace(path, make):
+    tmp = path.with_suffix(".tmp")
+    make(tmp)
+    os.replace(tmp, path)
+
+
+def wait_for(server, name, pred, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = server.get("/v1/models?format=json").json()["models"]
+        entry = next((m for m in listing if m["name"] == name), None)
+        if entry and pred(entry):
+            return entry
+        time.sleep(0.1)
+    raise AssertionError(f"{name}: not as expected within {timeout} s: {server.get('/v1/models?format=json').text}")
+
+
+def test_a_sparse_bomb_fails_to_load_and_the_last_good_version_serves(serve, tmp_path):
+    bomb = tmp_path / "bomb.onnx"
+    sparse_bomb(bomb)
+    assert bomb.stat().st_size < 200
+    good = tmp_path / "m.onnx"
+    gen_models.mlp(good, seed=1)
+    s = serve("--runtime", "none", bomb, good)
+    failed = wait_for(s, "bomb", lambda e: e.get("error"))
+    assert "densifies to" in failed["error"] and "over the limit" in failed["error"], failed
+    version = s.get("/v1/models/m?format=json").json()["version"]
+    replace(good, sparse_bomb)
+    time.sleep(2)
+    assert s.proc.poll() is None, "the server survived"
+    assert s.get("/v1/models/m?format=json").json()["version"] == version, "the last good version still serves"
+    assert "densifies to" in s.logs()
+
+
+def test_external_data_that_is_not_a_regular_file_is_refused_without_blocking(serve, tmp_path):
+    d = tmp_path / "models"
+    d.mkdir()
+    os.mkfifo(d / "pipe.bin")
+    (d / "folder.bin").mkdir()
+    fifo_model, dir_model, other = d / "fifo.onnx", d / "dir.onnx", d / "other.onnx"
+    external_at(fifo_model, "pipe.bin")
+    external_at(dir_model, "folder.bin")
+    gen_models.mlp(other, seed=2)
+    started = time.monotonic()
+    s = serve("--runtime", "none", fifo_model, dir_model, other)
+    assert time.monotonic() - started < 10, "start-up did not hang on the FIFO"
+    assert "a FIFO" in wait_for(s, "fifo", lambda e: e.get("error"))["error"]
+    assert "a directory" in wait_for(s, "dir", lambda e: e.get("error"))["error"]
+    # A served model replaced by one pointing at the FIFO: refused at once,
+    # and the reload thread goes on reloading other models.
+    before = s.get("/v1/models/other?format=json").json()["version"]
+    good = s.get("/v1/models/other?format=json").json()["version"]
+    replace(other, lambda p: external_at(p, "pipe.bin"))
+    time.sleep(1.5)
+    assert s.get("/v1/models/other?format=json").json()["version"] == good
+    replace(other, lambda p: gen_models.mlp(p, seed=3))
+    wait_for(s, "other", lambda e: e.get("version") and e["version"] != before)
+
+
+def test_a_model_file_that_is_a_fifo_is_refused(serve, tmp_path):
+    fifo = tmp_path / "m.onnx"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    s = serve("--runtime", "none", fifo)
+    assert time.monotonic() - started < 10
+    assert "a FIFO" in wait_for(s, "m", lambda e: e.get("error"))["error"]
