@@ -317,7 +317,26 @@ fn serve(
     let open_files = http::raise_open_files_limit();
     let max_connections = cfg.max_connections.unwrap_or_else(|| http::default_max_connections(open_files));
     tracing::info!(open_files, max_connections, "connection limits");
-    http::run(listener, state, max_connections).map_err(|e| format!("server stopped: {e}"))
+    http::run(listener, state, max_connections, stop_on_signal()?).map_err(|e| format!("server stopped: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A channel closed at the first SIGTERM or SIGINT (systemd's stop, Ctrl-C):
+/// the server then drains and `serve` exits 0.
+fn stop_on_signal() -> Result<smol::channel::Receiver<()>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot handle SIGTERM/SIGINT: {e}"))?;
+    let (tx, rx) = smol::channel::bounded(1);
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+            tracing::info!(signal = name, "asked to stop");
+            tx.close();
+        }
+    });
+    Ok(rx)
 }
 
 fn inspect(path: &std::path::Path) -> Result<(), String> {
@@ -327,16 +346,32 @@ fn inspect(path: &std::path::Path) -> Result<(), String> {
         weightcast::onnx::OnnxError::Tensor { .. } => format!("{}: {e}", path.display()),
         other => other.to_string(),
     })?;
-    let width = model.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    println!("{:<width$}  {:<14}  {:<20}  {:>12}  storage", "name", "dtype", "shape", "bytes");
+    match print_tensors(&model) {
+        // `inspect m.onnx | head` closes the pipe early: that is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| format!("cannot write to stdout: {e}")),
+    }
+}
+
+/// The table `inspect` prints; names with control characters are escaped,
+/// so a hostile name cannot move the cursor or recolour the terminal.
+fn print_tensors(model: &OnnxModel) -> std::io::Result<()> {
+    use std::io::Write;
+    let printable = |name: &str| -> String {
+        name.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    };
+    let names: Vec<String> = model.tensors.iter().map(|t| printable(&t.name)).collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(4);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<width$}  {:<14}  {:<20}  {:>12}  storage", "name", "dtype", "shape", "bytes")?;
     let mut total = 0;
-    for t in &model.tensors {
+    for (t, name) in model.tensors.iter().zip(&names) {
         let shape = format!("{:?}", t.dims);
         let storage =
             if t.constant { format!("{} (Constant)", t.storage.name()) } else { t.storage.name().to_string() };
-        println!("{:<width$}  {:<14}  {:<20}  {:>12}  {}", t.name, t.dtype.name(), shape, t.nbytes(), storage);
+        writeln!(out, "{name:<width$}  {:<14}  {:<20}  {:>12}  {storage}", t.dtype.name(), shape, t.nbytes())?;
         total += t.nbytes();
     }
-    println!("{} tensors, {total} bytes", model.tensors.len());
-    Ok(())
+    writeln!(out, "{} tensors, {total} bytes", model.tensors.len())?;
+    out.flush()
 }

@@ -18,7 +18,9 @@ fn start() -> (String, tempfile::TempDir) {
     let state = Arc::new(State { store, options: ServeOptions::default() });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || http::run(listener, state, 1024));
+    let (keep_running, stop) = smol::channel::bounded::<()>(1);
+    std::mem::forget(keep_running); // never stopped: the test process ends it
+    std::thread::spawn(move || http::run(listener, state, 1024, stop));
     (format!("http://{addr}"), dir)
 }
 

@@ -44,12 +44,21 @@ const MAX_BODY: u64 = 64 << 10;
 
 /// Serves requests on `stream`, in order, until the client closes it, asks
 /// to, idles, or sends something that is not HTTP/1.x.
-pub(super) async fn serve(stream: smol::net::TcpStream, state: Arc<State>) -> io::Result<()> {
+pub(super) async fn serve(
+    stream: smol::net::TcpStream,
+    state: Arc<State>,
+    stop: smol::channel::Receiver<()>,
+) -> io::Result<()> {
     let mut out = stream.clone();
     let mut reader = BufReader::with_capacity(MAX_HEAD, stream);
     let mut pace = Pace::new();
     loop {
-        let head = match deadline(IDLE, read_head(&mut reader)).await {
+        // Between requests a stopping server closes the connection.
+        let stopping = async {
+            let _ = stop.recv().await;
+            Ok(None)
+        };
+        let head = match deadline(IDLE, read_head(&mut reader).or(stopping)).await {
             Ok(Some(head)) => head,
             Ok(None) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(()),

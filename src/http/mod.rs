@@ -79,10 +79,17 @@ fn bad_request(detail: impl ToString) -> ApiError {
     ApiError::new(StatusCode::BadRequest, "bad request", detail.to_string())
 }
 
-/// Serves on `listener` forever, with one executor thread per core
-/// (CPU-heavy work — casts, compression — runs on the blocking pool instead).
-/// At most `max_connections` are open at once; more get a fast `503`.
-pub fn run(listener: std::net::TcpListener, state: Arc<State>, max_connections: usize) -> io::Result<()> {
+/// Serves on `listener` with one executor thread per core (CPU-heavy work —
+/// casts, compression — runs on the blocking pool instead), until `stop` is
+/// closed: then no connection is accepted, idle ones are closed, and those
+/// answering finish (for at most [`DRAIN`]) before this returns. At most
+/// `max_connections` are open at once; more get a fast `503`.
+pub fn run(
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    max_connections: usize,
+    stop: smol::channel::Receiver<()>,
+) -> io::Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let executor = Arc::new(smol::Executor::new());
     for k in 1..threads {
@@ -92,9 +99,28 @@ pub fn run(listener: std::net::TcpListener, state: Arc<State>, max_connections: 
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))?;
     }
     let listener = smol::net::TcpListener::try_from(listener)?;
-    smol::block_on(executor.run(accept(listener, state, executor.clone(), max_connections)));
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepting = accept(listener, state, executor.clone(), max_connections, open.clone(), stop.clone());
+    smol::block_on(executor.run(accepting.or(async {
+        let _ = stop.recv().await;
+    })));
+    let in_flight = open.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(in_flight, "stopping: no new connections; finishing those in flight");
+    let deadline = Instant::now() + DRAIN;
+    smol::block_on(executor.run(async {
+        while open.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+    }));
+    let left = open.load(std::sync::atomic::Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(left, "stopped with connections still open after {DRAIN:?}");
+    }
     Ok(())
 }
+
+/// How long a stopping server lets answers in flight finish.
+pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// Raises this process's soft limit on open files to its hard limit (a
 /// fleet's pollers each hold a connection: systemd's default soft limit is
@@ -127,8 +153,9 @@ async fn accept(
     state: Arc<State>,
     executor: Arc<smol::Executor<'static>>,
     max_connections: usize,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    stop: smol::channel::Receiver<()>,
 ) {
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut errors_in_a_row = 0u32;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -149,11 +176,11 @@ async fn accept(
         };
         let _ = stream.set_nodelay(true);
         let guard = ConnectionGuard::take(&open);
-        let state = state.clone();
+        let (state, stop) = (state.clone(), stop.clone());
         executor
             .spawn(async move {
                 let result = match guard.count <= max_connections {
-                    true => conn::serve(stream, state).await,
+                    true => conn::serve(stream, state, stop).await,
                     false => conn::busy(stream).await,
                 };
                 if let Err(e) = result {
@@ -239,6 +266,10 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             negotiate::query(pairs, &[]).map_err(bad_request)?;
             Ok(healthz())
         }
+        ["readyz"] => {
+            negotiate::query(pairs, &[]).map_err(bad_request)?;
+            Ok(readyz(&state))
+        }
         ["v1", "models"] => {
             let q = negotiate::query(pairs, &["format"]).map_err(bad_request)?;
             listing(&state, &ask, &q)
@@ -274,6 +305,27 @@ fn healthz() -> Response {
     let mut r = Response::new(StatusCode::Ok);
     r.set_body("ok\n");
     r.insert_header("Content-Type", "text/plain");
+    r.insert_header("Cache-Control", "no-store");
+    r
+}
+
+/// `/readyz`: `200` when every configured model is loaded and serving,
+/// else `503` naming those that are not (`/healthz` only says the process
+/// answers).
+fn readyz(state: &State) -> Response {
+    let failed: Vec<serde_json::Value> = state
+        .store
+        .entries()
+        .into_iter()
+        .filter_map(|e| match e {
+            crate::store::Entry::Failed { name, error } => Some(serde_json::json!({"model": name, "error": error})),
+            crate::store::Entry::Loaded(_) => None,
+        })
+        .collect();
+    let mut r = Response::new(if failed.is_empty() { StatusCode::Ok } else { StatusCode::ServiceUnavailable });
+    let body = serde_json::json!({"ready": failed.is_empty(), "not_loaded": failed});
+    r.set_body(serde_json::to_vec(&body).unwrap_or_default());
+    r.insert_header("Content-Type", "application/json");
     r.insert_header("Cache-Control", "no-store");
     r
 }
@@ -351,7 +403,7 @@ fn find_model(state: &State, raw: &str) -> Result<Arc<Model>, ApiError> {
 }
 
 /// Every route, for the 404 of an unknown one.
-const ROUTES: &str = "/healthz, /v1/models, /v1/models/{model}, /v1/models/{model}/weights, \
+const ROUTES: &str = "/healthz, /readyz, /v1/models, /v1/models/{model}, /v1/models/{model}/weights, \
     /v1/models/{model}/tensors/{name}, /v1/models/{model}/graph";
 
 /// Indices of the named tensors (model order, no repeats), or all of them.

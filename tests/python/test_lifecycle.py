@@ -1,0 +1,79 @@
+"""Start, readiness and stop as an operator sees them (issue #11, part 6):
+SIGTERM finishes the download in flight and exits 0 with a log line,
+`/readyz` says whether every model serves, `inspect` survives a closed pipe
+and escapes hostile names."""
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from conftest import binary
+
+
+def test_sigterm_finishes_what_is_in_flight_and_exits_0(zoo, serve, tmp_path):
+    big = tmp_path / "big.onnx"
+    t = numpy_helper.from_array(np.random.default_rng(0).standard_normal(6_000_000).astype(np.float32), "w")
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], [t])), str(big))
+    s = serve("--runtime", "none", big)
+    port = int(s.url.rsplit(":", 1)[1])
+    idle = socket.create_connection(("127.0.0.1", port))  # keep-alive, between requests
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.recv(1000)
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"GET /v1/models/big/weights HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+    got = bytearray(slow.recv(65536))  # the download has begun
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    # No new connections once stopping.
+    try:
+        c = socket.create_connection(("127.0.0.1", port), timeout=1)
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        refused = c.recv(100) == b""
+    except OSError:
+        refused = True
+    assert refused, "a stopping server takes no new requests"
+    assert idle.recv(100) == b"", "an idle keep-alive connection is closed"
+    while True:  # the download in flight completes
+        chunk = slow.recv(1 << 20)
+        if not chunk:
+            break
+        got += chunk
+    head, body = bytes(got).split(b"\r\n\r\n", 1)
+    length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
+    assert len(body) == length, "the whole body arrived"
+    assert s.proc.wait(timeout=30) == 0
+    logs = s.logs()
+    assert "asked to stop" in logs and "SIGTERM" in logs and "stopped" in logs
+
+
+def test_readyz_says_whether_every_model_serves(zoo, serve):
+    ok = serve("--runtime", "none", zoo / "mlp.onnx")
+    r = ok.get("/readyz")
+    assert r.status_code == 200 and r.json()["ready"] is True
+    assert ok.get("/healthz").status_code == 200
+    broken = serve("--runtime", "none", zoo / "mlp.onnx", zoo / "broken" / "truncated.onnx")
+    r = broken.get("/readyz")
+    assert r.status_code == 503 and r.json()["not_loaded"][0]["model"] == "truncated", r.text
+    assert broken.get("/healthz").status_code == 200, "the process is alive all the same"
+
+
+def test_inspect_survives_a_closed_pipe_and_escapes_names(tmp_path):
+    inits = [numpy_helper.from_array(np.zeros(2, np.float32), f"t{k}") for k in range(3000)]
+    inits.append(numpy_helper.from_array(np.zeros(2, np.float32), "evil\x1b[31mred\x07\n"))
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], inits)), str(path))
+    p = subprocess.run(f"'{binary()}' inspect '{path}' | head -1", shell=True, capture_output=True, text=True)
+    assert p.returncode == 0 and "panicked" not in p.stderr, p.stderr
+    inspect = subprocess.Popen([str(binary()), "inspect", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    inspect.stdout.read(100)
+    inspect.stdout.close()
+    assert inspect.wait(timeout=30) == 0, inspect.stderr.read()
+    out = subprocess.run([str(binary()), "inspect", str(path)], capture_output=True, text=True).stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert "evil\\u{1b}[31mred\\u{7}\\n" in out
