@@ -21,8 +21,22 @@ pub enum FetchError {
     Truncated { url: String, got: usize, want: usize },
     #[error("{0}: body cut short (the connection closed before its last chunk)")]
     CutChunked(String),
+    #[error("{url}: the body is larger than the {limit} bytes expected; refused")]
+    TooLarge { url: String, limit: u64 },
     #[error("{0}: cannot decode zstd body: {1}")]
     Zstd(String, std::io::Error),
+}
+
+/// A zstd body decoded to at most `limit` bytes (an error past it: a small
+/// body must not inflate to gigabytes).
+fn decode_zstd(raw: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(raw)?.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("decodes to more than the {limit} bytes expected")));
+    }
+    Ok(out)
 }
 
 /// A body that could not be read: async-h1 reports a chunked body whose
@@ -57,6 +71,8 @@ pub(crate) struct Download<'a> {
     pub(crate) path: &'a std::path::Path,
     /// Bytes already in the file (asked for with `Range: bytes=N-`).
     pub(crate) have: u64,
+    /// Most bytes the whole file may hold: reading stops there, with an error.
+    pub(crate) limit: u64,
     /// Called with the bytes of each piece as it arrives (progress).
     pub(crate) progress: &'a dyn Fn(u64),
     /// Called with the answer's head before its body is read.
@@ -94,6 +110,10 @@ impl Client {
             if status != 200 && !append {
                 return Ok(reply);
             }
+            let announced = reply.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
+            if announced.is_some_and(|n| dl.have.saturating_add(n) > dl.limit) {
+                return Err(FetchError::TooLarge { url: name.clone(), limit: dl.limit });
+            }
             // A 206 must continue exactly where the file ends.
             let from = format!("bytes {}-", dl.have);
             if append && !reply.header("Content-Range").is_some_and(|r| r.starts_with(&from)) {
@@ -114,6 +134,9 @@ impl Client {
                 let n = body.read(&mut buf).await.map_err(|e| body_error(&name, e.to_string()))?;
                 if n == 0 {
                     break;
+                }
+                if dl.have + (reply.wire_bytes + n) as u64 > dl.limit {
+                    return Err(FetchError::TooLarge { url: name.clone(), limit: dl.limit });
                 }
                 file.write_all(&buf[..n]).map_err(io)?;
                 reply.wire_bytes += n;
@@ -153,25 +176,45 @@ impl Client {
         async_h1::connect(stream, req).await.map_err(|e| FetchError::Http(name, e.to_string()))
     }
 
-    /// GETs `url` with `headers`; asks for zstd and decodes it.
-    pub(crate) async fn get(&self, url: &Url, headers: &[(&str, &str)]) -> Result<Reply, FetchError> {
+    /// GETs `url` with `headers`; asks for zstd and decodes it. The body may
+    /// be at most `limit` bytes, on the wire and decoded: a hub cannot make
+    /// the device read or inflate more than what it expects. Decoding runs
+    /// on the blocking pool, so the deadline fires whatever the body holds.
+    pub(crate) async fn get(&self, url: &Url, headers: &[(&str, &str)], limit: u64) -> Result<Reply, FetchError> {
+        use futures_lite::AsyncReadExt;
         let name = url.to_string();
+        let too_large = || FetchError::TooLarge { url: name.clone(), limit };
+        // zstd may add a little to incompressible bytes: frame and block headers.
+        let wire_limit = limit + limit / 128 + 4096;
         let work = async {
             let mut res = self.send(url, headers).await?;
-            let raw = res.body_bytes().await.map_err(|e| body_error(&name, e.to_string()))?;
             let headers: Vec<(String, String)> =
                 res.iter().map(|(k, v)| (k.as_str().to_string(), v.last().as_str().to_string())).collect();
-            let reply = Reply { status: u16::from(res.status()), headers, body: Vec::new(), wire_bytes: raw.len() };
+            let reply = Reply { status: u16::from(res.status()), headers, body: Vec::new(), wire_bytes: 0 };
+            let announced = reply.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
+            if announced.is_some_and(|n| n > wire_limit) {
+                return Err(too_large());
+            }
+            let mut raw = Vec::new();
+            let mut body = res.take_body().into_reader().take(wire_limit + 1);
+            body.read_to_end(&mut raw).await.map_err(|e| body_error(&name, e.to_string()))?;
+            if raw.len() as u64 > wire_limit {
+                return Err(too_large());
+            }
             // async-h1 stops reading at EOF without complaint: a short body is
             // found here, by its announced length.
-            if let Some(want) = reply.header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+            if let Some(want) = announced.map(|n| n as usize) {
                 if raw.len() != want {
                     return Err(FetchError::Truncated { url: name.clone(), got: raw.len(), want });
                 }
             }
+            let reply = Reply { wire_bytes: raw.len(), ..reply };
             let encoded = reply.header("Content-Encoding").is_some_and(|e| e.eq_ignore_ascii_case("zstd"));
             let body = if encoded && reply.status != 304 && !raw.is_empty() {
-                zstd::stream::decode_all(raw.as_slice()).map_err(|e| FetchError::Zstd(name.clone(), e))?
+                let url = name.clone();
+                smol::unblock(move || decode_zstd(&raw, limit).map_err(|e| FetchError::Zstd(url, e))).await?
+            } else if raw.len() as u64 > limit {
+                return Err(too_large());
             } else {
                 raw
             };

@@ -131,6 +131,8 @@ pub enum UpdateError {
     Weights { problem: String },
     #[error("the hub published another version during this update; the next round starts over")]
     Republished,
+    #[error("the new version needs {needed} bytes in {}, and {free} are free; make room (or keep fewer versions with --keep)", dest.display())]
+    NoSpace { needed: u64, free: u64, dest: PathBuf },
     #[error("--exec: {0}")]
     Exec(String),
     #[error("{0}")]
@@ -232,7 +234,7 @@ async fn fetch_manifest(client: &Client, hub: &Hub, etag: Option<&str>) -> Resul
     if let Some(tag) = etag {
         headers.push(("If-None-Match", tag));
     }
-    let reply = client.get(&url, &headers).await?;
+    let reply = client.get(&url, &headers, MANIFEST_LIMIT).await?;
     if reply.status == 304 {
         return match etag {
             Some(_) => Ok(None),
@@ -288,7 +290,7 @@ async fn contents(
         Some(graph) => (graph, 0),
         None => {
             let url = hub.url("/graph", false)?;
-            let reply = client.get(&url, &[]).await?;
+            let reply = client.get(&url, &[], offer.manifest.graph_bytes).await?;
             expect_ok(&url, &reply)?;
             same_model(&reply, &offer.model_version)?;
             (reply.body, reply.wire_bytes as u64)
@@ -358,6 +360,19 @@ fn local_digests(current: Option<&Path>) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Most bytes a manifest may take (about 400,000 tensors).
+const MANIFEST_LIMIT: u64 = 64 << 20;
+
+/// Most bytes the protobuf records of tensor `name` may take: its data, its
+/// name, up to 16 bytes per dim, a length per string element, and the
+/// fixed fields.
+fn record_bound(manifest: &Manifest, name: &str) -> u64 {
+    let Some(t) = manifest.tensors.iter().find(|t| t.name == name) else { return 0 };
+    let elements: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
+    let strings = if t.dtype == DataType::String as i32 { elements.saturating_mul(10) } else { 0 };
+    t.nbytes.saturating_add(strings).saturating_add(t.name.len() as u64 + 16 * t.dims.len() as u64 + 128)
+}
+
 /// The version folder's own files (tensors live under `wire::TENSOR_DIR`).
 const GRAPH_FILE: &str = "model.onnx";
 const MANIFEST_FILE: &str = "manifest.pb";
@@ -384,7 +399,8 @@ async fn fetch_tensors(
     clean_partials(partial, &manifest.version);
     for name in &large {
         let dir = partial.join(&manifest.version);
-        let (data, wire) = fetch_resumable(client, hub, name, &dir, &offer.model_version, &bar).await?;
+        let limit = record_bound(manifest, name);
+        let (data, wire) = fetch_resumable(client, hub, name, &dir, &offer.model_version, &bar, limit).await?;
         wire_bytes += wire;
         verify(&digests, name, &data)?;
         fetched.insert(name.clone(), data);
@@ -393,7 +409,8 @@ async fn fetch_tensors(
         let names: Vec<String> =
             batch.iter().map(|n| format!("names={}", percent_encoding::utf8_percent_encode(n, QUERY))).collect();
         let url = hub.url(&format!("/weights?{}", names.join("&")), true)?;
-        let r = client.get(&url, &[("Accept", "application/x-protobuf")]).await?;
+        let limit = batch.iter().map(|n| record_bound(manifest, n)).sum();
+        let r = client.get(&url, &[("Accept", "application/x-protobuf")], limit).await?;
         expect_ok(&url, &r)?;
         same_model(&r, &offer.model_version)?;
         wire_bytes += r.wire_bytes as u64;
@@ -408,6 +425,20 @@ async fn fetch_tensors(
         return Err(tensor_error(missing, "asked for, but the hub did not send it"));
     }
     Ok((fetched, wire_bytes))
+}
+
+/// Refuses to start a version the disk cannot hold: the new folder takes
+/// every tensor it holds (fetched or copied), the graph and the manifest.
+fn check_space(root: &Path, offer: &Offer, contents: &Contents) -> Result<(), UpdateError> {
+    let held: std::collections::HashSet<&str> = contents.held.iter().map(|(n, _)| n.as_str()).collect();
+    let tensors: u64 = offer.manifest.tensors.iter().filter(|t| held.contains(t.name.as_str())).map(|t| t.nbytes).sum();
+    let needed = tensors + offer.manifest.graph_bytes + offer.body.len() as u64;
+    let stat = rustix::fs::statvfs(root).map_err(std::io::Error::from)?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if free < needed {
+        return Err(UpdateError::NoSpace { needed, free, dest: root.to_path_buf() });
+    }
+    Ok(())
 }
 
 /// Step 5: the new version in a temporary folder beside the current one.
@@ -483,6 +514,7 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
             Output::Onnx => current_dir.is_some_and(|dir| dir.join(location).is_file()),
             Output::Safetensors => current_st.as_ref().is_some_and(|(_, index)| index.contains_key(name)),
         })?;
+    check_space(dest.root(), &offer, &contents)?;
     let (fetched, tensor_bytes) = fetch_tensors(client, &hub, &offer, &needed, &dest.root().join(".partial")).await?;
     let tmp = write_version(&dest, &offer, &contents, &fetched, current_dir, current_st.as_ref())?;
     let fetched_bytes = offer.wire_bytes + contents.wire_bytes + tensor_bytes;
@@ -572,6 +604,7 @@ async fn fetch_resumable(
     dir: &Path,
     model_version: &str,
     bar: &indicatif::ProgressBar,
+    limit: u64,
 ) -> Result<(Vec<u8>, u64), UpdateError> {
     std::fs::create_dir_all(dir)?;
     let stem = wire::tensor_file(name);
@@ -599,7 +632,11 @@ async fn fetch_resumable(
         }
     };
     let reply = client
-        .download(&url, &headers, client::Download { path: &part, have, progress: &|n| bar.inc(n), on_head: &save_tag })
+        .download(
+            &url,
+            &headers,
+            client::Download { path: &part, have, limit, progress: &|n| bar.inc(n), on_head: &save_tag },
+        )
         .await?;
     if reply.status == 416 {
         // What we hold is not a prefix of this body: start over next round.

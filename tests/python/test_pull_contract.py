@@ -114,7 +114,7 @@ class HostileHub:
                     status, headers, body = fn(status, headers, body)
                 self.send_response(status)
                 for k, v in headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -139,7 +139,8 @@ def test_a_graph_not_covered_by_the_manifest_is_refused(hostile, tmp_path):
     # Another graph (a big one) with the honest manifest: refused, nothing installed.
     hostile.override["/v1/models/m/graph"] = lambda s, h, b: (s, h, b + b"\0" * 1_000_000)
     rc, out, err = pull(f"{hostile.url}/v1/models/m", tmp_path / "device")
-    assert rc == 1 and "graph_sha256" in out["error"], (out, err)
+    # Longer than the manifest says: refused before it is read whole.
+    assert rc == 1 and ("graph_sha256" in out["error"] or "larger than" in out["error"]), (out, err)
     assert not (tmp_path / "device" / "current").exists()
 
 
@@ -185,3 +186,77 @@ def test_a_304_to_a_first_request_is_not_current(hostile, tmp_path):
     rc, out, err = pull(f"{hostile.url}/v1/models/m", tmp_path / "device")
     assert rc == 1 and out["status"] == "failed" and "304" in out["error"], (out, err)
     assert not (tmp_path / "device" / "current").exists()
+
+
+def test_a_zstd_bomb_manifest_is_refused_in_bounded_memory_and_time(hostile, tmp_path):
+    """A few KB of zstd that inflate to 256 MiB, as the manifest (limit 64 MiB)."""
+    import sys
+    import time
+
+    import zstandard
+
+    bomb = zstandard.ZstdCompressor(level=3).compress(b"\0" * (256 << 20))
+    assert len(bomb) < 100_000
+    hostile.override["/v1/models/m"] = lambda s, h, b: (200, {"Content-Encoding": "zstd", "ETag": '"b"'}, bomb)
+    started = time.monotonic()
+    # Run in a fresh Python so RUSAGE_CHILDREN measures this pull alone.
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(r.returncode); print(r.stdout.strip().splitlines()[-1]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", measure, str(binary()), "pull", f"{hostile.url}/v1/models/m", "--dest",
+                        str(tmp_path / "d"), "--once", "--json", "--timeout", "5s"], capture_output=True, text=True,
+                       timeout=60)
+    code, line, peak_kib = r.stdout.strip().splitlines()
+    out = json.loads(line)
+    assert code == "1" and "more than the" in out["error"], out
+    assert int(peak_kib) < 200_000, f"peak RSS {peak_kib} KiB"
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("what", ["endless-graph", "huge-content-length", "long-weights"])
+def test_bodies_larger_than_expected_are_refused(serve, tmp_path, what):
+    path = tmp_path / "m.onnx"
+    named_model(path, ["w1", "w2"])
+    hub = HostileHub(serve("--runtime", "none", path).url)
+    if what == "endless-graph":
+        hub.override["/v1/models/m/graph"] = lambda s, h, b: (s, h, b + b"\0" * (8 << 20))
+    elif what == "huge-content-length":
+        hub.override["/v1/models/m/graph"] = lambda s, h, b: (s, dict(h, **{"X-Claimed": "1"}), b)
+    else:
+        hub.override["/v1/models/m/weights"] = lambda s, h, b: (s, h, b + b"\x0a\x80\x80\x80\x10" + b"\0" * (8 << 20))
+    if what == "huge-content-length":
+        # A raw answer claiming 10^15 bytes.
+        import socketserver
+
+        class Liar(socketserver.BaseRequestHandler):
+            def handle(self):
+                self.request.recv(65536)
+                self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n" + b"\0" * 65536)
+
+        liar = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Liar)
+        threading.Thread(target=liar.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{liar.server_address[1]}/v1/models/m"
+    else:
+        url = f"{hub.url}/v1/models/m"
+    rc, out, err = pull(url, tmp_path / "device")
+    assert rc == 1 and ("larger than" in out["error"] or "bytes whose sha256" in out["error"]), (out, err)
+    partial = tmp_path / "device" / ".partial"
+    size = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()) if partial.exists() else 0
+    assert size < 1 << 20, "nothing much was written"
+    hub.server.shutdown()
+
+
+def test_a_version_the_disk_cannot_hold_is_not_started(serve, tmp_path):
+    path = tmp_path / "m.onnx"
+    named_model(path, ["w1", "w2"], n=200_000)  # 1.6 MB
+    s = serve("--runtime", "none", path)
+    dest = tmp_path / "small"
+    dest.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(dest)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        rc, out, err = pull(f"{s.url}/v1/models/m", dest)
+        assert rc == 1 and "bytes are free" not in out["error"] and "free" in out["error"], out
+        assert "make room" in out["error"]
+    finally:
+        subprocess.run(["umount", str(dest)], check=False)

@@ -251,7 +251,8 @@ def test_disk_full_is_a_clear_error_and_keeps_the_old_version(hub, tmp_path):
         v1 = pull(hub, dest)[1]["version"]  # ~107 KB fits
         hub.publish(seed=42)  # every tensor changes: a second copy does not fit
         rc, out, err = pull(hub, dest)
-        assert rc == 1 and "No space left on device" in out["error"], out
+        # Refused before writing (the space check), or by the disk itself.
+        assert rc == 1 and ("make room" in out["error"] or "No space left on device" in out["error"]), out
         assert assert_complete(dest, {v1}) == v1
         assert not [p for p in os.listdir(dest) if p.startswith(".tmp-")], "the unfinished version is removed"
     finally:
