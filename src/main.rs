@@ -299,10 +299,8 @@ fn serve(
     let prepared = cfg.prepared().map_err(|e| e.to_string())?;
     let cache = Arc::new(Cache::new(cfg.cache_bytes));
     let store = Store::load(&specs, sessions, cache.clone());
-    let state = Arc::new(http::State {
-        store,
-        options: ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes },
-    });
+    let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes };
+    let state = Arc::new(http::State::new(store, options));
     // Encodings are prepared in the background and replaced model files
     // reloaded, while requests are served (`publish`).
     let watched = state.clone();

@@ -104,6 +104,8 @@ pub struct Model {
     pub tensors: Vec<Tensor>,
     /// What ONNX Runtime reported.
     pub runtime: RuntimeInfo,
+    /// How long loading took (reading, session, digests, graph), in ms.
+    pub load_ms: u64,
     index: HashMap<String, usize>,
     stored: Arc<View>,
     cast: [OnceLock<Arc<View>>; 2],
@@ -249,6 +251,7 @@ pub struct Sessions {
 
 /// Loads one model: reads it, opens its session, computes digests.
 pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) -> Result<Model, LoadError> {
+    let started = std::time::Instant::now();
     // SAFETY: served model files are replaced by renaming new ones over them
     // (README, "What is read from a model"; `weightcast pull` and every
     // publishing tool that writes a temporary file first). A file rewritten
@@ -303,6 +306,7 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
         cast: [OnceLock::new(), OnceLock::new()],
         graph,
         graph_sha256,
+        load_ms: started.elapsed().as_millis() as u64,
         _session: session,
         cache,
     })
@@ -353,6 +357,7 @@ pub struct Store {
     slots: Vec<Slot>,
     sessions: Option<Sessions>,
     cache: Arc<Cache>,
+    load_failures: std::sync::atomic::AtomicU64,
 }
 
 struct Slot {
@@ -422,8 +427,20 @@ impl Store {
                 let entry = load_entry(spec, sessions.as_ref(), &cache);
                 Slot { spec: spec.clone(), state: RwLock::new((entry, before)) }
             })
-            .collect();
-        Store { slots, sessions, cache }
+            .collect::<Vec<_>>();
+        let failures =
+            slots.iter().filter(|s| s.state.read().is_ok_and(|st| matches!(st.0, Entry::Failed { .. }))).count();
+        Store { slots, sessions, cache, load_failures: (failures as u64).into() }
+    }
+
+    /// Loads that failed since start (at start and on reloads).
+    pub fn load_failures(&self) -> u64 {
+        self.load_failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The shared cache of derived bytes.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// Reloads every model whose file changed since it was loaded; returns the
@@ -438,6 +455,9 @@ impl Store {
                 continue;
             }
             let entry = load_entry(&slot.spec, self.sessions.as_ref(), &self.cache);
+            if matches!(entry, Entry::Failed { .. }) {
+                self.load_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let Ok(mut state) = slot.state.write() else { continue };
             match (&entry, &state.0) {
                 (Entry::Failed { error, .. }, Entry::Loaded(old)) => {
@@ -544,6 +564,18 @@ pub struct Cache {
     budget: u64,
     inner: Mutex<CacheInner>,
     in_flight: Mutex<HashMap<CacheKey, Arc<InFlight>>>,
+    counts: CacheCounts,
+}
+
+/// What the cache did since start (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct CacheCounts {
+    /// Lookups that found their bytes.
+    pub hits: std::sync::atomic::AtomicU64,
+    /// Lookups that did not.
+    pub misses: std::sync::atomic::AtomicU64,
+    /// Blobs dropped to stay within the budget.
+    pub evictions: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -556,7 +588,12 @@ struct CacheInner {
 impl Cache {
     /// An empty cache holding at most `budget` bytes.
     pub fn new(budget: u64) -> Cache {
-        Cache { budget, inner: Mutex::new(CacheInner::default()), in_flight: Mutex::new(HashMap::new()) }
+        Cache {
+            budget,
+            inner: Mutex::new(CacheInner::default()),
+            in_flight: Mutex::new(HashMap::new()),
+            counts: CacheCounts::default(),
+        }
     }
 
     /// The cached value, or `compute`'s, computed by one caller at a time per
@@ -596,10 +633,13 @@ impl Cache {
         let mut inner = self.inner.lock().ok()?;
         inner.clock += 1;
         let now = inner.clock;
-        inner.map.get_mut(key).map(|(b, last)| {
+        let found = inner.map.get_mut(key).map(|(b, last)| {
             *last = now;
             b.clone()
-        })
+        });
+        let counter = if found.is_some() { &self.counts.hits } else { &self.counts.misses };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        found
     }
 
     /// Keeps `bytes` unless they alone exceed the budget.
@@ -621,6 +661,7 @@ impl Cache {
             };
             if let Some((b, _)) = inner.map.remove(&oldest) {
                 inner.used -= b.len() as u64;
+                self.counts.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -628,6 +669,11 @@ impl Cache {
     /// The byte budget.
     pub fn budget(&self) -> u64 {
         self.budget
+    }
+
+    /// Hits, misses and evictions since start.
+    pub fn counts(&self) -> &CacheCounts {
+        &self.counts
     }
 
     /// Bytes held now.

@@ -73,7 +73,10 @@ pub(super) async fn serve(
         }
         let method = parsed.request.method();
         let response = super::respond(&state, parsed.request).await;
-        write(&mut out, &mut pace, method, response, parsed.close, parsed.http10).await?;
+        let zstd = response.header("Content-Encoding").is_some_and(|e| e.as_str() == "zstd");
+        let sent = write(&mut out, &mut pace, method, response, parsed.close, parsed.http10).await;
+        state.metrics.body_bytes(zstd, *sent.as_ref().unwrap_or(&0));
+        sent?;
         if parsed.close {
             return Ok(());
         }
@@ -279,7 +282,7 @@ async fn write(
     mut res: Response,
     close: bool,
     http10: bool,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let body = res.take_body();
     let len = body.len();
     let status = res.status();
@@ -297,7 +300,8 @@ async fn write(
     let head = head(&res, framing, close);
     if method == Method::Head || bodiless {
         write_all(out, pace, &head).await?;
-        return out.flush().await;
+        out.flush().await?;
+        return Ok(0);
     }
     write_body(out, pace, body.into_reader(), head, chunked).await
 }
@@ -394,8 +398,9 @@ async fn write_body(
     mut reader: impl AsyncBufRead + Unpin,
     head: Vec<u8>,
     chunked: bool,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let mut pending_head = Some(head);
+    let mut sent = 0u64;
     loop {
         let chunk = reader.fill_buf().await?;
         let n = chunk.len();
@@ -428,8 +433,10 @@ async fn write_body(
             }
         }
         reader.consume(n);
+        sent += n as u64;
     }
-    out.flush().await
+    out.flush().await?;
+    Ok(sent)
 }
 
 /// The Date header, formatted once per second per thread.

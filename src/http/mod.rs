@@ -3,6 +3,7 @@
 
 mod body;
 mod conn;
+mod metrics;
 mod negotiate;
 
 use std::io;
@@ -46,6 +47,14 @@ pub struct State {
     pub store: Store,
     /// Encoding choices from the config.
     pub options: ServeOptions,
+    metrics: metrics::Metrics,
+}
+
+impl State {
+    /// What the handlers of a server of `store` see.
+    pub fn new(store: Store, options: ServeOptions) -> State {
+        State { store, options, metrics: metrics::Metrics::default() }
+    }
 }
 
 /// An error answer: status, a short message and what to do about it.
@@ -99,7 +108,7 @@ pub fn run(
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))?;
     }
     let listener = smol::net::TcpListener::try_from(listener)?;
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open = state.metrics.connections_open.clone();
     let accepting = accept(listener, state, executor.clone(), max_connections, open.clone(), stop.clone());
     smol::block_on(executor.run(accepting.or(async {
         let _ = stop.recv().await;
@@ -164,6 +173,7 @@ async fn accept(
                 accepted
             }
             Err(e) => {
+                state.metrics.accept_error();
                 if errors_in_a_row == 0 {
                     tracing::warn!("accept failed, retrying while it lasts: {e}");
                 }
@@ -181,7 +191,10 @@ async fn accept(
             .spawn(async move {
                 let result = match guard.count <= max_connections {
                     true => conn::serve(stream, state, stop).await,
-                    false => conn::busy(stream).await,
+                    false => {
+                        state.metrics.refused();
+                        conn::busy(stream).await
+                    }
                 };
                 if let Err(e) = result {
                     tracing::debug!(%peer, "connection ended: {e}");
@@ -236,6 +249,7 @@ pub async fn respond(state: &Arc<State>, req: Request) -> Response {
             .into_response()
         }
     };
+    state.metrics.request(route_label(&path), u16::from(response.status()));
     tracing::debug!(%method, %path, status = u16::from(response.status()), us = started.elapsed().as_micros() as u64, "request");
     response
 }
@@ -269,6 +283,14 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
         ["readyz"] => {
             negotiate::query(pairs, &[]).map_err(bad_request)?;
             Ok(readyz(&state))
+        }
+        ["metrics"] => {
+            negotiate::query(pairs, &[]).map_err(bad_request)?;
+            let mut r = Response::new(StatusCode::Ok);
+            r.set_body(state.metrics.render(&state.store));
+            r.insert_header("Content-Type", "text/plain; version=0.0.4");
+            r.insert_header("Cache-Control", "no-store");
+            Ok(r)
         }
         ["v1", "models"] => {
             let q = negotiate::query(pairs, &["format"]).map_err(bad_request)?;
@@ -307,6 +329,23 @@ fn healthz() -> Response {
     r.insert_header("Content-Type", "text/plain");
     r.insert_header("Cache-Control", "no-store");
     r
+}
+
+/// The route a path belongs to, as `/metrics` labels it (a fixed set: a
+/// client's paths must not grow the label space).
+fn route_label(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["healthz"] => "healthz",
+        ["readyz"] => "readyz",
+        ["metrics"] => "metrics",
+        ["v1", "models"] => "models",
+        ["v1", "models", _] => "manifest",
+        ["v1", "models", _, "weights"] => "weights",
+        ["v1", "models", _, "graph"] => "graph",
+        ["v1", "models", _, "tensors", ..] => "tensor",
+        _ => "other",
+    }
 }
 
 /// `/readyz`: `200` when every configured model is loaded and serving,
@@ -403,7 +442,7 @@ fn find_model(state: &State, raw: &str) -> Result<Arc<Model>, ApiError> {
 }
 
 /// Every route, for the 404 of an unknown one.
-const ROUTES: &str = "/healthz, /readyz, /v1/models, /v1/models/{model}, /v1/models/{model}/weights, \
+const ROUTES: &str = "/healthz, /readyz, /metrics, /v1/models, /v1/models/{model}, /v1/models/{model}/weights, \
     /v1/models/{model}/tensors/{name}, /v1/models/{model}/graph";
 
 /// Indices of the named tensors (model order, no repeats), or all of them.

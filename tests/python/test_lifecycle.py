@@ -77,3 +77,28 @@ def test_inspect_survives_a_closed_pipe_and_escapes_names(tmp_path):
     out = subprocess.run([str(binary()), "inspect", str(path)], capture_output=True, text=True).stdout
     assert "\x1b" not in out and "\x07" not in out
     assert "evil\\u{1b}[31mred\\u{7}\\n" in out
+
+
+def test_metrics_in_prometheus_text_format(zoo, serve):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    s = serve("--runtime", "none", zoo / "mlp.onnx", zoo / "broken" / "truncated.onnx")
+    tag = s.get("/v1/models/mlp").headers["ETag"]
+    assert s.get("/v1/models/mlp", headers={"If-None-Match": tag}).status_code == 304
+    s.get("/v1/models/mlp/weights", headers={"Accept-Encoding": "zstd"})
+    s.get("/v1/models/mlp/weights", headers={"Accept-Encoding": "identity"})
+    s.get("/nope")
+    r = s.get("/metrics")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    requests = {(x.labels["route"], x.labels["status"]): x.value for x in families["weightcast_requests"].samples}
+    assert requests[("manifest", "200")] == 1 and requests[("manifest", "304")] == 1
+    assert requests[("weights", "200")] == 2 and requests[("other", "404")] == 1
+    body = {x.labels["encoding"]: x.value for x in families["weightcast_body_bytes"].samples}
+    assert body["zstd"] > 0 and body["identity"] > 0
+    loaded = {x.labels["model"]: x.value for x in families["weightcast_model_loaded"].samples}
+    assert loaded == {"mlp": 1, "truncated": 0}
+    assert families["weightcast_model_load_failures"].samples[0].value == 1
+    assert families["weightcast_connections_open"].samples[0].value >= 1
+    assert families["weightcast_cache_budget_bytes"].samples[0].value > 0
+    assert families["weightcast_cache_hits"].samples[0].value >= 1, "the zstd frames were prepared, then served"
