@@ -192,8 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("demo.onnx");
         write(&path).unwrap();
-        // SAFETY: the test's own file, not changed while read.
-        let m = unsafe { OnnxModel::open(&path) }.unwrap();
+        let m = OnnxModel::open(&path).unwrap();
         assert_eq!(m.tensors.len(), 13);
         let scale = m.tensors.iter().find(|t| t.name == "output_scale").unwrap();
         assert!(scale.constant);

@@ -338,9 +338,7 @@ fn stop_on_signal() -> Result<smol::channel::Receiver<()>, String> {
 }
 
 fn inspect(path: &std::path::Path) -> Result<(), String> {
-    // SAFETY: `inspect` reads the file once and exits; a file changed in
-    // place meanwhile can at worst end this short-lived process.
-    let model = unsafe { OnnxModel::open(path) }.map_err(|e| match e {
+    let model = OnnxModel::open(path).map_err(|e| match e {
         weightcast::onnx::OnnxError::Tensor { .. } => format!("{}: {e}", path.display()),
         other => other.to_string(),
     })?;

@@ -252,12 +252,7 @@ pub struct Sessions {
 /// Loads one model: reads it, opens its session, computes digests.
 pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) -> Result<Model, LoadError> {
     let started = std::time::Instant::now();
-    // SAFETY: served model files are replaced by renaming new ones over them
-    // (README, "What is read from a model"; `weightcast pull` and every
-    // publishing tool that writes a temporary file first). A file rewritten
-    // in place breaks that promise: guarding against it is open work (#11).
-    let onnx = unsafe { OnnxModel::open(&spec.path) }
-        .map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
+    let onnx = OnnxModel::open(&spec.path).map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
     let (session, runtime) = match sessions {
         None => (
             None,

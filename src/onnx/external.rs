@@ -18,11 +18,7 @@ pub(super) struct ExternalFiles {
 }
 
 impl ExternalFiles {
-    /// # Safety
-    ///
-    /// Files under `dir` that get read must not be truncated or written to
-    /// while the bytes read from them live (they are memory-mapped).
-    pub(super) unsafe fn new(dir: &Path) -> ExternalFiles {
+    pub(super) fn new(dir: &Path) -> ExternalFiles {
         ExternalFiles { dir: dir.to_path_buf(), maps: HashMap::new() }
     }
 
@@ -75,10 +71,11 @@ impl ExternalFiles {
         }
         let file =
             super::mmap::open_regular(&path).map_err(|e| format!("cannot open external data '{location}': {e}"))?;
-        // SAFETY: the contract of `ExternalFiles::new`, whose caller vouches
-        // for the files under `dir`.
+        let private = super::mmap::snapshot(&file, &self.dir)
+            .map_err(|e| format!("cannot snapshot external data '{location}': {e}"))?;
+        // SAFETY: `private` is an unnamed file only this process holds.
         let bytes =
-            unsafe { super::mmap::map(&file) }.map_err(|e| format!("cannot map external data '{location}': {e}"))?;
+            unsafe { super::mmap::map(&private) }.map_err(|e| format!("cannot map external data '{location}': {e}"))?;
         self.maps.insert(path, bytes.clone());
         Ok(bytes)
     }

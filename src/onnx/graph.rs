@@ -363,8 +363,7 @@ mod tests {
     #[test]
     fn large_initializers_become_external_small_ones_stay_and_the_rest_is_kept() {
         let bytes = Bytes::from(crate::demo::model_bytes());
-        // SAFETY: the model has no external data.
-        let read = unsafe { OnnxModel::from_bytes("demo.onnx".as_ref(), bytes.clone(), ".".as_ref()) }.unwrap();
+        let read = OnnxModel::from_bytes("demo.onnx".as_ref(), bytes.clone(), ".".as_ref()).unwrap();
         let out = externalize(&bytes, |n| format!("{n}.bin"), data_of(&read)).unwrap();
         let before = ModelProto::decode(bytes.clone()).unwrap();
         let after = ModelProto::decode(out.as_slice()).unwrap();
@@ -430,8 +429,7 @@ mod tests {
             ..Default::default()
         };
         let bytes = Bytes::from(model.encode_to_vec());
-        // SAFETY: the model has no external data.
-        let read = unsafe { OnnxModel::from_bytes("m.onnx".as_ref(), bytes.clone(), ".".as_ref()) }.unwrap();
+        let read = OnnxModel::from_bytes("m.onnx".as_ref(), bytes.clone(), ".".as_ref()).unwrap();
         let out =
             ModelProto::decode(externalize(&bytes, |n| n.to_string(), data_of(&read)).unwrap().as_slice()).unwrap();
         let location = |name: &str| {

@@ -3,11 +3,13 @@
 //!
 //! A map is only as good as the file under it: if the file is truncated
 //! while mapped, touching the lost pages raises SIGBUS and ends the process;
-//! if it is rewritten in place, the bytes change under digests computed
-//! earlier. Neither can be prevented from here, so the precondition travels
-//! to the callers as `unsafe`: whoever maps a file promises that it is only
-//! ever replaced by renaming a new file over it (as `weightcast pull` and
-//! the README's instructions do), never modified in place.
+//! if it is rewritten in place (`cp new.onnx served.onnx`, scp, an editor),
+//! the bytes change under digests computed earlier. So what is mapped is a
+//! [`snapshot`]: a private copy nobody else can open — a reflink where the
+//! file system shares blocks (btrfs, XFS: instant, no space), else a copy
+//! (`copy_file_range`) — in an unnamed file (`O_TMPFILE`) beside the model,
+//! gone when the last map of it goes. Its cost, measured: a copy of the
+//! model's size on disk while it is served (see PERFORMANCE.md).
 
 use std::fs::File;
 use std::io;
@@ -66,4 +68,24 @@ fn describe(kind: std::fs::FileType) -> &'static str {
     } else {
         "not a file"
     }
+}
+
+/// A private copy of `file` that no other process can change: an unnamed
+/// file (`O_TMPFILE`) in `dir` — on the same file system, so a reflink can
+/// share its blocks — or, where `dir` refuses one (read-only, no
+/// `O_TMPFILE`), in the system's temporary folder. The copy is a reflink
+/// when the file system has them, else a full copy.
+pub(crate) fn snapshot(file: &File, dir: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    let mode = Mode::RUSR | Mode::WUSR;
+    let private = rustix::fs::openat(rustix::fs::CWD, dir, flags, mode)
+        .or_else(|_| rustix::fs::openat(rustix::fs::CWD, std::env::temp_dir(), flags, mode))?;
+    let mut private = File::from(private);
+    if rustix::fs::ioctl_ficlone(&private, file).is_err() {
+        // std's copy uses copy_file_range: in the kernel, no user-space buffer.
+        let mut source = file;
+        io::copy(&mut source, &mut private)?;
+    }
+    Ok(private)
 }

@@ -158,40 +158,30 @@ pub struct OnnxModel {
 }
 
 impl OnnxModel {
-    /// Memory-maps and reads the model at `path`, and its external data.
-    ///
-    /// # Safety
-    ///
-    /// The model file and its external data files must not be truncated or
-    /// written to while the returned model (or any tensor data taken from it)
-    /// lives; replacing them by renaming new files over them is fine. See
-    /// [`mmap`](self::mmap).
-    pub unsafe fn open(path: &Path) -> Result<OnnxModel, OnnxError> {
+    /// Reads the model at `path` and its external data, each from a private
+    /// snapshot ([`mmap::snapshot`]) mapped into memory: changing or
+    /// truncating the files afterwards, even in place, changes nothing here.
+    pub fn open(path: &Path) -> Result<OnnxModel, OnnxError> {
         let io = |source| OnnxError::Io { path: path.to_path_buf(), source };
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let file = mmap::open_regular(path).map_err(io)?;
-        // SAFETY: this function's contract.
-        let bytes = unsafe { mmap::map(&file) }.map_err(io)?;
+        let private = mmap::snapshot(&file, dir).map_err(io)?;
+        // SAFETY: `private` is an unnamed file only this process holds, so
+        // nothing can truncate or rewrite it under the map.
+        let bytes = unsafe { mmap::map(&private) }.map_err(io)?;
         if bytes.is_empty() {
             return Err(OnnxError::Empty { path: path.to_path_buf() });
         }
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        // SAFETY: this function's contract covers the external data files.
-        unsafe { Self::from_bytes(path, bytes, &dir) }
+        Self::from_bytes(path, bytes, dir)
     }
 
     /// Reads a model from bytes already in memory; external data is looked up
-    /// in `dir` and memory-mapped.
-    ///
-    /// # Safety
-    ///
-    /// External data files in `dir` must not be truncated or written to while
-    /// the returned model lives (as for [`OnnxModel::open`]).
-    pub unsafe fn from_bytes(path: &Path, bytes: Bytes, dir: &Path) -> Result<OnnxModel, OnnxError> {
+    /// in `dir` and read from private snapshots, like [`OnnxModel::open`].
+    pub fn from_bytes(path: &Path, bytes: Bytes, dir: &Path) -> Result<OnnxModel, OnnxError> {
         let model = proto::ModelProto::decode(bytes.clone())
             .map_err(|source| OnnxError::Decode { path: path.to_path_buf(), source })?;
         let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.to_path_buf() })?;
-        // SAFETY: this function's contract.
-        let mut reader = Reader::new(Some(unsafe { ExternalFiles::new(dir) }), bytes.len() as u64);
+        let mut reader = Reader::new(Some(ExternalFiles::new(dir)), bytes.len() as u64);
         reader.graph(graph, "")?;
         let info = model_info(&model, graph);
         Ok(OnnxModel { path: path.to_path_buf(), bytes, info, tensors: reader.tensors })

@@ -95,3 +95,79 @@ def test_a_model_file_that_is_a_fifo_is_refused(serve, tmp_path):
     s = serve("--runtime", "none", fifo)
     assert time.monotonic() - started < 10
     assert "a FIFO" in wait_for(s, "m", lambda e: e.get("error"))["error"]
+
+
+def big_model(path, seed, n=5_000_000):
+    t = numpy_helper.from_array(np.random.default_rng(seed).standard_normal(n).astype(np.float32), "w")
+    u = numpy_helper.from_array(np.random.default_rng(seed + 1).standard_normal(n).astype(np.float32), "u")
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], [t, u])), str(path))
+
+
+def test_a_model_changed_in_place_never_crashes_or_serves_other_bytes(serve, tmp_path, pb2):
+    """`cp new.onnx served.onnx` (truncate, then write) and a same-size
+    rewrite, while downloads run: no SIGBUS, and every body's tensors match
+    the digests of the version its answer names."""
+    import hashlib
+    import shutil
+    import threading
+
+    import requests
+
+    served = tmp_path / "m.onnx"
+    big_model(served, 1)
+    other, same_size = tmp_path / "other.onnx", tmp_path / "same.onnx"
+    big_model(other, 7, n=4_000_000)
+    big_model(same_size, 9)
+    s = serve("--runtime", "none", served)
+    manifests = {}
+    failures = []
+
+    def download(k):
+        # Slowly (about 2 s for 40 MB): the file changes mid-body.
+        r = requests.get(s.url + "/v1/models/m/weights", headers={"Accept-Encoding": "identity"}, timeout=60,
+                         stream=True)
+        body = bytearray()
+        try:
+            for chunk in r.iter_content(1 << 20):
+                body += chunk
+                time.sleep(0.05)
+        except requests.RequestException as e:
+            failures.append((k, "body cut", str(e)[:80]))
+            return
+        version = r.headers["X-Weightcast-Model-Version"]
+        for t in pb2.Bundle.FromString(bytes(body)).tensors:
+            if hashlib.sha256(t.data).hexdigest() != manifests.get(version, {}).get(t.name):
+                failures.append((k, version, t.name))
+
+    done = threading.Event()
+
+    def watch_manifests():  # every version the server advertises, as it advertises it
+        while not done.is_set():
+            m = s.get("/v1/models/m?format=json").json()
+            manifests.setdefault(m["version"], {t["name"]: t["sha256"] for t in m["tensors"]})
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch_manifests)
+    watcher.start()
+    time.sleep(0.2)
+
+    threads = [threading.Thread(target=download, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    with open(served, "r+b") as f:  # in place: truncate, then write (what cp does)
+        f.truncate(0)
+        time.sleep(0.05)
+        shutil.copyfileobj(open(other, "rb"), f)
+    time.sleep(1.5)
+    with open(served, "r+b") as f:  # in place, same size
+        f.write(open(same_size, "rb").read())
+    for t in threads:
+        t.join(120)
+    time.sleep(1.5)
+    download(99)
+    done.set()
+    watcher.join()
+    assert s.proc.poll() is None, f"the server died: {s.proc.returncode}"
+    assert not failures, failures
+    assert len(manifests) >= 2, "the rewritten file was loaded as a new version"
