@@ -186,6 +186,36 @@ impl Model {
         }
     }
 
+    /// Bytes `range` of a tensor's data in a representation, computing no
+    /// more than needed: a slice of the stored bytes; of the cast, cached
+    /// whole when it is small next to the cache (an eighth of its budget),
+    /// else cast just for this window — so a request for a large tensor that
+    /// is not cached holds a window at a time, not the whole cast.
+    pub fn data_range(&self, index: usize, repr: Representation, range: std::ops::Range<usize>) -> Bytes {
+        let t = &self.tensors[index];
+        let (Some(target), TensorData::Bytes(stored)) = (repr, &t.data) else {
+            return match &t.data {
+                TensorData::Bytes(b) => b.slice(range),
+                TensorData::Strings(_) => Bytes::new(),
+            };
+        };
+        if !cast::applies(t.dtype) {
+            return stored.slice(range);
+        }
+        let (from, to) = (t.dtype.bits().unwrap_or(32) as usize / 8, target.dtype().bits().unwrap_or(16) as usize / 8);
+        let whole = (stored.len() / from * to) as u64;
+        let cached = self.cache.get(&self.cache_key(index, format!("cast-{target:?}")));
+        if let Some(bytes) =
+            cached.or_else(|| (whole <= self.cache.budget() / 8).then(|| self.data(index, repr).bytes()))
+        {
+            return bytes.slice(range);
+        }
+        // Whole elements around the window, cast, then cut to it.
+        let (first, last) = (range.start / to, range.end.div_ceil(to));
+        let window = cast::cast(t.dtype, &stored[first * from..last * from], target).map(|c| Bytes::from(c.bytes));
+        window.map_or_else(Bytes::new, |w| w.slice(range.start - first * to..range.end - first * to))
+    }
+
     fn cast_data(&self, index: usize, target: Target) -> Option<(Bytes, u64)> {
         let t = &self.tensors[index];
         let TensorData::Bytes(stored) = &t.data else { return None };
@@ -683,6 +713,24 @@ mod tests {
 
     fn key(i: usize) -> CacheKey {
         CacheKey { model: "m".into(), version: "v".into(), tensor: i, variant: "x".into() }
+    }
+
+    #[test]
+    fn a_cast_too_large_for_the_cache_is_made_a_window_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.onnx");
+        crate::demo::write(&path).unwrap();
+        let cache = Arc::new(Cache::new(1 << 20)); // an eighth: 128 KiB
+        let model = load(&ModelSpec { name: "demo".into(), path }, None, cache.clone()).unwrap();
+        let (i, t) = model.tensors.iter().enumerate().max_by_key(|(_, t)| t.nbytes()).unwrap();
+        let TensorData::Bytes(stored) = &t.data else { panic!() };
+        let whole = cast::cast(t.dtype, stored, Target::F16).unwrap().bytes;
+        assert!(whole.len() as u64 > cache.budget() / 8, "the test needs a cast larger than an eighth of the cache");
+        for range in [0..whole.len(), 1..4097, 777..whole.len() - 3, 65536..65538, 5..5] {
+            assert_eq!(&model.data_range(i, Some(Target::F16), range.clone())[..], &whole[range.clone()], "{range:?}");
+        }
+        assert_eq!(cache.used(), 0, "windows are not cached whole");
+        assert_eq!(&model.data_range(i, None, 10..20)[..], &stored[10..20]);
     }
 
     #[test]

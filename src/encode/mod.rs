@@ -182,6 +182,16 @@ impl Selection {
         }
     }
 
+    /// Bytes `range` of [`Selection::bytes`], computing a window where it
+    /// can (casts; byte planes are made whole, and cached, because every
+    /// window of them gathers from the whole tensor).
+    pub fn bytes_range(&self, i: usize, range: Range<usize>) -> Bytes {
+        match self.element_size(i) {
+            Some(_) => self.bytes(i).slice(range),
+            None => self.model.data_range(i, self.repr, range),
+        }
+    }
+
     /// The bytegroup element size of tensor `i`, if the codec applies to it:
     /// asked for, a dtype it knows, and data of at least [`FRAME_ALONE`]
     /// bytes (on less, a frame per byte plane costs more than it saves).
@@ -260,26 +270,37 @@ pub fn body(sel: &Selection, format: Format, encoding: Encoding, options: Option
         Format::Safetensors => safetensors::pieces(sel)?,
     };
     Ok(match encoding {
-        Encoding::Identity => pieces.into_iter().filter_map(|p| identity_chunk(sel, p)).collect(),
+        Encoding::Identity => pieces.into_iter().flat_map(|p| identity_chunks(sel, p)).collect(),
         Encoding::Zstd => zstd_chunks(sel, pieces, options.zstd_level),
     })
 }
 
-fn identity_chunk(sel: &Selection, piece: Piece) -> Option<Chunk> {
-    Some(match piece {
-        Piece::Inline(b) if b.is_empty() => return None,
-        Piece::Data { range, .. } if range.is_empty() => return None,
-        Piece::Inline(b) => Chunk::Ready(b),
+/// Computed tensor data (casts) is made a window at a time, as the reader
+/// gets there: a request holds [`WINDOW`] bytes of it, not the tensor.
+pub const WINDOW: usize = 4 << 20;
+
+/// `range` in windows of at most [`WINDOW`] bytes.
+fn windows(range: Range<usize>) -> impl Iterator<Item = Range<usize>> {
+    (range.start..range.end).step_by(WINDOW).map(move |a| a..(a + WINDOW).min(range.end))
+}
+
+fn identity_chunks(sel: &Selection, piece: Piece) -> Vec<Chunk> {
+    match piece {
+        Piece::Inline(b) if b.is_empty() => vec![],
+        Piece::Data { range, .. } if range.is_empty() => vec![],
+        Piece::Inline(b) => vec![Chunk::Ready(b)],
         Piece::Data { tensor, range } if sel.is_stored_bytes(tensor) => match &sel.model.tensors[tensor].data {
-            TensorData::Bytes(b) => Chunk::Ready(b.slice(range)),
-            TensorData::Strings(_) => return None,
+            TensorData::Bytes(b) => vec![Chunk::Ready(b.slice(range))],
+            TensorData::Strings(_) => vec![],
         },
-        Piece::Data { tensor, range } => {
-            let sel = sel.clone();
-            Chunk::Sized(range.len(), Box::new(move || Ok(sel.bytes(tensor).slice(range))))
-        }
-        Piece::Deferred(f) => Chunk::Later(f),
-    })
+        Piece::Data { tensor, range } => windows(range)
+            .map(|w| {
+                let sel = sel.clone();
+                Chunk::Sized(w.len(), Box::new(move || Ok(sel.bytes_range(tensor, w))))
+            })
+            .collect(),
+        Piece::Deferred(f) => vec![Chunk::Later(f)],
+    }
 }
 
 /// Tensor data at least this long is a zstd frame of its own, compressed
@@ -311,13 +332,17 @@ fn zstd_chunks(sel: &Selection, pieces: Vec<Piece>, level: i32) -> Vec<Chunk> {
             Piece::Data { tensor, range } if len >= FRAME_ALONE => {
                 out.extend(group_chunk(sel, std::mem::take(&mut group), level));
                 group_len = 0;
-                out.push(match sel.model.cache().get(&zstd_key(sel, tensor, &range, level)) {
-                    Some(frame) => Chunk::Ready(frame),
-                    None => {
-                        let sel = sel.clone();
-                        Chunk::Later(Box::new(move || zstd_data(&sel, tensor, range, level).map_err(io::Error::other)))
-                    }
-                });
+                // A frame per window: a request compresses (and holds) a
+                // window at a time; frames are cached per window.
+                for w in windows(range) {
+                    out.push(match sel.model.cache().get(&zstd_key(sel, tensor, &w, level)) {
+                        Some(frame) => Chunk::Ready(frame),
+                        None => {
+                            let sel = sel.clone();
+                            Chunk::Later(Box::new(move || zstd_data(&sel, tensor, w, level).map_err(io::Error::other)))
+                        }
+                    });
+                }
             }
             piece => {
                 if group_len + len > GROUP_MAX && !group.is_empty() {
@@ -351,7 +376,7 @@ fn group_chunk(sel: &Selection, group: Vec<Piece>, level: i32) -> Option<Chunk> 
             for piece in group {
                 match piece {
                     Piece::Inline(b) => raw.extend_from_slice(&b),
-                    Piece::Data { tensor, range } => raw.extend_from_slice(&sel.bytes(tensor)[range]),
+                    Piece::Data { tensor, range } => raw.extend_from_slice(&sel.bytes_range(tensor, range)),
                     Piece::Deferred(f) => raw.extend_from_slice(&f().map_err(|e| e.to_string())?),
                 }
             }
@@ -396,10 +421,10 @@ fn group_key(sel: &Selection, group: &[Piece], level: i32) -> Option<CacheKey> {
 pub fn zstd_data(sel: &Selection, tensor: usize, range: Range<usize>, level: i32) -> Result<Bytes, String> {
     let key = zstd_key(sel, tensor, &range, level);
     sel.model.cache().get_or_compute(key, || {
-        let bytes = sel.bytes(tensor);
+        let window = sel.bytes_range(tensor, range.clone());
         let compressed = match sel.element_size(tensor) {
-            Some(k) => zstd_planes(&bytes[range.clone()], bytes.len() / k, range.start, level),
-            None => zstd_frame(&bytes[range.clone()], level),
+            Some(k) => zstd_planes(&window, sel.meta(tensor).nbytes as usize / k, range.start, level),
+            None => zstd_frame(&window, level),
         };
         compressed.map(Bytes::from).map_err(|e| e.to_string())
     })
@@ -539,7 +564,7 @@ pub fn preparation(model: &Arc<Model>, what: Prepared, level: i32) -> (u64, Vec<
         .sum();
     let chunks = match what.zstd {
         true => zstd_chunks(&sel, pieces, level),
-        false => pieces.into_iter().filter_map(|p| identity_chunk(&sel, p)).collect(),
+        false => pieces.into_iter().flat_map(|p| identity_chunks(&sel, p)).collect(),
     };
     let work = chunks
         .into_iter()

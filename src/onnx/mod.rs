@@ -104,6 +104,16 @@ pub struct Tensor {
     pub constant: bool,
 }
 
+impl TensorData {
+    /// The bytes of a numeric tensor; empty for STRING.
+    pub fn bytes(self) -> Bytes {
+        match self {
+            TensorData::Bytes(b) => b,
+            TensorData::Strings(_) => Bytes::new(),
+        }
+    }
+}
+
 impl Tensor {
     /// Byte length of the data (for strings: the sum of element lengths).
     pub fn nbytes(&self) -> u64 {
