@@ -135,6 +135,7 @@ mod tests {
         raw[0] ^= 1;
         t.raw_data = Some(raw.into());
         republish(&path, model.encode_to_vec());
+        assert!(prep.refresh(&store).is_empty(), "a change is loaded once it held still for one look");
         let fresh = prep.refresh(&store);
         assert_eq!(fresh.len(), 1);
         let second = store.get("demo").unwrap();
@@ -143,6 +144,7 @@ mod tests {
         assert!(left.is_empty(), "the new version's frames were prepared by refresh");
 
         republish(&path, b"not a model".to_vec());
+        assert!(prep.refresh(&store).is_empty());
         assert!(prep.refresh(&store).is_empty());
         assert_eq!(store.get("demo").unwrap().version(), second.version(), "the last good version keeps serving");
     }

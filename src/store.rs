@@ -106,6 +106,8 @@ pub struct Model {
     pub runtime: RuntimeInfo,
     /// How long loading took (reading, session, digests, graph), in ms.
     pub load_ms: u64,
+    /// The external data files it was read from (watched for changes).
+    pub external_files: Vec<PathBuf>,
     index: HashMap<String, usize>,
     stored: Arc<View>,
     cast: [OnceLock<Arc<View>>; 2],
@@ -332,6 +334,7 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
         graph,
         graph_sha256,
         load_ms: started.elapsed().as_millis() as u64,
+        external_files: onnx.external_files,
         _session: session,
         cache,
     })
@@ -387,7 +390,25 @@ pub struct Store {
 
 struct Slot {
     spec: ModelSpec,
-    state: RwLock<(Entry, Option<FileStamp>)>,
+    /// What serves, and the stamps of the files it was loaded from.
+    state: RwLock<(Entry, Stamps)>,
+    /// Stamps seen changed at the last look, not yet loaded: a change is
+    /// loaded once it holds still for one look (a graph and its data being
+    /// replaced one after the other are not loaded half-way).
+    pending: Mutex<Option<Stamps>>,
+}
+
+/// A model's files and what identified each when looked at.
+type Stamps = Vec<(PathBuf, Option<FileStamp>)>;
+
+/// Stamps of a model's files: the model file and, once loaded, its
+/// external data files.
+fn stamps(spec: &ModelSpec, entry: Option<&Entry>) -> Stamps {
+    let mut files = vec![spec.path.clone()];
+    if let Some(Entry::Loaded(m)) = entry {
+        files.extend(m.external_files.iter().cloned());
+    }
+    files.into_iter().map(|f| (stamp(&f), f)).map(|(s, f)| (f, s)).collect()
 }
 
 /// A model in the listing.
@@ -442,15 +463,49 @@ fn load_entry(spec: &ModelSpec, sessions: Option<&Sessions>, cache: &Arc<Cache>)
     }
 }
 
+/// The slot's files' stamps if they changed and held still since the last
+/// look (then they are loaded); `None` otherwise.
+fn settled_change(slot: &Slot) -> Option<Stamps> {
+    let recorded = slot.state.read().ok()?;
+    let now = stamps(&slot.spec, Some(&recorded.0));
+    let changed = now != recorded.1;
+    drop(recorded);
+    let mut pending = slot.pending.lock().ok()?;
+    if !changed {
+        *pending = None;
+        return None;
+    }
+    if pending.as_ref() == Some(&now) {
+        *pending = None;
+        return Some(now);
+    }
+    *pending = Some(now);
+    None
+}
+
+/// Stamps taken before a load, completed with the external data files the
+/// load found (those were read after the stamps were taken, so a change to
+/// one during the load is seen at the next look).
+fn refine(spec: &ModelSpec, entry: &Entry, before: Stamps) -> Stamps {
+    let mut all = stamps(spec, Some(entry));
+    for (file, stamp) in &mut all {
+        if let Some((_, s)) = before.iter().find(|(f, _)| f == file) {
+            *stamp = s.clone();
+        }
+    }
+    all
+}
+
 impl Store {
     /// Loads each model; one that fails is logged and listed with its error.
     pub fn load(specs: &[ModelSpec], sessions: Option<Sessions>, cache: Arc<Cache>) -> Store {
         let slots = specs
             .iter()
             .map(|spec| {
-                let before = stamp(&spec.path);
+                let before = stamps(spec, None);
                 let entry = load_entry(spec, sessions.as_ref(), &cache);
-                Slot { spec: spec.clone(), state: RwLock::new((entry, before)) }
+                let before = refine(spec, &entry, before);
+                Slot { spec: spec.clone(), state: RwLock::new((entry, before)), pending: Mutex::new(None) }
             })
             .collect::<Vec<_>>();
         let failures =
@@ -468,18 +523,16 @@ impl Store {
         &self.cache
     }
 
-    /// Reloads every model whose file changed since it was loaded; returns the
-    /// models loaded anew. A model whose new file fails to load keeps serving
-    /// its previous version (and the failure is logged).
+    /// Reloads every model one of whose files (the model, its external data)
+    /// changed since it was loaded and has held still since the last look;
+    /// returns the models loaded anew. A model whose new files fail to load
+    /// keeps serving its previous version (and the failure is logged).
     pub fn refresh(&self) -> Vec<Arc<Model>> {
         let mut fresh = Vec::new();
         for slot in &self.slots {
-            let now = stamp(&slot.spec.path);
-            let changed = slot.state.read().map(|s| s.1 != now).unwrap_or(false);
-            if !changed {
-                continue;
-            }
+            let Some(now) = settled_change(slot) else { continue };
             let entry = load_entry(&slot.spec, self.sessions.as_ref(), &self.cache);
+            let now = refine(&slot.spec, &entry, now);
             if matches!(entry, Entry::Failed { .. }) {
                 self.load_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }

@@ -18,6 +18,13 @@ pub(super) struct ExternalFiles {
 }
 
 impl ExternalFiles {
+    /// The files read so far.
+    pub(super) fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.maps.keys().cloned().collect();
+        files.sort();
+        files
+    }
+
     pub(super) fn new(dir: &Path) -> ExternalFiles {
         ExternalFiles { dir: dir.to_path_buf(), maps: HashMap::new() }
     }

@@ -165,6 +165,8 @@ pub struct OnnxModel {
     pub info: ModelInfo,
     /// Every weight tensor, in file order (main graph, then subgraphs).
     pub tensors: Vec<Tensor>,
+    /// The external data files it read (a model is all of these files).
+    pub external_files: Vec<PathBuf>,
 }
 
 impl OnnxModel {
@@ -194,7 +196,8 @@ impl OnnxModel {
         let mut reader = Reader::new(Some(ExternalFiles::new(dir)), bytes.len() as u64);
         reader.graph(graph, "")?;
         let info = model_info(&model, graph);
-        Ok(OnnxModel { path: path.to_path_buf(), bytes, info, tensors: reader.tensors })
+        let external_files = reader.external.map(|e| e.files()).unwrap_or_default();
+        Ok(OnnxModel { path: path.to_path_buf(), bytes, info, tensors: reader.tensors, external_files })
     }
 }
 

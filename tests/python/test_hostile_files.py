@@ -171,3 +171,49 @@ def test_a_model_changed_in_place_never_crashes_or_serves_other_bytes(serve, tmp
     assert s.proc.poll() is None, f"the server died: {s.proc.returncode}"
     assert not failures, failures
     assert len(manifests) >= 2, "the rewritten file was loaded as a new version"
+
+
+def test_external_data_replaced_alone_is_noticed(serve, tmp_path):
+    """A model is all its files: replacing only the external data (by
+    rename) publishes a new version; the graph file never changed."""
+    d = tmp_path / "m"
+    d.mkdir()
+    t = numpy_helper.from_array(np.arange(4096, dtype=np.float32), "w")
+    m = helper.make_model(helper.make_graph([], "g", [], [], [t]))
+    onnx.save(m, str(d / "m.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+    s = serve("--runtime", "none", d / "m.onnx")
+    before = s.get("/v1/models/m?format=json").json()
+    new = np.arange(4096, dtype=np.float32)[::-1].copy()
+    (d / "w.tmp").write_bytes(new.tobytes())
+    os.replace(d / "w.tmp", d / "w.bin")
+    after = wait_for(s, "m", lambda e: e.get("version") and e["version"] != before["version"])
+    got = np.frombuffer(s.get("/v1/models/m/tensors/w?format=npy").content[-16384:], "<f4")
+    assert np.array_equal(got, new), after
+
+
+def test_a_multi_file_model_is_replaced_whole_by_swapping_a_folder_link(serve, tmp_path):
+    """The documented way to publish graph + data at once: each version in a
+    folder, `current` a symlink swapped by rename."""
+    root = tmp_path / "detector"
+    versions = []
+    for k in range(2):
+        v = root / f"v{k}"
+        v.mkdir(parents=True)
+        t = numpy_helper.from_array(np.full(4096, k, dtype=np.float32), "w")
+        m = helper.make_model(helper.make_graph([], "g", [], [], [t]))
+        onnx.save(m, str(v / "model.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+        versions.append(v)
+    os.symlink("v0", root / "current")
+    s = serve("--runtime", "none", "--config", write_config(tmp_path, root / "current" / "model.onnx"))
+    first = s.get("/v1/models/detector?format=json").json()["version"]
+    os.symlink("v1", root / "next")
+    os.replace(root / "next", root / "current")
+    wait_for(s, "detector", lambda e: e.get("version") and e["version"] != first)
+    body = s.get("/v1/models/detector/tensors/w?format=npy").content
+    assert np.array_equal(np.frombuffer(body[-16384:], "<f4"), np.full(4096, 1, np.float32))
+
+
+def write_config(tmp_path, model_path):
+    c = tmp_path / "c.toml"
+    c.write_text(f'[[models]]\nname = "detector"\npath = "{model_path}"\n[runtime]\nengine = "none"\n')
+    return c
