@@ -37,6 +37,8 @@ compile_error!("weightcast serves tensor bytes as they lie in memory and needs a
 pub mod config;
 pub mod demo;
 pub mod encode;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod onnx;
 pub mod publish;

@@ -104,7 +104,7 @@ pub(super) async fn busy(mut stream: smol::net::TcpStream) -> io::Result<()> {
 
 /// A request the connection cannot answer normally: the status it gets
 /// before the connection closes.
-struct Refusal {
+pub(crate) struct Refusal {
     status: StatusCode,
     detail: String,
 }
@@ -189,7 +189,7 @@ fn find_blank_line(buf: &[u8]) -> Option<usize> {
 }
 
 /// A parsed request and how its connection goes on.
-struct Parsed {
+pub(crate) struct Parsed {
     request: Request,
     /// Bytes of request body that follow the head.
     body: u64,
@@ -199,7 +199,7 @@ struct Parsed {
 }
 
 /// Parses a head into a request, or the refusal it deserves.
-fn request(head: &[u8]) -> Result<Parsed, Refusal> {
+pub(crate) fn request(head: &[u8]) -> Result<Parsed, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {

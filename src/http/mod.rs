@@ -2,7 +2,7 @@
 //! conditional requests and errors. See README.md for the API itself.
 
 mod body;
-mod conn;
+pub(crate) mod conn;
 mod metrics;
 mod negotiate;
 

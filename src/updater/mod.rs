@@ -304,7 +304,7 @@ async fn contents(
 /// tensors are the manifest's, byte for byte; each external one lies at
 /// exactly `wire::tensor_file(name)` (a hub must not make us write outside
 /// the version's tensor folder, nor over another file). Returns those.
-fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
+pub(crate) fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
     if graph.len() as u64 != manifest.graph_bytes || hex::encode(Sha256::digest(graph)) != manifest.graph_sha256 {
         let (got, want) = (graph.len(), manifest.graph_bytes);
         let problem = format!("{got} bytes whose sha256 is not graph_sha256 ({want} bytes expected)");
@@ -751,7 +751,7 @@ fn same_model(reply: &client::Reply, version: &str) -> Result<(), UpdateError> {
 }
 
 /// Tensors of a protobuf bundle, pieces joined in order.
-fn assemble(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, UpdateError> {
+pub(crate) fn assemble(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, UpdateError> {
     let bundle = Bundle::decode(body)
         .map_err(|e| UpdateError::Weights { problem: format!("not a weightcast.v1.Bundle ({e}); cut short?") })?;
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
