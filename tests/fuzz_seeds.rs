@@ -71,6 +71,8 @@ fn request_heads_survive_mutations() {
     let heads = [
         b"GET /v1/models/demo/weights?names=a,b&dtype=f16 HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n".to_vec(),
         b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        // Found by fuzzing: a non-ASCII header value made http-types panic.
+        "GET / HTTP/1.1\r\nHost: x\r\nX: \u{e9}\r\n\r\n".as_bytes().to_vec(),
         b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n".to_vec(),
     ];
     run(&heads, fuzz::request_head, 3000);

@@ -228,8 +228,12 @@ pub(crate) fn request(head: &[u8]) -> Result<Parsed, Refusal> {
         .map_err(|e| refusal(StatusCode::BadRequest, format!("bad request target or Host: {e}")))?;
     let mut request = Request::new(method, url);
     for h in req.headers.iter() {
+        // httparse lets obs-text (bytes over 0x7F) through in values;
+        // http-types panics on them: refuse them here (found by fuzzing).
         let value = std::str::from_utf8(h.value)
-            .map_err(|_| refusal(StatusCode::BadRequest, format!("header {} is not UTF-8", h.name)))?;
+            .ok()
+            .filter(|v| v.is_ascii())
+            .ok_or_else(|| refusal(StatusCode::BadRequest, format!("header {} is not ASCII", h.name)))?;
         request.append_header(h.name, value);
     }
     let body = body_length(header("Content-Length"), header("Transfer-Encoding"))?;

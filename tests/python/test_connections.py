@@ -85,6 +85,7 @@ def test_pipelined_requests_are_answered_in_order(hub):
     (b"GET /v1/\x00models HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     (b"GET /v1/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     (b"GET /healthz HTTP/1.1\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Name: \xc3\xa9t\xc3\xa9\r\n\r\n", 400),  # found by fuzzing: was a panic
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n", 413),
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n", 400),
