@@ -363,11 +363,10 @@ fn local_digests(current: Option<&Path>) -> HashMap<String, String> {
 /// Most bytes a manifest may take (about 400,000 tensors).
 const MANIFEST_LIMIT: u64 = 64 << 20;
 
-/// Most bytes the protobuf records of tensor `name` may take: its data, its
+/// Most bytes the protobuf records of tensor `t` may take: its data, its
 /// name, up to 16 bytes per dim, a length per string element, and the
 /// fixed fields.
-fn record_bound(manifest: &Manifest, name: &str) -> u64 {
-    let Some(t) = manifest.tensors.iter().find(|t| t.name == name) else { return 0 };
+fn record_bound(t: &crate::wire::proto::TensorInfo) -> u64 {
     let elements: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
     let strings = if t.dtype == DataType::String as i32 { elements.saturating_mul(10) } else { 0 };
     t.nbytes.saturating_add(strings).saturating_add(t.name.len() as u64 + 16 * t.dims.len() as u64 + 128)
@@ -390,7 +389,10 @@ async fn fetch_tensors(
 ) -> Result<(HashMap<String, Vec<u8>>, u64), UpdateError> {
     let manifest = &offer.manifest;
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
+    let infos: HashMap<&str, &crate::wire::proto::TensorInfo> =
+        manifest.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let sizes: HashMap<&str, u64> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.nbytes)).collect();
+    let bound = |name: &str| infos.get(name).map_or(0, |t| record_bound(t));
     let (large, small): (Vec<String>, Vec<String>) =
         needed.iter().cloned().partition(|n| sizes.get(n.as_str()).copied().unwrap_or(0) >= RESUME_FROM);
     let bar = progress(needed.iter().map(|n| sizes.get(n.as_str()).copied().unwrap_or(0)).sum());
@@ -399,7 +401,7 @@ async fn fetch_tensors(
     clean_partials(partial, &manifest.version);
     for name in &large {
         let dir = partial.join(&manifest.version);
-        let limit = record_bound(manifest, name);
+        let limit = bound(name);
         let (data, wire) = fetch_resumable(client, hub, name, &dir, &offer.model_version, &bar, limit).await?;
         wire_bytes += wire;
         verify(&digests, name, &data)?;
@@ -409,7 +411,7 @@ async fn fetch_tensors(
         let names: Vec<String> =
             batch.iter().map(|n| format!("names={}", percent_encoding::utf8_percent_encode(n, QUERY))).collect();
         let url = hub.url(&format!("/weights?{}", names.join("&")), true)?;
-        let limit = batch.iter().map(|n| record_bound(manifest, n)).sum();
+        let limit = batch.iter().map(|n| bound(n)).sum();
         let r = client.get(&url, &[("Accept", "application/x-protobuf")], limit).await?;
         expect_ok(&url, &r)?;
         same_model(&r, &offer.model_version)?;
