@@ -315,6 +315,11 @@ fn serve(
     let open_files = http::raise_open_files_limit();
     let max_connections = cfg.max_connections.unwrap_or_else(|| http::default_max_connections(open_files));
     tracing::info!(open_files, max_connections, "connection limits");
+    // systemd `Type=notify`: ready once the models are loaded and the socket
+    // listens (a no-op without $NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot tell systemd we are ready: {e}");
+    }
     http::run(listener, state, max_connections, stop_on_signal()?).map_err(|e| format!("server stopped: {e}"))?;
     tracing::info!("stopped");
     Ok(())
@@ -331,6 +336,7 @@ fn stop_on_signal() -> Result<smol::channel::Receiver<()>, String> {
         if let Some(signal) = signals.forever().next() {
             let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
             tracing::info!(signal = name, "asked to stop");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             tx.close();
         }
     });

@@ -13,6 +13,10 @@
 //! if rotated: u = (u >> 1) | (u << (8 * k - 1))
 //! ```
 
+use std::ops::Range;
+
+use bytes::Bytes;
+
 use crate::onnx::DataType;
 
 /// The name a `Tensor` record carries in `codec`.
@@ -97,6 +101,47 @@ pub fn join(planes: &[u8], k: usize, rotate: bool) -> Vec<u8> {
     }
 }
 
+/// Bytes `range` of `split(data, k, rotate)` without making the rest: the
+/// planes' bytes in `range` come from the elements they were taken from,
+/// which `elements(bytes)` gives (a window of the tensor's data, read or
+/// cast on demand). Reads at most [`STRIDE`] elements at a time, so a window
+/// costs that much memory whatever the tensor's size.
+pub fn split_range(
+    len: usize,
+    k: usize,
+    rotate: bool,
+    range: Range<usize>,
+    elements: impl Fn(Range<usize>) -> Bytes,
+) -> Vec<u8> {
+    let n = len / k;
+    let mut out = Vec::with_capacity(range.len());
+    let mut at = range.start;
+    while at < range.end {
+        let (plane, first) = (at / n.max(1), at % n.max(1));
+        if n == 0 || plane >= k {
+            // The tail past whole elements is kept as is (see `split`).
+            out.extend_from_slice(&elements(at..range.end));
+            break;
+        }
+        let last = (first + (range.end - at)).min(n).min(first + STRIDE);
+        let src = elements(first * k..last * k);
+        let shift = 8 * k as u32 - 1;
+        let mask = if k == 8 { u64::MAX } else { (1u64 << (8 * k)) - 1 };
+        out.extend(src.chunks_exact(k).map(|e| {
+            let mut word = [0u8; 8];
+            word[..k].copy_from_slice(e);
+            let w = u64::from_le_bytes(word);
+            let w = if rotate { ((w << 1) | (w >> shift)) & mask } else { w };
+            (w >> (8 * plane)) as u8
+        }));
+        at += last - first;
+    }
+    out
+}
+
+/// Elements [`split_range`] reads at a time (1 MiB of 4-byte elements).
+pub const STRIDE: usize = 1 << 18;
+
 fn split_words<W: Word>(data: &[u8], rotate: bool) -> Vec<u8> {
     let k = W::SIZE;
     let n = data.len() / k;
@@ -149,6 +194,32 @@ mod tests {
         assert_eq!(element_size(DataType::Uint8), None);
         assert_eq!(element_size(DataType::Int4), None);
         assert_eq!(element_size(DataType::Complex128), Some(8));
+    }
+
+    #[test]
+    fn any_range_of_the_planes_is_made_from_its_elements_alone() {
+        let mut s = 7u64;
+        for (len, k) in [(4000, 4), (4002, 4), (6000, 2), (8008, 8), (3, 4), (STRIDE * 4 + 12, 4)] {
+            let data: Bytes = (0..len)
+                .map(|_| {
+                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (s >> 56) as u8
+                })
+                .collect();
+            for rotate in [false, true] {
+                let whole = split(&data, k, rotate);
+                for range in [0..len, 0..1, len / 3..len / 2, len - 1..len, len / k..len / k + 5, 7..len - 3] {
+                    let range = range.start.min(len)..range.end.min(len).max(range.start.min(len));
+                    let reads = std::cell::Cell::new(0);
+                    let part = split_range(len, k, rotate, range.clone(), |r| {
+                        reads.set(reads.get().max(r.len()));
+                        data.slice(r)
+                    });
+                    assert_eq!(part, &whole[range.clone()], "len={len} k={k} rotate={rotate} {range:?}");
+                    assert!(reads.get() <= STRIDE * k, "read {} bytes at once", reads.get());
+                }
+            }
+        }
     }
 
     #[test]

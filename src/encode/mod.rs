@@ -38,11 +38,15 @@ pub enum Format {
     Npy,
     /// A Hugging Face safetensors file.
     Safetensors,
+    /// One tensor's bytes alone (`application/octet-stream`): what a `Range`
+    /// request indexes, and what `pull` fetches large tensors as.
+    Raw,
 }
 
 impl Format {
     /// In order of preference when a client accepts several equally.
-    pub const ALL: [Format; 5] = [Format::Protobuf, Format::Json, Format::Npz, Format::Npy, Format::Safetensors];
+    pub const ALL: [Format; 6] =
+        [Format::Protobuf, Format::Json, Format::Npz, Format::Npy, Format::Safetensors, Format::Raw];
     /// Formats for manifests and listings.
     pub const DOCUMENTS: &'static [Format] = &[Format::Protobuf, Format::Json];
     /// Formats for several tensors.
@@ -58,6 +62,7 @@ impl Format {
             Format::Npz => "application/x-npz",
             Format::Npy => "application/x-npy",
             Format::Safetensors => "application/x-safetensors",
+            Format::Raw => "application/octet-stream",
         }
     }
 
@@ -69,6 +74,7 @@ impl Format {
             Format::Npz => "npz",
             Format::Npy => "npy",
             Format::Safetensors => "safetensors",
+            Format::Raw => "raw",
         }
     }
 
@@ -182,14 +188,22 @@ impl Selection {
         }
     }
 
-    /// Bytes `range` of [`Selection::bytes`], computing a window where it
-    /// can (casts; byte planes are made whole, and cached, because every
-    /// window of them gathers from the whole tensor).
+    /// Bytes `range` of [`Selection::bytes`], computing only that window
+    /// where the whole is not cached (or small): casts cast the window's
+    /// elements; byte planes gather the window's bytes from the elements
+    /// they come from, a stride at a time.
     pub fn bytes_range(&self, i: usize, range: Range<usize>) -> Bytes {
-        match self.element_size(i) {
-            Some(_) => self.bytes(i).slice(range),
-            None => self.model.data_range(i, self.repr, range),
+        let Some(k) = self.element_size(i) else { return self.model.data_range(i, self.repr, range) };
+        let key = self.model.cache_key(i, format!("bytegroup-{:?}", self.repr));
+        let len = self.meta(i).nbytes as usize;
+        if let Some(planes) = self.model.cache().get(&key) {
+            return planes.slice(range);
         }
+        if len as u64 <= self.model.cache().budget() / 8 {
+            return self.bytes(i).slice(range);
+        }
+        let rotate = bytegroup::rotated(self.meta(i).dtype);
+        bytegroup::split_range(len, k, rotate, range, |r| self.model.data_range(i, self.repr, r)).into()
     }
 
     /// The bytegroup element size of tensor `i`, if the codec applies to it:
@@ -268,11 +282,22 @@ pub fn body(sel: &Selection, format: Format, encoding: Encoding, options: Option
         Format::Npz => npy::npz_pieces(sel, options.deflate)?,
         Format::Npy => npy::npy_pieces(sel)?,
         Format::Safetensors => safetensors::pieces(sel)?,
+        Format::Raw => raw_pieces(sel)?,
     };
     Ok(match encoding {
         Encoding::Identity => pieces.into_iter().flat_map(|p| identity_chunks(sel, p)).collect(),
         Encoding::Zstd => zstd_chunks(sel, pieces, options.zstd_level),
     })
+}
+
+/// One tensor's bytes in the selection's representation, nothing around them.
+fn raw_pieces(sel: &Selection) -> Result<Vec<Piece>, EncodeError> {
+    if sel.tensors.len() != 1 || !sel.single {
+        return Err(EncodeError::SingleOnly(Format::Raw));
+    }
+    sel.expressible(Format::Raw, |d| d != DataType::String)?;
+    let i = sel.tensors[0];
+    Ok(vec![Piece::Data { tensor: i, range: 0..sel.meta(i).nbytes as usize }])
 }
 
 /// Computed tensor data (casts) is made a window at a time, as the reader
@@ -574,4 +599,38 @@ pub fn preparation(model: &Arc<Model>, what: Prepared, level: i32) -> (u64, Vec<
         })
         .collect();
     (input, work)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::cast::Target;
+    use crate::store::{Cache, ModelSpec};
+
+    #[test]
+    fn byte_planes_too_large_for_the_cache_are_made_a_window_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.onnx");
+        crate::demo::write(&path).unwrap();
+        let cache = Arc::new(Cache::new(1 << 20)); // an eighth: 128 KiB
+        let model =
+            Arc::new(crate::store::load(&ModelSpec { name: "demo".into(), path }, None, cache.clone()).unwrap());
+        let (i, _) = model.tensors.iter().enumerate().max_by_key(|(_, t)| t.nbytes()).unwrap();
+        for repr in [None, Some(Target::F16)] {
+            let view = model.view(repr);
+            let sel = Selection { model: model.clone(), view, repr, tensors: vec![i], single: true, bytegroup: true };
+            let k = sel.element_size(i).expect("a float tensor over 64 KiB");
+            let TensorData::Bytes(data) = sel.data(i) else { panic!() };
+            let whole = bytegroup::split(&data, k, bytegroup::rotated(sel.meta(i).dtype));
+            assert!(
+                whole.len() as u64 > cache.budget() / 8,
+                "the test needs planes larger than an eighth of the cache"
+            );
+            let used = cache.used();
+            for range in [0..whole.len(), 1..4097, 777..whole.len() - 3, 65536..65538, 5..5] {
+                assert_eq!(&sel.bytes_range(i, range.clone())[..], &whole[range.clone()], "{repr:?} {range:?}");
+            }
+            assert_eq!(cache.used(), used, "windows are not cached whole");
+        }
+    }
 }

@@ -73,8 +73,8 @@ pub(crate) struct Download<'a> {
     pub(crate) have: u64,
     /// Most bytes the whole file may hold: reading stops there, with an error.
     pub(crate) limit: u64,
-    /// Called with the bytes of each piece as it arrives (progress).
-    pub(crate) progress: &'a dyn Fn(u64),
+    /// Called with each piece of the body as it is written (hash, progress).
+    pub(crate) on_piece: &'a dyn Fn(&[u8]),
     /// Called with the answer's head before its body is read.
     pub(crate) on_head: &'a dyn Fn(&Reply),
 }
@@ -140,7 +140,7 @@ impl Client {
                 }
                 file.write_all(&buf[..n]).map_err(io)?;
                 reply.wire_bytes += n;
-                (dl.progress)(n as u64);
+                (dl.on_piece)(&buf[..n]);
             }
             if let Some(want) = reply.header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
                 if reply.wire_bytes != want {

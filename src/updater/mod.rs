@@ -8,6 +8,7 @@
 
 mod client;
 mod layout;
+mod stfile;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -377,8 +378,16 @@ const GRAPH_FILE: &str = "model.onnx";
 const MANIFEST_FILE: &str = "manifest.pb";
 const SAFETENSORS_FILE: &str = "model.safetensors";
 
-/// Step 4: the changed tensors, each verified: large ones (and the rest in
-/// batches) one by one into partial files a later round resumes. Returns
+/// A fetched tensor's bytes, verified against the manifest: small ones in
+/// memory, large ones in a file under `.partial` that the version folder
+/// takes over (never read whole).
+pub(crate) enum Fetched {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// Step 4: the changed tensors, each verified: large ones one by one, raw,
+/// into partial files a later round resumes; the rest in batches. Returns
 /// them with the bytes that crossed the wire.
 async fn fetch_tensors(
     client: &Client,
@@ -386,26 +395,27 @@ async fn fetch_tensors(
     offer: &Offer,
     needed: &[String],
     partial: &Path,
-) -> Result<(HashMap<String, Vec<u8>>, u64), UpdateError> {
+) -> Result<(HashMap<String, Fetched>, u64), UpdateError> {
     let manifest = &offer.manifest;
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
     let infos: HashMap<&str, &crate::wire::proto::TensorInfo> =
         manifest.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-    let sizes: HashMap<&str, u64> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.nbytes)).collect();
     let bound = |name: &str| infos.get(name).map_or(0, |t| record_bound(t));
-    let (large, small): (Vec<String>, Vec<String>) =
-        needed.iter().cloned().partition(|n| sizes.get(n.as_str()).copied().unwrap_or(0) >= RESUME_FROM);
-    let bar = progress(needed.iter().map(|n| sizes.get(n.as_str()).copied().unwrap_or(0)).sum());
-    let mut fetched: HashMap<String, Vec<u8>> = HashMap::new();
+    let size = |name: &str| infos.get(name).map_or(0, |t| t.nbytes);
+    // STRING tensors have no raw form: they come in protobuf records.
+    let (large, small): (Vec<String>, Vec<String>) = needed.iter().cloned().partition(|n| {
+        size(n) >= RESUME_FROM && infos.get(n.as_str()).is_some_and(|t| t.dtype != DataType::String as i32)
+    });
+    let bar = progress(needed.iter().map(|n| size(n)).sum());
+    let mut fetched: HashMap<String, Fetched> = HashMap::new();
     let mut wire_bytes = 0;
     clean_partials(partial, &manifest.version);
     for name in &large {
+        let info = infos.get(name.as_str()).ok_or_else(|| tensor_error(name, "not in the manifest"))?;
         let dir = partial.join(&manifest.version);
-        let limit = bound(name);
-        let (data, wire) = fetch_resumable(client, hub, name, &dir, &offer.model_version, &bar, limit).await?;
+        let (file, wire) = fetch_large(client, hub, info, &dir, &offer.model_version, &bar).await?;
         wire_bytes += wire;
-        verify(&digests, name, &data)?;
-        fetched.insert(name.clone(), data);
+        fetched.insert(name.clone(), Fetched::File(file));
     }
     for batch in batches(&small) {
         let names: Vec<String> =
@@ -419,7 +429,7 @@ async fn fetch_tensors(
         for (name, data) in assemble(&r.body)? {
             verify(&digests, &name, &data)?;
             bar.inc(data.len() as u64);
-            fetched.insert(name, data);
+            fetched.insert(name, Fetched::Bytes(data));
         }
     }
     bar.finish_and_clear();
@@ -448,9 +458,9 @@ fn write_version(
     dest: &Dest,
     offer: &Offer,
     contents: &Contents,
-    fetched: &HashMap<String, Vec<u8>>,
+    fetched: &HashMap<String, Fetched>,
     current: Option<&Path>,
-    current_st: Option<&(&[u8], StIndex)>,
+    current_st: Option<&stfile::Current>,
 ) -> Result<PathBuf, UpdateError> {
     let tmp = dest.temp_dir()?;
     let written = (|| -> std::io::Result<()> {
@@ -463,7 +473,11 @@ fn write_version(
                 for (name, location) in &contents.held {
                     let path = tmp.join(location);
                     match fetched.get(name) {
-                        Some(data) => write_synced(&path, data)?,
+                        Some(Fetched::Bytes(data)) => write_synced(&path, data)?,
+                        Some(Fetched::File(file)) => {
+                            std::fs::rename(file, &path)?;
+                            std::fs::File::open(&path)?.sync_all()?;
+                        }
                         None => reuse(&current.map(|c| c.join(location)).unwrap_or_default(), &path)?,
                     }
                 }
@@ -471,10 +485,7 @@ fn write_version(
                     std::fs::File::open(tmp.join(wire::TENSOR_DIR))?.sync_all()?;
                 }
             }
-            None => {
-                let file = safetensors_file(&offer.manifest, &contents.held, fetched, current_st)?;
-                write_synced(&tmp.join(SAFETENSORS_FILE), &file)?;
-            }
+            None => stfile::write(&tmp.join(SAFETENSORS_FILE), &offer.manifest, &contents.held, fetched, current_st)?,
         }
         write_synced(&tmp.join(MANIFEST_FILE), &offer.body)
     })();
@@ -509,12 +520,11 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         return Ok(Outcome::Current { version: current.map(|c| c.0) });
     }
     let contents = contents(client, &hub, opts, &offer, current_dir).await?;
-    let current_st = current_dir.and_then(|dir| std::fs::read(dir.join(SAFETENSORS_FILE)).ok());
-    let current_st = current_st.as_deref().and_then(|b| st_index(b).map(|i| (b, i)));
+    let current_st = current_dir.and_then(|dir| stfile::Current::open(&dir.join(SAFETENSORS_FILE)));
     let needed =
         plan(&offer.manifest, &contents.held, &local_digests(current_dir), |name, location| match opts.output {
             Output::Onnx => current_dir.is_some_and(|dir| dir.join(location).is_file()),
-            Output::Safetensors => current_st.as_ref().is_some_and(|(_, index)| index.contains_key(name)),
+            Output::Safetensors => current_st.as_ref().is_some_and(|st| st.holds(name)),
         })?;
     check_space(dest.root(), &offer, &contents)?;
     let (fetched, tensor_bytes) = fetch_tensors(client, &hub, &offer, &needed, &dest.root().join(".partial")).await?;
@@ -596,50 +606,59 @@ fn clean_partials(partial: &Path, keep: &str) {
     }
 }
 
-/// One large tensor through `tensors/{name}` into `dir/<safe name>.pb`,
-/// resuming what an earlier round left there. Returns its bytes and the bytes
+/// One large tensor's raw bytes (`tensors/{name}?format=raw`) into
+/// `dir/<safe name>.raw`, resuming what an earlier round left there, hashed
+/// as they arrive (a resumed file's prefix is hashed from disk first): the
+/// tensor is never in memory whole. Returns the verified file and the bytes
 /// that crossed the wire this time.
-async fn fetch_resumable(
+async fn fetch_large(
     client: &Client,
     hub: &Hub,
-    name: &str,
+    info: &crate::wire::proto::TensorInfo,
     dir: &Path,
     model_version: &str,
     bar: &indicatif::ProgressBar,
-    limit: u64,
-) -> Result<(Vec<u8>, u64), UpdateError> {
+) -> Result<(PathBuf, u64), UpdateError> {
+    let name = info.name.as_str();
     std::fs::create_dir_all(dir)?;
     let stem = wire::tensor_file(name);
     let stem = stem.trim_start_matches(wire::TENSOR_DIR).trim_start_matches('/');
-    let part = dir.join(format!("{stem}.pb"));
+    let part = dir.join(format!("{stem}.raw"));
     let tag_file = dir.join(format!("{stem}.etag"));
     let tag = std::fs::read_to_string(&tag_file).ok();
     let have = match (&tag, std::fs::metadata(&part)) {
-        (Some(_), Ok(m)) => m.len(),
+        (Some(_), Ok(m)) if m.len() <= info.nbytes => m.len(),
         _ => 0,
     };
-    let url = hub.url(&format!("/tensors/{}", percent_encoding::utf8_percent_encode(name, QUERY)), true)?;
+    let url = hub.url(&format!("/tensors/{}?format=raw", percent_encoding::utf8_percent_encode(name, QUERY)), true)?;
     let range = format!("bytes={have}-");
-    let mut headers = vec![("Accept", "application/x-protobuf"), ("Accept-Encoding", "identity")];
+    let mut headers = vec![("Accept", "application/octet-stream"), ("Accept-Encoding", "identity")];
+    let mut prefix = Sha256::new();
     if have > 0 {
         if let Some(tag) = &tag {
             headers.push(("Range", &range));
             headers.push(("If-Range", tag.trim()));
             tracing::info!(tensor = name, resume_at = have, "resuming an interrupted download");
+            let file = part.clone();
+            prefix = smol::unblock(move || hash_prefix(&file, have)).await?;
         }
     }
-    let save_tag = |r: &client::Reply| {
+    let hasher = std::cell::RefCell::new(prefix);
+    let on_head = |r: &client::Reply| {
+        if r.status == 200 {
+            // The whole body comes again: what was held is not part of it.
+            *hasher.borrow_mut() = Sha256::new();
+        }
         if let Some(t) = r.header("ETag") {
             let _ = std::fs::write(&tag_file, t);
         }
     };
-    let reply = client
-        .download(
-            &url,
-            &headers,
-            client::Download { path: &part, have, limit, progress: &|n| bar.inc(n), on_head: &save_tag },
-        )
-        .await?;
+    let on_piece = |piece: &[u8]| {
+        hasher.borrow_mut().update(piece);
+        bar.inc(piece.len() as u64);
+    };
+    let dl = client::Download { path: &part, have, limit: info.nbytes, on_piece: &on_piece, on_head: &on_head };
+    let reply = client.download(&url, &headers, dl).await?;
     if reply.status == 416 {
         // What we hold is not a prefix of this body: start over next round.
         let _ = std::fs::remove_file(&part);
@@ -652,77 +671,33 @@ async fn fetch_resumable(
         });
     }
     same_model(&reply, model_version)?;
-    let body = std::fs::read(&part)?;
     // Complete now, valid or not: a bad body is not resumed but fetched anew.
-    let _ = std::fs::remove_file(&part);
     let _ = std::fs::remove_file(&tag_file);
-    let mut tensors = assemble(&body)?;
-    match tensors.pop() {
-        Some((n, data)) if n == name && tensors.is_empty() => Ok((data, reply.wire_bytes as u64)),
-        _ => Err(tensor_error(name, "the answer for it holds other tensors")),
-    }
-}
-
-/// Where each tensor's data lies in a safetensors file.
-type StIndex = HashMap<String, std::ops::Range<usize>>;
-
-/// The tensors of a safetensors file: name → byte range of its data. The
-/// `safetensors` crate validates the file (header length, JSON, offsets in
-/// bounds, contiguous, covering the data, sizes matching dtype and shape);
-/// a file it refuses is not reused (every tensor is fetched again).
-fn st_index(file: &[u8]) -> Option<StIndex> {
-    let st = safetensors::SafeTensors::deserialize(file).ok()?;
-    let base = file.as_ptr() as usize;
-    Some(
-        st.tensors()
-            .into_iter()
-            .map(|(name, view)| {
-                let start = view.data().as_ptr() as usize - base;
-                (name, start..start + view.data().len())
-            })
-            .collect(),
-    )
-}
-
-/// A safetensors file of the manifest's tensors (those listed in `held`):
-/// fetched bytes, or the current file's bytes for unchanged ones.
-fn safetensors_file(
-    manifest: &Manifest,
-    held: &[(String, String)],
-    fetched: &HashMap<String, Vec<u8>>,
-    current: Option<&(&[u8], StIndex)>,
-) -> std::io::Result<Vec<u8>> {
-    let missing = |n: &str| std::io::Error::other(format!("tensor '{n}' neither fetched nor in the current version"));
-    let infos: HashMap<&str, &crate::wire::proto::TensorInfo> =
-        manifest.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "version": manifest.version, "model": manifest.model }));
-    let mut data: Vec<&[u8]> = Vec::new();
-    let mut offset = 0usize;
-    for (name, _) in held {
-        let bytes: &[u8] = match (fetched.get(name), current) {
-            (Some(b), _) => b,
-            (None, Some((file, index))) => index.get(name).map(|r| &file[r.clone()]).ok_or_else(|| missing(name))?,
-            (None, None) => return Err(missing(name)),
+    let len = std::fs::metadata(&part)?.len();
+    let digest = hex::encode(hasher.into_inner().finalize());
+    if len != info.nbytes || digest != info.sha256 {
+        let _ = std::fs::remove_file(&part);
+        let problem = match len == info.nbytes {
+            true => "its bytes' sha256 is not the manifest's".to_string(),
+            false => format!("{len} bytes came, the manifest says {}", info.nbytes),
         };
-        let info = infos.get(name.as_str()).ok_or_else(|| missing(name))?;
-        let dtype = DataType::from_onnx(info.dtype).and_then(wire::safetensors_dtype).unwrap_or("U8");
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": info.dims, "data_offsets": [offset, offset + bytes.len()]}),
-        );
-        offset += bytes.len();
-        data.push(bytes);
+        return Err(tensor_error(name, problem));
     }
-    let mut text = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(std::io::Error::other)?;
-    text.resize(text.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + text.len() + offset);
-    out.extend((text.len() as u64).to_le_bytes());
-    out.extend(text);
-    for d in data {
-        out.extend_from_slice(d);
+    Ok((part, reply.wire_bytes as u64))
+}
+
+/// sha256 state after the first `len` bytes of `path`, read a MiB at a time.
+fn hash_prefix(path: &Path, len: u64) -> std::io::Result<Sha256> {
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(path)?.take(len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(hasher),
+            n => hasher.update(&buf[..n]),
+        }
     }
-    Ok(out)
 }
 
 /// Characters escaped in a tensor name inside `?names=` (commas separate names).
@@ -968,43 +943,5 @@ mod tests {
         assert_eq!(needed, vec!["changed", "gone-file", "new"]);
         let stranger = vec![("stranger".to_string(), "tensors/stranger.bin".to_string())];
         assert!(plan(&manifest, &stranger, &local, |_, _| true).is_err(), "a tensor the manifest does not list");
-    }
-
-    #[test]
-    fn safetensors_files_are_validated_before_reuse() {
-        let manifest = Manifest {
-            tensors: vec![
-                crate::wire::proto::TensorInfo {
-                    name: "a".into(),
-                    dtype: 1,
-                    dims: vec![2],
-                    nbytes: 8,
-                    ..Default::default()
-                },
-                crate::wire::proto::TensorInfo {
-                    name: "b".into(),
-                    dtype: 2,
-                    dims: vec![3],
-                    nbytes: 3,
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        };
-        let held = vec![("a".to_string(), "a".to_string()), ("b".to_string(), "b".to_string())];
-        let fetched: HashMap<String, Vec<u8>> =
-            [("a".to_string(), vec![1u8; 8]), ("b".to_string(), vec![2u8; 3])].into_iter().collect();
-        let file = safetensors_file(&manifest, &held, &fetched, None).unwrap();
-        let index = st_index(&file).unwrap();
-        assert_eq!(&file[index["a"].clone()], &[1u8; 8]);
-        assert_eq!(&file[index["b"].clone()], &[2u8; 3]);
-        // A header claiming more than the file holds, and one whose offsets leave a gap, are refused.
-        assert!(st_index(&file[..file.len() - 1]).is_none());
-        let mut gap = file.clone();
-        let text = String::from_utf8_lossy(&gap[8..]).replace("[8,11]", "[9,11]");
-        gap.truncate(8);
-        gap.extend(text.as_bytes());
-        assert!(st_index(&gap).is_none());
-        assert!(st_index(&(u64::MAX).to_le_bytes()).is_none(), "a header length past the file");
     }
 }

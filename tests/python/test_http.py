@@ -218,3 +218,25 @@ def test_ranges_on_identity_tensor_bodies(demo):
     assert r.status_code == 416 and r.headers["Content-Range"] == f"bytes */{len(full.content)}"
     z = demo.get(path, headers={"Accept-Encoding": "zstd", "Range": "bytes=0-9"})
     assert z.status_code == 200 and z.headers["Accept-Ranges"] == "none"
+
+
+def test_raw_tensor_bytes_with_ranges_and_casts(zoo, serve):
+    """`format=raw` / `Accept: application/octet-stream`: the tensor's bytes alone
+    (issue #15, part 3; what `pull` fetches large tensors as)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    path = zoo / "mlp.onnx"
+    s = serve("--runtime", "none", path)
+    t = max(onnx.load(str(path)).graph.initializer, key=lambda t: len(t.raw_data) or 0)
+    want = numpy_helper.to_array(t)
+    base = f"/v1/models/mlp/tensors/{quote(t.name, safe='')}"
+    r = s.get(base + "?format=raw")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/octet-stream"
+    assert r.content == want.tobytes()
+    r = s.get(base, headers={"Accept": "application/octet-stream", "Accept-Encoding": "identity", "Range": "bytes=8-23"})
+    assert r.status_code == 206 and r.content == want.tobytes()[8:24]
+    r = s.get(base + "?format=raw&dtype=f16")
+    assert r.content == want.astype(np.float16).tobytes()
+    r = s.get("/v1/models/mlp/weights?format=raw")
+    assert r.status_code == 406 and "format=raw is not offered here" in r.text, r.text

@@ -102,3 +102,31 @@ def test_metrics_in_prometheus_text_format(zoo, serve):
     assert families["weightcast_connections_open"].samples[0].value >= 1
     assert families["weightcast_cache_budget_bytes"].samples[0].value > 0
     assert families["weightcast_cache_hits"].samples[0].value >= 1, "the zstd frames were prepared, then served"
+
+
+def test_systemd_notify_ready_after_listening_and_stopping_on_sigterm(zoo, tmp_path):
+    """`Type=notify`: READY=1 once serving, STOPPING=1 on SIGTERM, on the socket
+    systemd names in $NOTIFY_SOCKET (a datagram socket, as systemd makes)."""
+    import os
+    sock_path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+    proc = subprocess.Popen([str(binary()), "serve", "--runtime", "none", "--listen", "127.0.0.1:0", str(zoo / "mlp.onnx")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        ready = sock.recv(4096).decode()
+        assert "READY=1" in ready.split("\n"), ready
+        url = proc.stdout.readline().split()[-1]  # printed before READY=1
+        port = int(url.rsplit(":", 1)[1])
+        c = socket.create_connection(("127.0.0.1", port))
+        c.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.recv(100).startswith(b"HTTP/1.1 200"), "ready means serving"
+        c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in sock.recv(4096).decode().split("\n")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        sock.close()

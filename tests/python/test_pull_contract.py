@@ -260,3 +260,80 @@ def test_a_version_the_disk_cannot_hold_is_not_started(serve, tmp_path):
         assert "make room" in out["error"]
     finally:
         subprocess.run(["umount", str(dest)], check=False)
+
+
+def big_model(path, n):
+    """One large initializer (n floats) and one small: y = x + small; big unused."""
+    big = numpy_helper.from_array(np.random.default_rng(5).standard_normal(n).astype(np.float32), "big")
+    small = numpy_helper.from_array(np.arange(4, dtype=np.float32), "small")
+    g = helper.make_graph([helper.make_node("Add", ["x", "small"], ["y"])], "big",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [big, small])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, path)
+    return numpy_helper.to_array(big)
+
+
+def peak_pull(url, dest, *extra):
+    """(exit code, last JSON line, peak RSS in KiB) of one pull in a fresh Python."""
+    import sys
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(r.returncode); print((r.stdout.strip().splitlines() or ['{}'])[-1]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", measure, str(binary()), "pull", url, "--dest", str(dest), "--once",
+                        "--json", "--timeout", "60s", *extra], capture_output=True, text=True, timeout=120)
+    code, line, peak_kib = r.stdout.strip().splitlines()
+    return int(code), json.loads(line), int(peak_kib)
+
+
+@pytest.mark.parametrize("output", ["onnx", "safetensors"])
+def test_a_large_tensor_is_pulled_without_holding_it_in_memory(serve, tmp_path, output):
+    """96 MB tensor: streamed raw to disk and hashed as it comes (issue #11, part 5)."""
+    path = tmp_path / "m.onnx"
+    want = big_model(path, 24_000_000)
+    s = serve("--runtime", "none", path)
+    dest = tmp_path / "device"
+    code, out, peak = peak_pull(f"{s.url}/v1/models/m", dest, "--format", output)
+    assert code == 0 and out["status"] == "updated", out
+    assert peak < 48_000, f"peak RSS {peak} KiB for a 96 MB tensor"
+    if output == "onnx":
+        got = numpy_helper.to_array(onnx.load(str(dest / "current" / "model.onnx")).graph.initializer[0])
+    else:
+        from safetensors.numpy import load_file
+        got = load_file(str(dest / "current" / "model.safetensors"))["big"]
+    assert np.array_equal(got, want)
+    # A second version that changes only the small tensor reuses the big one from disk, also without holding it.
+    big_model(path, 24_000_000)
+    m = onnx.load(str(path))
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.arange(4, dtype=np.float32) * 2, "small"))
+    onnx.save(m, str(path) + ".new")
+    (tmp_path / "m.onnx.new").rename(path)
+    import time
+    for _ in range(100):
+        if s.get("/v1/models/m?format=json").json()["version"] != out["version"]:
+            break
+        time.sleep(0.1)
+    code, out2, peak = peak_pull(f"{s.url}/v1/models/m", dest, "--format", output)
+    assert code == 0 and out2["status"] == "updated" and out2["fetched_bytes"] < 100_000, out2
+    assert peak < 48_000, f"peak RSS {peak} KiB reusing a 96 MB tensor"
+
+
+@pytest.mark.parametrize("fault", ["flipped", "longer", "shorter"])
+def test_a_large_tensor_that_differs_from_the_manifest_is_refused(serve, tmp_path, fault):
+    path = tmp_path / "m.onnx"
+    big_model(path, 3_000_000)  # 12 MB: fetched raw, alone
+    hub = HostileHub(serve("--runtime", "none", path).url)
+
+    def alter(s, h, b):
+        if fault == "flipped":
+            return s, h, b[:1000] + bytes([b[1000] ^ 1]) + b[1001:]
+        return s, h, (b + b"\0" * 4 if fault == "longer" else b[:-4])
+    hub.override["/v1/models/m/tensors/big"] = alter
+    dest = tmp_path / "device"
+    rc, out, err = pull(f"{hub.url}/v1/models/m", dest)
+    want = {"flipped": "sha256", "longer": "larger than", "shorter": "bytes came"}[fault]
+    assert rc == 1 and want in out["error"], (out, err)
+    assert not (dest / "current").exists()
+    assert not list((dest / ".partial").rglob("*.raw")), "a bad body is not kept to be resumed"
+    hub.server.shutdown()

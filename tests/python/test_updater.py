@@ -227,19 +227,21 @@ def test_a_large_tensor_cut_mid_way_is_resumed_with_range(serve, tmp_path):
     proxy.fault("/tensors/big.weight", "cut", 4_000_000)
     r = subprocess.run([str(binary()), "pull", url, "--dest", str(dest), "--once", "--json"], capture_output=True, text=True)
     assert r.returncode == 1 and "cut short" in r.stdout, r.stdout
-    partial = list((dest / ".partial").rglob("*.pb"))
+    partial = list((dest / ".partial").rglob("*.raw"))
     assert len(partial) == 1 and 3_000_000 < partial[0].stat().st_size <= 4_000_000
+    # The partial file is the tensor's raw bytes: a prefix of the real ones.
+    assert partial[0].read_bytes() == numpy_helper.to_array(big).tobytes()[: partial[0].stat().st_size]
     have = partial[0].stat().st_size
     proxy.reset()
     r = subprocess.run([str(binary()), "pull", url, "--dest", str(dest), "--once", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     (head,) = proxy.heads("/tensors/big.weight")
-    assert f"range: bytes={have}-" in head.lower(), head
+    assert f"range: bytes={have}-" in head.lower() and "format=raw" in head, head
     resumed = proxy.bytes_for("/tensors/big.weight")
     assert resumed < 9_200_000 - 3_000_000, f"only the rest crossed the wire: {resumed}"
     got = onnx.load(str(dest / "current" / "model.onnx"))
     assert np.array_equal(numpy_helper.to_array(got.graph.initializer[0]), numpy_helper.to_array(big))
-    assert not list((dest / ".partial").rglob("*.pb")), "the partial file is gone once complete"
+    assert not list((dest / ".partial").rglob("*.raw")), "the partial file is gone once complete"
 
 
 def test_disk_full_is_a_clear_error_and_keeps_the_old_version(hub, tmp_path):
