@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::ep;
-use ort::session::Session;
+use ort::session::{builder::SessionBuilder, Session};
 use ort::value::{Tensor, TensorElementType, ValueType};
 use serde::Deserialize;
 
@@ -127,6 +127,8 @@ pub struct SessionOptions {
     pub providers: Vec<Provider>,
     /// Run one inference on zero-filled inputs at load; fail the load if it fails.
     pub warmup: bool,
+    /// Keep each session open, or open it to validate and report, then drop it.
+    pub session: SessionPolicy,
     /// `[runtime.cuda]`.
     pub cuda: CudaOptions,
     /// `[runtime.tensorrt]`.
@@ -140,10 +142,27 @@ impl Default for SessionOptions {
             ort_lib: None,
             providers: vec![Provider::Cpu],
             warmup: false,
+            session: SessionPolicy::Keep,
             cuda: Default::default(),
             tensorrt: Default::default(),
         }
     }
+}
+
+/// What happens to a model's session once it has loaded (and warmed up).
+///
+/// On the CPU a kept session costs little: it runs on the very bytes
+/// weightcast serves ([`Runtime::open_shared`]). CUDA and TensorRT copy every
+/// weight to the device by design (and TensorRT builds an engine): there a
+/// session that only proves the model loads can be dropped to give the
+/// device memory back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionPolicy {
+    /// Keep it open while the version is served (the default).
+    Keep,
+    /// Open, warm up if asked, report providers, inputs and outputs; then close.
+    Validate,
 }
 
 /// Where to look for the library, besides the built-in places.
@@ -251,12 +270,55 @@ impl Runtime {
         loaded.clone()
     }
 
-    /// Opens a session on the model at `path`.
+    /// Opens a session on the model at `path` (ONNX Runtime reads the file
+    /// and its external data itself, and copies every weight).
     pub fn open(&self, path: &Path, options: &SessionOptions) -> Result<OpenSession, RuntimeError> {
-        let err = |e: ort::Error| RuntimeError::Session(e.to_string());
+        let (mut builder, active) = self.builder(options)?;
+        let session = builder.commit_from_file(path).map_err(session_error)?;
+        OpenSession::new(session, options, active, Vec::new())
+    }
+
+    /// Opens a session on `graph`, a model whose tensors in `shared` are
+    /// external data at [`PLACEHOLDER`] (see `onnx::graph::for_session`),
+    /// handing ONNX Runtime each of those tensors' bytes in place with
+    /// `AddInitializer`, which does not copy CPU tensors; pre-packing, which
+    /// would copy weights into kernel layouts, is off. The weights then exist
+    /// once, in the bytes weightcast serves (measured in PERFORMANCE.md). The
+    /// session keeps the bytes alive; they are immutable (`Bytes`), and a
+    /// shared tensor's bytes must be aligned to its element size.
+    pub fn open_shared(
+        &self,
+        graph: &[u8],
+        shared: Vec<SharedTensor>,
+        options: &SessionOptions,
+    ) -> Result<OpenSession, RuntimeError> {
+        let (builder, active) = self.builder(options)?;
+        // Graph optimizations off: ONNX Runtime's optimizers read initializer
+        // data from the graph (which holds placeholders here), and folding
+        // or pre-packing would copy weights anyway. The session validates
+        // and reports; it does not serve inference.
+        let level = ort::session::builder::GraphOptimizationLevel::Disable;
+        let builder = builder.with_optimization_level(level).map_err(|e| session_error(e.into()))?;
+        let builder = builder.with_prepacking(false).map_err(|e| session_error(e.into()))?;
+        let mut builder =
+            builder.with_config_entry(PLACEHOLDER_KEY, PLACEHOLDER_DIR).map_err(|e| session_error(e.into()))?;
+        for t in &shared {
+            let value = in_place_tensor(t)?;
+            builder = builder.with_initializer(&t.name, value).map_err(|e| session_error(e.into()))?;
+        }
+        let session = builder.commit_from_memory(graph).map_err(session_error)?;
+        OpenSession::new(session, options, active, shared.into_iter().map(|t| t.data).collect())
+    }
+
+    /// A session builder with the configured execution providers registered
+    /// (those that fail are skipped, logged once), and the providers active.
+    fn builder(&self, options: &SessionOptions) -> Result<(SessionBuilder, Vec<Provider>), RuntimeError> {
         // One intra-op thread: the session validates the model and answers the
         // warm-up; the cores are for serving.
-        let mut builder = Session::builder(&self.env).map_err(err)?.with_intra_threads(1).map_err(|e| err(e.into()))?;
+        let mut builder = Session::builder(&self.env)
+            .map_err(session_error)?
+            .with_intra_threads(1)
+            .map_err(|e| session_error(e.into()))?;
         let mut active = Vec::new();
         for &provider in &options.providers {
             let dispatch = match provider {
@@ -285,20 +347,103 @@ impl Runtime {
             // ONNX Runtime always keeps CPU for the nodes other providers decline.
             active.push(Provider::Cpu);
         }
-        let session = builder.commit_from_file(path).map_err(err)?;
-        let mut open = OpenSession {
-            requested: options.providers.clone(),
-            active,
-            inputs: session.inputs().iter().map(|o| value_info(o.name(), o.dtype())).collect(),
-            outputs: session.outputs().iter().map(|o| value_info(o.name(), o.dtype())).collect(),
-            warmed_up: false,
-            session: Mutex::new(session),
-        };
-        if options.warmup {
-            open.warmup()?;
-        }
-        Ok(open)
+        Ok((builder, active))
     }
+}
+
+fn session_error(e: ort::Error) -> RuntimeError {
+    RuntimeError::Session(e.to_string())
+}
+
+/// Where a graph for [`Runtime::open_shared`] says its shared tensors lie:
+/// `/dev/null`, a file that exists (ONNX Runtime checks) and holds nothing,
+/// so a tensor the graph names but the session is not handed fails the load
+/// loudly ("Random-access reads require a regular file") instead of reading
+/// other bytes.
+pub const PLACEHOLDER: &str = "null";
+const PLACEHOLDER_DIR: &str = "/dev";
+/// The folder ONNX Runtime resolves external data in for a model from memory.
+const PLACEHOLDER_KEY: &str = "session.model_external_initializers_file_folder_path";
+
+/// A tensor ONNX Runtime uses in place.
+pub struct SharedTensor {
+    /// Its name in the graph.
+    pub name: String,
+    /// Its ONNX element type.
+    pub dtype: crate::onnx::DataType,
+    /// Its shape.
+    pub dims: Vec<i64>,
+    /// Its bytes, aligned to the element size.
+    pub data: bytes::Bytes,
+}
+
+/// An ONNX Runtime CPU tensor over `t`'s bytes, without a copy.
+fn in_place_tensor(t: &SharedTensor) -> Result<ort::value::DynValue, RuntimeError> {
+    use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+    use ort::AsPointer;
+    let fail =
+        |why: String| RuntimeError::Session(format!("cannot share tensor '{}' with ONNX Runtime: {why}", t.name));
+    let element = element_type(t.dtype).ok_or_else(|| fail(format!("{} has no ONNX Runtime tensor type", t.dtype)))?;
+    let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut value: *mut ort::sys::OrtValue = std::ptr::null_mut();
+    // SAFETY: the pointer and length describe `t.data`, which the session
+    // keeps alive (OpenSession::_shared) and which nothing writes: ONNX
+    // Runtime reads initializers and never writes them. `dims` outlives the
+    // call (ONNX Runtime copies the shape).
+    let status = unsafe {
+        (ort::api().CreateTensorWithDataAsOrtValue)(
+            info.ptr(),
+            t.data.as_ptr() as *mut std::ffi::c_void,
+            t.data.len(),
+            t.dims.as_ptr(),
+            t.dims.len(),
+            element,
+            &mut value,
+        )
+    };
+    if !status.0.is_null() {
+        // SAFETY: a non-null status from the call above, read then released once.
+        let message = unsafe {
+            let text = std::ffi::CStr::from_ptr((ort::api().GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+            (ort::api().ReleaseStatus)(status.0);
+            text
+        };
+        return Err(fail(message));
+    }
+    let value = std::ptr::NonNull::new(value).ok_or_else(|| fail("no value returned".into()))?;
+    // SAFETY: `value` is a tensor just created, owned by the returned Value
+    // (released when it drops); the allocator is only kept, never used to
+    // free the data, which the tensor does not own.
+    Ok(unsafe { ort::value::DynValue::from_ptr(value, Some(&Allocator::default())) })
+}
+
+/// ONNX's element type numbers are ONNX Runtime's; those it has.
+fn element_type(dtype: crate::onnx::DataType) -> Option<ort::sys::ONNXTensorElementDataType> {
+    use crate::onnx::DataType as D;
+    use ort::sys::ONNXTensorElementDataType as E;
+    Some(match dtype {
+        D::Float => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+        D::Uint8 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
+        D::Int8 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8,
+        D::Uint16 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16,
+        D::Int16 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16,
+        D::Int32 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
+        D::Int64 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64,
+        D::Bool => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL,
+        D::Float16 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
+        D::Double => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE,
+        D::Uint32 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32,
+        D::Uint64 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64,
+        D::Bfloat16 => E::ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16,
+        _ => return None,
+    })
+}
+
+/// Whether [`Runtime::open_shared`] can hand ONNX Runtime a tensor of this
+/// type in place.
+pub fn shareable(dtype: crate::onnx::DataType) -> bool {
+    element_type(dtype).is_some()
 }
 
 /// What `weightcast pull --check ort` asks of a new version: ONNX Runtime
@@ -390,13 +535,48 @@ pub struct OpenSession {
     pub outputs: Vec<ValueInfo>,
     /// Whether the warm-up inference ran.
     pub warmed_up: bool,
-    session: Mutex<Session>,
+    /// `None` once closed after validation ([`SessionPolicy::Validate`]).
+    session: Option<Mutex<Session>>,
+    /// The bytes the session uses in place; declared after `session`, so
+    /// dropped after it.
+    _shared: Vec<bytes::Bytes>,
 }
 
 impl OpenSession {
+    fn new(
+        session: Session,
+        options: &SessionOptions,
+        active: Vec<Provider>,
+        shared: Vec<bytes::Bytes>,
+    ) -> Result<OpenSession, RuntimeError> {
+        let mut open = OpenSession {
+            requested: options.providers.clone(),
+            active,
+            inputs: session.inputs().iter().map(|o| value_info(o.name(), o.dtype())).collect(),
+            outputs: session.outputs().iter().map(|o| value_info(o.name(), o.dtype())).collect(),
+            warmed_up: false,
+            session: Some(Mutex::new(session)),
+            _shared: shared,
+        };
+        if options.warmup {
+            open.warmup()?;
+        }
+        if options.session == SessionPolicy::Validate {
+            open.session = None;
+            open._shared.clear();
+        }
+        Ok(open)
+    }
+
+    /// Whether the session is still open (not closed after validation).
+    pub fn is_open(&self) -> bool {
+        self.session.is_some()
+    }
+
     /// Runs one inference with every input zero-filled (symbolic dims as 1).
     pub fn warmup(&mut self) -> Result<(), RuntimeError> {
-        let mut session = self.session.lock().map_err(|_| RuntimeError::Warmup("session lock poisoned".into()))?;
+        let session = self.session.as_ref().ok_or_else(|| RuntimeError::Warmup("the session was closed".into()))?;
+        let mut session = session.lock().map_err(|_| RuntimeError::Warmup("session lock poisoned".into()))?;
         let mut inputs: Vec<(String, ort::value::DynValue)> = Vec::new();
         for input in session.inputs() {
             let ValueType::Tensor { ty, shape, .. } = input.dtype() else {

@@ -284,7 +284,8 @@ pub struct Sessions {
 /// Loads one model: reads it, opens its session, computes digests.
 pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) -> Result<Model, LoadError> {
     let started = std::time::Instant::now();
-    let onnx = OnnxModel::open(&spec.path).map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
+    let mut onnx =
+        OnnxModel::open(&spec.path).map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
     let (session, runtime) = match sessions {
         None => (
             None,
@@ -295,10 +296,8 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
                 ..Default::default()
             },
         ),
-        Some(Sessions { runtime: rt, options }) => {
-            let s = rt
-                .open(&spec.path, options)
-                .map_err(|source| LoadError::Runtime { model: spec.name.clone(), source })?;
+        Some(sessions) => {
+            let s = open_session(spec, &mut onnx, sessions)?;
             let info = RuntimeInfo {
                 engine: "ort",
                 requested: s.requested.iter().map(|p| p.name().to_string()).collect(),
@@ -307,7 +306,7 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
                 outputs: s.outputs.clone(),
                 warmed_up: s.warmed_up,
             };
-            (Some(s), info)
+            (s.is_open().then_some(s), info)
         }
     };
     let metas = digests(&onnx.tensors);
@@ -338,6 +337,32 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
         _session: session,
         cache,
     })
+}
+
+/// The model's session, running on the bytes weightcast serves: tensors are
+/// first aligned (`OnnxModel::align_tensors`), then ONNX Runtime gets the
+/// graph with the main graph's large tensors as placeholders and those
+/// tensors' bytes in place (`Runtime::open_shared`).
+fn open_session(spec: &ModelSpec, onnx: &mut OnnxModel, sessions: &Sessions) -> Result<OpenSession, LoadError> {
+    let dir = spec.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    onnx.align_tensors(dir).map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
+    let index: HashMap<&str, &crate::onnx::Tensor> = onnx.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let data_of = |name: &str| index.get(name).map(|t| t.data.clone().bytes());
+    let share = |name: &str| index.get(name).is_some_and(|t| runtime::shareable(t.dtype));
+    let (graph, names) = crate::onnx::graph::for_session(&onnx.bytes, runtime::PLACEHOLDER, data_of, share)
+        .map_err(|source| LoadError::Graph { model: spec.name.clone(), source })?;
+    let shared = names
+        .iter()
+        .filter_map(|n| index.get(n.as_str()))
+        .map(|t| runtime::SharedTensor {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            dims: t.dims.clone(),
+            data: t.data.clone().bytes(),
+        })
+        .collect();
+    let runtime_error = |source| LoadError::Runtime { model: spec.name.clone(), source };
+    sessions.runtime.open_shared(&graph, shared, &sessions.options).map_err(runtime_error)
 }
 
 /// Digests of every tensor, spread over the available cores.

@@ -196,11 +196,41 @@ pub fn externalize(
     locate: impl Fn(&str) -> String,
     data_of: impl Fn(&str) -> Option<Bytes>,
 ) -> Result<Vec<u8>, RewriteError> {
+    rewrite(model, &locate, &data_of, None).map(|(graph, _)| graph)
+}
+
+/// The model as ONNX Runtime gets it from weightcast: the main graph's
+/// initializers and `Constant` values that [`externalize`] would make
+/// external point at `placeholder` instead, and their names are returned:
+/// the session is handed those tensors' bytes in place (`AddInitializer`),
+/// so it never parses or copies them. Subgraph tensors stay inline (their
+/// names are only unique within their subgraph), as do the tensors
+/// [`externalize`] keeps inline; inline tensors whose source was external
+/// data get their bytes as `raw_data`.
+/// `share(name)` says whether the session can take a tensor in place (else
+/// it stays inline).
+pub fn for_session(
+    model: &Bytes,
+    placeholder: &str,
+    data_of: impl Fn(&str) -> Option<Bytes>,
+    share: impl Fn(&str) -> bool,
+) -> Result<(Vec<u8>, Vec<String>), RewriteError> {
+    rewrite(model, &|_: &str| placeholder.to_string(), &data_of, Some(&share))
+}
+
+fn rewrite(
+    model: &Bytes,
+    locate: &dyn Fn(&str) -> String,
+    data_of: &dyn Fn(&str) -> Option<Bytes>,
+    share: Option<&dyn Fn(&str) -> bool>,
+) -> Result<(Vec<u8>, Vec<String>), RewriteError> {
     let decoded = ModelProto::decode(model.clone())?;
     let rewrite = Rewrite {
         shape_read: decoded.graph.as_ref().map(read_by_shape_inference).unwrap_or_default(),
-        locate: &locate,
-        data_of: &data_of,
+        locate,
+        data_of,
+        share,
+        external: std::cell::RefCell::new(Vec::new()),
     };
     let mut out = Vec::with_capacity(model.len().min(1 << 20));
     for f in fields(model)? {
@@ -210,7 +240,7 @@ pub fn externalize(
             out.extend_from_slice(f.raw);
         }
     }
-    Ok(out)
+    Ok((out, rewrite.external.into_inner()))
 }
 
 /// Field numbers of `GraphProto`, `NodeProto` and `AttributeProto`.
@@ -229,6 +259,11 @@ struct Rewrite<'a> {
     shape_read: HashSet<String>,
     locate: &'a dyn Fn(&str) -> String,
     data_of: &'a dyn Fn(&str) -> Option<Bytes>,
+    /// For a session ([`for_session`]): which main-graph tensors may be
+    /// external; subgraph tensors stay inline.
+    share: Option<&'a dyn Fn(&str) -> bool>,
+    /// Served names of the tensors made external, in order.
+    external: std::cell::RefCell<Vec<String>>,
 }
 
 fn text(payload: &[u8]) -> String {
@@ -310,7 +345,10 @@ impl Rewrite<'_> {
         }
         let data = (self.data_of)(served).ok_or_else(|| RewriteError::UnknownTensor(served.to_string()))?;
         let external = fs.iter().any(|f| f.number == TENSOR_DATA_LOCATION && f.wire == 0 && f.varint == 1);
-        let keep_inline = (data.len() as u64) < INLINE_BELOW || self.shape_read.contains(raw_name);
+        let in_subgraph = served.len() != raw_name.len();
+        let keep_inline = (data.len() as u64) < INLINE_BELOW
+            || self.shape_read.contains(raw_name)
+            || self.share.is_some_and(|share| in_subgraph || !share(served));
         if keep_inline && !external {
             return Ok(t.to_vec());
         }
@@ -330,6 +368,7 @@ impl Rewrite<'_> {
         put_bytes(&mut out, TENSOR_EXTERNAL_DATA, &string_entry("length", &len));
         put_varint(&mut out, TENSOR_DATA_LOCATION << 3);
         put_varint(&mut out, 1); // EXTERNAL
+        self.external.borrow_mut().push(served.to_string());
         Ok(out)
     }
 }

@@ -70,18 +70,25 @@ fn describe(kind: std::fs::FileType) -> &'static str {
     }
 }
 
+/// An empty unnamed file (`O_TMPFILE`) in `dir`, or where `dir` refuses one
+/// (read-only, no `O_TMPFILE`), in the system's temporary folder: no other
+/// process can open it, and it is gone when its last handle or map goes.
+pub(crate) fn private_file(dir: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    let mode = Mode::RUSR | Mode::WUSR;
+    let private = rustix::fs::openat(rustix::fs::CWD, dir, flags, mode)
+        .or_else(|_| rustix::fs::openat(rustix::fs::CWD, std::env::temp_dir(), flags, mode))?;
+    Ok(File::from(private))
+}
+
 /// A private copy of `file` that no other process can change: an unnamed
 /// file (`O_TMPFILE`) in `dir` — on the same file system, so a reflink can
 /// share its blocks — or, where `dir` refuses one (read-only, no
 /// `O_TMPFILE`), in the system's temporary folder. The copy is a reflink
 /// when the file system has them, else a full copy.
 pub(crate) fn snapshot(file: &File, dir: &Path) -> io::Result<File> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
-    let mode = Mode::RUSR | Mode::WUSR;
-    let private = rustix::fs::openat(rustix::fs::CWD, dir, flags, mode)
-        .or_else(|_| rustix::fs::openat(rustix::fs::CWD, std::env::temp_dir(), flags, mode))?;
-    let mut private = File::from(private);
+    let mut private = private_file(dir)?;
     if rustix::fs::ioctl_ficlone(&private, file).is_err() {
         // std's copy uses copy_file_range: in the kernel, no user-space buffer.
         let mut source = file;

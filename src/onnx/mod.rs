@@ -201,6 +201,56 @@ impl OnnxModel {
     }
 }
 
+impl OnnxModel {
+    /// Moves into one private file (`O_TMPFILE` in `dir`, as snapshots) the
+    /// tensors whose bytes are not aligned to their element size — `raw_data`
+    /// lies wherever protobuf put it — and those decoded into memory (typed
+    /// fields, sparse), each at a 64-byte boundary, and maps it. Afterwards
+    /// every numeric tensor's bytes are naturally aligned and file-backed, so
+    /// ONNX Runtime can use them in place (a kernel may assume alignment) and
+    /// they cost page cache the kernel can reclaim, not anonymous memory.
+    /// Returns the bytes moved.
+    pub fn align_tensors(&mut self, dir: &Path) -> Result<u64, OnnxError> {
+        let moved: Vec<usize> = (0..self.tensors.len()).filter(|&i| self.needs_moving(i)).collect();
+        if moved.is_empty() {
+            return Ok(0);
+        }
+        let io = |source| OnnxError::Io { path: self.path.clone(), source };
+        let mut offsets = Vec::with_capacity(moved.len());
+        let mut end = 0usize;
+        for &i in &moved {
+            let start = end.next_multiple_of(64);
+            end = start + self.tensors[i].nbytes() as usize;
+            offsets.push(start..end);
+        }
+        let file = mmap::private_file(dir).map_err(io)?;
+        {
+            use std::os::unix::fs::FileExt;
+            file.set_len(end as u64).map_err(io)?;
+            for (&i, range) in moved.iter().zip(&offsets) {
+                if let TensorData::Bytes(b) = &self.tensors[i].data {
+                    file.write_all_at(b, range.start as u64).map_err(io)?;
+                }
+            }
+        }
+        // SAFETY: `file` is an unnamed file only this process holds, and it
+        // is not written after this point.
+        let aligned = unsafe { mmap::map(&file) }.map_err(io)?;
+        for (&i, range) in moved.iter().zip(offsets) {
+            self.tensors[i].data = TensorData::Bytes(aligned.slice(range));
+        }
+        Ok(end as u64)
+    }
+
+    fn needs_moving(&self, i: usize) -> bool {
+        let t = &self.tensors[i];
+        let TensorData::Bytes(b) = &t.data else { return false };
+        let align = t.dtype.bits().map_or(1, |bits| (bits / 8).max(1)) as usize;
+        !b.is_empty()
+            && (!(b.as_ptr() as usize).is_multiple_of(align) || matches!(t.storage, Storage::Typed | Storage::Sparse))
+    }
+}
+
 /// A model as a client receives it from `/graph`: the tensors it carries
 /// inline (read and checked like any model's tensors, named as the server
 /// names them) and, for the others, where their external data lies. No file
