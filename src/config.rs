@@ -18,8 +18,15 @@ pub struct Config {
     pub listen: String,
     /// zstd level for `Content-Encoding: zstd` (1–22).
     pub zstd_level: i32,
-    /// Bytes of derived data (casts, compressed records) kept in memory.
+    /// Bytes of derived data (casts, compressed records) kept in memory;
+    /// blobs of 64 KiB or more go to `cache_dir` instead when there is one.
     pub cache_bytes: u64,
+    /// Folder for derived data written once per version (zstd frames of
+    /// large tensors, casts), served from maps of its files. Default:
+    /// `$CACHE_DIRECTORY` (systemd's `CacheDirectory=`), else
+    /// `$XDG_CACHE_HOME/weightcast/serve`, else `~/.cache/weightcast/serve`;
+    /// `""`: memory only.
+    pub cache_dir: Option<PathBuf>,
     /// Largest tensor payload one JSON response may carry.
     pub json_max_bytes: u64,
     /// Representations computed in the background right after load.
@@ -38,12 +45,30 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.to_string(),
             zstd_level: 3,
-            cache_bytes: 256 << 20,
+            cache_bytes: 64 << 20,
+            cache_dir: None,
             json_max_bytes: 16 << 20,
             prepare: vec!["identity".into(), "zstd".into()],
             max_connections: None,
             runtime: SessionOptions::default(),
             models: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The cache folder in effect (see [`Config::cache_dir`]); `None`: memory only.
+    pub fn cache_folder(&self) -> Option<PathBuf> {
+        match &self.cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+            None => {
+                let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+                env("CACHE_DIRECTORY")
+                    .map(|d| d.join("serve"))
+                    .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("weightcast/serve")))
+                    .or_else(|| env("HOME").map(|d| d.join(".cache/weightcast/serve")))
+            }
         }
     }
 }

@@ -297,7 +297,13 @@ fn serve(
         }
     };
     let prepared = cfg.prepared().map_err(|e| e.to_string())?;
-    let cache = Arc::new(Cache::new(cfg.cache_bytes));
+    let cache = Arc::new(match cfg.cache_folder() {
+        None => Cache::new(cfg.cache_bytes),
+        Some(dir) => Cache::with_disk(cfg.cache_bytes, &dir).unwrap_or_else(|e| {
+            tracing::warn!(dir = %dir.display(), "cannot use the cache folder; derived data stays in memory: {e}");
+            Cache::new(cfg.cache_bytes)
+        }),
+    });
     let store = Store::load(&specs, sessions, cache.clone());
     let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes };
     let state = Arc::new(http::State::new(store, options));

@@ -62,7 +62,8 @@ impl Preparation {
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| loop {
-                    if totals.lock().map_or(true, |t| t.1 >= budget) {
+                    // On disk, frames are not bounded by the memory budget.
+                    if totals.lock().map_or(true, |t| t.1 >= budget && !self.cache.has_disk()) {
                         break;
                     }
                     let Some(job) = queue.lock().ok().and_then(|mut q| q.pop()) else { break };

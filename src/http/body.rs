@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -91,6 +92,10 @@ pub(super) fn parse_range(header: &str, total: usize) -> Option<Result<(usize, u
 pub(super) struct ChunkReader {
     queue: VecDeque<Slot>,
     current: Bytes,
+    /// What the chunks come from, kept alive while they are sent: a version
+    /// of a model counts as held until its last response ends (the store
+    /// loads no third version meanwhile).
+    _source: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ChunkReader {
@@ -103,7 +108,12 @@ impl ChunkReader {
                 Chunk::Sized(n, f) => Slot::Later(Some(n), f),
             })
             .collect();
-        ChunkReader { queue, current: Bytes::new() }
+        ChunkReader { queue, current: Bytes::new(), _source: None }
+    }
+
+    /// Keeps `source` alive as long as the body.
+    pub(super) fn holding(self, source: Arc<dyn std::any::Any + Send + Sync>) -> ChunkReader {
+        ChunkReader { _source: Some(source), ..self }
     }
 
     /// Starts the work of the chunk at `at` on the blocking pool.

@@ -100,7 +100,8 @@ impl Metrics {
                 "Blobs dropped to stay within the cache budget.",
                 counts.evictions.load(Relaxed),
             ),
-            ("weightcast_cache_bytes", "gauge", "Bytes the cache holds now.", cache.used()),
+            ("weightcast_cache_bytes", "gauge", "Bytes the cache holds in memory now.", cache.used()),
+            ("weightcast_cache_disk_bytes", "gauge", "Bytes of cache files mapped now.", cache.disk_bytes()),
             ("weightcast_cache_budget_bytes", "gauge", "The cache's budget.", cache.budget()),
         ] {
             family(o, name, kind, help);
@@ -114,6 +115,15 @@ impl Metrics {
                 Entry::Failed { name, .. } => (name.as_str(), 0),
             };
             sample(o, "weightcast_model_loaded", &format!("model=\"{name}\""), loaded);
+        }
+        family(
+            o,
+            "weightcast_model_versions_held",
+            "gauge",
+            "Versions of the model alive: serving, and replaced but still sending.",
+        );
+        for (name, held) in store.versions_held() {
+            sample(o, "weightcast_model_versions_held", &format!("model=\"{name}\""), held as u64);
         }
         family(o, "weightcast_model_load_seconds", "gauge", "How long the serving version of a model took to load.");
         for entry in &entries {

@@ -593,7 +593,8 @@ async fn tensors(
         Err(unsatisfiable) => return Ok(*unsatisfiable),
     };
     let len = body::known_len(&chunks);
-    r.set_body(http_types::Body::from_reader(ChunkReader::new(chunks), len));
+    let reader = ChunkReader::new(chunks).holding(selection.model.clone());
+    r.set_body(http_types::Body::from_reader(reader, len));
     Ok(r)
 }
 

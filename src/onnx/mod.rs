@@ -12,7 +12,7 @@ pub mod cast;
 pub mod dtype;
 mod external;
 pub mod graph;
-mod mmap;
+pub mod mmap;
 mod typed;
 
 use std::collections::HashSet;

@@ -130,3 +130,59 @@ def test_systemd_notify_ready_after_listening_and_stopping_on_sigterm(zoo, tmp_p
     finally:
         proc.kill()
         sock.close()
+
+
+def metric(s, name, model):
+    for line in s.get("/metrics").text.splitlines():
+        if line.startswith(f'{name}{{model="{model}"}}'):
+            return float(line.split()[-1])
+    return None
+
+
+def test_a_reload_under_load_never_holds_three_versions(serve, tmp_path):
+    """Issue #12, part 3: a client stuck on version 1 while versions 2 and 3
+    are published: version 3 waits until version 1's last response is gone."""
+    import os
+
+    def publish(seed):
+        t = numpy_helper.from_array(np.random.default_rng(seed).standard_normal(4_000_000).astype(np.float32), "w")
+        g = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4_000_000])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4_000_000])], [t])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 9
+        onnx.save(m, str(tmp_path / "new.onnx"))
+        os.replace(tmp_path / "new.onnx", tmp_path / "m.onnx")
+
+    def served_version():
+        return s.get("/v1/models/m?format=json").json()["version"]
+
+    def wait_for(pred, seconds=15):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if pred():
+                return True
+            time.sleep(0.1)
+        return False
+
+    publish(1)
+    s = serve(tmp_path / "m.onnx")
+    v1 = served_version()
+    port = int(s.url.rsplit(":", 1)[1])
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", port))
+    stuck.sendall(b"GET /v1/models/m/weights HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+    assert stuck.recv(4096).startswith(b"HTTP/1.1 200"), "the download of version 1 has begun; now it stalls"
+    publish(2)
+    assert wait_for(lambda: served_version() != v1), "version 2 loads while version 1 is still sending"
+    v2 = served_version()
+    assert metric(s, "weightcast_model_versions_held", "m") == 2
+    publish(3)
+    time.sleep(3)  # six looks at the file
+    assert served_version() == v2, "version 3 waits: loading it now would hold three versions"
+    assert metric(s, "weightcast_model_versions_held", "m") == 2
+    assert "waits until the responses still sending" in s.logs()
+    stuck.close()
+    assert wait_for(lambda: served_version() not in (v1, v2)), "once version 1 is released, version 3 loads"
+    assert wait_for(lambda: metric(s, "weightcast_model_versions_held", "m") == 1)

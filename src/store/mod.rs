@@ -14,7 +14,10 @@ use sha2::{Digest, Sha256};
 use crate::onnx::cast::{self, Target};
 use crate::onnx::{DataType, ModelInfo, OnnxModel, Tensor, TensorData};
 use crate::runtime::{self, OpenSession, Runtime};
+
+mod disk;
 use crate::wire;
+pub use disk::DISK_FROM;
 
 /// Why a model did not load.
 #[derive(Debug, thiserror::Error)]
@@ -421,6 +424,10 @@ struct Slot {
     /// loaded once it holds still for one look (a graph and its data being
     /// replaced one after the other are not loaded half-way).
     pending: Mutex<Option<Stamps>>,
+    /// The version replaced last, while responses still hold it: no newer
+    /// file is loaded until it is gone, so a model never holds three
+    /// versions (the one serving, the one before, one loading).
+    replaced: Mutex<std::sync::Weak<Model>>,
 }
 
 /// A model's files and what identified each when looked at.
@@ -529,13 +536,34 @@ impl Store {
             .map(|spec| {
                 let before = stamps(spec, None);
                 let entry = load_entry(spec, sessions.as_ref(), &cache);
+                if let Entry::Loaded(m) = &entry {
+                    cache.retire(&m.name, m.version());
+                }
                 let before = refine(spec, &entry, before);
-                Slot { spec: spec.clone(), state: RwLock::new((entry, before)), pending: Mutex::new(None) }
+                Slot {
+                    spec: spec.clone(),
+                    state: RwLock::new((entry, before)),
+                    pending: Mutex::new(None),
+                    replaced: Mutex::new(std::sync::Weak::new()),
+                }
             })
             .collect::<Vec<_>>();
         let failures =
             slots.iter().filter(|s| s.state.read().is_ok_and(|st| matches!(st.0, Entry::Failed { .. }))).count();
         Store { slots, sessions, cache, load_failures: (failures as u64).into() }
+    }
+
+    /// Versions of each model alive now (serving, and the one replaced last
+    /// while responses still send it), by model name.
+    pub fn versions_held(&self) -> Vec<(String, usize)> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let serving = slot.state.read().is_ok_and(|st| matches!(st.0, Entry::Loaded(_))) as usize;
+                let replaced = slot.replaced.lock().map_or(0, |r| (r.strong_count() > 0) as usize);
+                (slot.spec.name.clone(), serving + replaced)
+            })
+            .collect()
     }
 
     /// Loads that failed since start (at start and on reloads).
@@ -556,6 +584,11 @@ impl Store {
         let mut fresh = Vec::new();
         for slot in &self.slots {
             let Some(now) = settled_change(slot) else { continue };
+            if let Some(held) = slot.replaced.lock().ok().and_then(|r| r.upgrade()) {
+                tracing::info!(model = %slot.spec.name, version = %wire::short(held.version()),
+                    "a new file waits until the responses still sending the version before the current one finish");
+                continue;
+            }
             let entry = load_entry(&slot.spec, self.sessions.as_ref(), &self.cache);
             let now = refine(&slot.spec, &entry, now);
             if matches!(entry, Entry::Failed { .. }) {
@@ -570,6 +603,10 @@ impl Store {
                 _ => {
                     if let Entry::Loaded(m) = &entry {
                         fresh.push(m.clone());
+                        self.cache.retire(&m.name, m.version());
+                    }
+                    if let (Entry::Loaded(old), Ok(mut replaced)) = (&state.0, slot.replaced.lock()) {
+                        *replaced = Arc::downgrade(old);
                     }
                     *state = (entry, now);
                 }
@@ -665,6 +702,7 @@ type InFlight = OnceLock<Result<Bytes, String>>;
 /// concurrent requesters of the same key wait for it and share it.
 pub struct Cache {
     budget: u64,
+    disk: Option<disk::Disk>,
     inner: Mutex<CacheInner>,
     in_flight: Mutex<HashMap<CacheKey, Arc<InFlight>>>,
     counts: CacheCounts,
@@ -689,13 +727,39 @@ struct CacheInner {
 }
 
 impl Cache {
-    /// An empty cache holding at most `budget` bytes.
+    /// An empty cache holding at most `budget` bytes, in memory only.
     pub fn new(budget: u64) -> Cache {
         Cache {
             budget,
+            disk: None,
             inner: Mutex::new(CacheInner::default()),
             in_flight: Mutex::new(HashMap::new()),
             counts: CacheCounts::default(),
+        }
+    }
+
+    /// A cache that keeps blobs of [`disk::DISK_FROM`] bytes or more in
+    /// files under `dir` (mapped, not counted in `budget`), the rest in at
+    /// most `budget` bytes of memory.
+    pub fn with_disk(budget: u64, dir: &std::path::Path) -> std::io::Result<Cache> {
+        Ok(Cache { disk: Some(disk::Disk::open(dir)?), ..Cache::new(budget) })
+    }
+
+    /// Whether large blobs go to disk (then the memory budget does not bound them).
+    pub fn has_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// Bytes of blobs on disk that are mapped now.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.held_bytes())
+    }
+
+    /// Drops the disk blobs of `model` other than `version`'s (called once a
+    /// new version serves).
+    pub fn retire(&self, model: &str, version: &str) {
+        if let Some(d) = &self.disk {
+            d.retire(model, version);
         }
     }
 
@@ -717,13 +781,12 @@ impl Cache {
         let result = cell
             .get_or_init(|| {
                 computed_here = true;
-                compute()
+                // Waiters get the kept bytes: a map of the disk file, not a
+                // second anonymous copy.
+                compute().map(|bytes| self.keep(&key, bytes))
             })
             .clone();
         if computed_here {
-            if let Ok(bytes) = &result {
-                self.put(key.clone(), bytes.clone());
-            }
             if let Ok(mut m) = self.in_flight.lock() {
                 m.remove(&key);
             }
@@ -731,7 +794,19 @@ impl Cache {
         result
     }
 
-    /// The blob under `key`, if cached (and marks it used).
+    /// Stores `bytes` on disk if large and the disk takes them (returning
+    /// the file's map), else in memory; returns the bytes to use.
+    fn keep(&self, key: &CacheKey, bytes: Bytes) -> Bytes {
+        if let Some(disk) = self.disk.as_ref().filter(|_| bytes.len() >= disk::DISK_FROM) {
+            if let Some(mapped) = disk.put(key, &bytes) {
+                return mapped;
+            }
+        }
+        self.put(key.clone(), bytes.clone());
+        bytes
+    }
+
+    /// The blob under `key`, if cached in memory or on disk (and marks it used).
     pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
         let mut inner = self.inner.lock().ok()?;
         inner.clock += 1;
@@ -740,6 +815,8 @@ impl Cache {
             *last = now;
             b.clone()
         });
+        drop(inner);
+        let found = found.or_else(|| self.disk.as_ref().and_then(|d| d.get(key)));
         let counter = if found.is_some() { &self.counts.hits } else { &self.counts.misses };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         found
