@@ -39,10 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def model(path, seed, mb):
+    """Four float32 weights, chained by Add so that ONNX Runtime loads it."""
     n = mb * (1 << 20) // 4 // 4
     ts = [numpy_helper.from_array(np.random.default_rng(seed * 10 + k).standard_normal(n).astype(np.float32), f"w{k}")
           for k in range(4)]
-    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], ts)), str(path))
+    nodes = [helper.make_node("Add", ["x" if k == 0 else f"h{k - 1}", f"w{k}"], [f"h{k}"]) for k in range(4)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [n])],
+                          [helper.make_tensor_value_info("h3", onnx.TensorProto.FLOAT, [n])], ts)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, str(path))
 
 
 async def poller(host, port, stop, counts, interval):
@@ -172,8 +178,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--short", action="store_true", help="the CI form")
     ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "weightcast"))
+    ap.add_argument("--pollers", type=int, help="pollers (default 1,000; 200 with --short)")
+    ap.add_argument("--runtime", default="ort", help="ort (the default configuration) or none")
     a = ap.parse_args()
     pollers_n, downloads, mb, seconds = (200, 2, 20, 12) if a.short else (1000, 8, 100, 60)
+    pollers_n = a.pollers or pollers_n
     work = Path(tempfile.mkdtemp(prefix="weightcast-load-"))
     served = work / "m.onnx"
     model(served, 1, mb)
@@ -185,7 +194,10 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
     log = open(work / "server.log", "w")
-    server = subprocess.Popen([a.binary, "serve", "--runtime", "none", "--listen", "127.0.0.1:0", str(served)],
+    # The default configuration, but for a cache folder of its own.
+    (work / "weightcast.toml").write_text(f'cache_dir = "{work / "cache"}"\n')
+    server = subprocess.Popen([a.binary, "serve", "--runtime", a.runtime, "--config", str(work / "weightcast.toml"),
+                               "--listen", "127.0.0.1:0", str(served)],
                               stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=limit_fds)
     url = server.stdout.readline().split()[-1]
     time.sleep(1)
@@ -236,8 +248,13 @@ def main():
         "downloads_verified": verified, "downloads_503": sum(1 for r, _ in results if r == "503"),
         "downloads_mismatched": len(mismatched), "download_errors": download_errors[:5],
         "versions_seen": len(manifests), "server_alive": alive,
-        "peak_rss_mib": peak["rss_mib"], "peak_open_fds": peak["fds"],
+        "peak_rss_mib": peak["rss_mib"], "peak_open_fds": peak["fds"], "runtime": a.runtime,
+        "model_mib": round(served.stat().st_size / (1 << 20), 1),
     }
+    # Issue #12's target: peak RSS <= 2.5x the model + the memory budget (64 MiB).
+    limit = 2.5 * report["model_mib"] + 64
+    report["rss_target_mib"] = round(limit, 1)
+    report["rss_target_met"] = peak["rss_mib"] <= limit
     print(json.dumps(report, indent=1))
     ok = alive and not bad_status and not mismatched and not download_errors and verified > 0 and len(manifests) >= 3
     shutil.rmtree(work, ignore_errors=True)

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::onnx::{cast, DataType, TensorData};
-use crate::store::{CacheKey, Model, Representation, TensorMeta, View, WHOLE_MODEL};
+use crate::store::{CacheKey, Found, Model, Representation, TensorMeta, View, WHOLE_MODEL};
 
 /// What a response body means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -196,8 +196,8 @@ impl Selection {
         let Some(k) = self.element_size(i) else { return self.model.data_range(i, self.repr, range) };
         let key = self.model.cache_key(i, format!("bytegroup-{:?}", self.repr));
         let len = self.meta(i).nbytes as usize;
-        if let Some(planes) = self.model.cache().get(&key) {
-            return planes.slice(range);
+        if let Some(planes) = self.model.cache().get_range(&key, range.clone()) {
+            return planes;
         }
         if len as u64 <= self.model.cache().budget() / 8 {
             return self.bytes(i).slice(range);
@@ -304,9 +304,15 @@ fn raw_pieces(sel: &Selection) -> Result<Vec<Piece>, EncodeError> {
 /// gets there: a request holds [`WINDOW`] bytes of it, not the tensor.
 pub const WINDOW: usize = 4 << 20;
 
-/// `range` in windows of at most [`WINDOW`] bytes.
-fn windows(range: Range<usize>) -> impl Iterator<Item = Range<usize>> {
-    (range.start..range.end).step_by(WINDOW).map(move |a| a..(a + WINDOW).min(range.end))
+/// Bytes of computed data an identity body makes at a time: smaller than a
+/// zstd frame's window (which gains from its size), since a response holds
+/// two (the one sent and the next being made): 8 f16 downloads of a 1 GB
+/// model peaked at +68 MiB with 4 MiB pieces.
+const PIECE: usize = 1 << 20;
+
+/// `range` in windows of at most `size` bytes.
+fn windows(range: Range<usize>, size: usize) -> impl Iterator<Item = Range<usize>> {
+    (range.start..range.end).step_by(size).map(move |a| a..(a + size).min(range.end))
 }
 
 fn identity_chunks(sel: &Selection, piece: Piece) -> Vec<Chunk> {
@@ -318,7 +324,7 @@ fn identity_chunks(sel: &Selection, piece: Piece) -> Vec<Chunk> {
             TensorData::Bytes(b) => vec![Chunk::Ready(b.slice(range))],
             TensorData::Strings(_) => vec![],
         },
-        Piece::Data { tensor, range } => windows(range)
+        Piece::Data { tensor, range } => windows(range, PIECE)
             .map(|w| {
                 let sel = sel.clone();
                 Chunk::Sized(w.len(), Box::new(move || Ok(sel.bytes_range(tensor, w))))
@@ -359,14 +365,8 @@ fn zstd_chunks(sel: &Selection, pieces: Vec<Piece>, level: i32) -> Vec<Chunk> {
                 group_len = 0;
                 // A frame per window: a request compresses (and holds) a
                 // window at a time; frames are cached per window.
-                for w in windows(range) {
-                    out.push(match sel.model.cache().get(&zstd_key(sel, tensor, &w, level)) {
-                        Some(frame) => Chunk::Ready(frame),
-                        None => {
-                            let sel = sel.clone();
-                            Chunk::Later(Box::new(move || zstd_data(&sel, tensor, w, level).map_err(io::Error::other)))
-                        }
-                    });
+                for w in windows(range, WINDOW) {
+                    out.extend(frame_chunks(sel, tensor, w, level));
                 }
             }
             piece => {
@@ -391,28 +391,77 @@ fn group_chunk(sel: &Selection, group: Vec<Piece>, level: i32) -> Option<Chunk> 
         return None;
     }
     let key = group_key(sel, &group, level);
-    if let Some(frame) = key.as_ref().and_then(|k| sel.model.cache().get(k)) {
-        return Some(Chunk::Ready(frame));
-    }
+    let found = key.as_ref().and_then(|k| sel.model.cache().lookup(k));
     let sel = sel.clone();
-    Some(Chunk::Later(Box::new(move || {
-        let compute = || -> Result<Bytes, String> {
-            let mut raw = Vec::new();
-            for piece in group {
-                match piece {
-                    Piece::Inline(b) => raw.extend_from_slice(&b),
-                    Piece::Data { tensor, range } => raw.extend_from_slice(&sel.bytes_range(tensor, range)),
-                    Piece::Deferred(f) => raw.extend_from_slice(&f().map_err(|e| e.to_string())?),
+    Some(chunk_of(
+        found,
+        Box::new(move || {
+            let compute = || -> Result<Bytes, String> {
+                let mut raw = Vec::new();
+                for piece in group {
+                    match piece {
+                        Piece::Inline(b) => raw.extend_from_slice(&b),
+                        Piece::Data { tensor, range } => raw.extend_from_slice(&sel.bytes_range(tensor, range)),
+                        Piece::Deferred(f) => raw.extend_from_slice(&f().map_err(|e| e.to_string())?),
+                    }
                 }
+                zstd_frame(&raw, level).map(Bytes::from).map_err(|e| e.to_string())
+            };
+            match key {
+                Some(key) => sel.model.cache().get_or_compute(key, compute),
+                None => compute(),
             }
-            zstd_frame(&raw, level).map(Bytes::from).map_err(|e| e.to_string())
-        };
-        match key {
-            Some(key) => sel.model.cache().get_or_compute(key, compute),
-            None => compute(),
-        }
-        .map_err(io::Error::other)
-    })))
+            .map_err(io::Error::other)
+        }),
+    ))
+}
+
+/// Bytes of a disk frame read per chunk: a response holds this much of a
+/// frame (twice: the piece sent and the next one read), not the frame.
+const DISK_READ: usize = 1 << 20;
+
+/// The chunks of a tensor window's zstd frame: the frame in memory; a frame
+/// on disk read [`DISK_READ`] bytes at a time as the reader gets there (made
+/// again should the file be gone); a frame not cached made when the reader
+/// gets there.
+fn frame_chunks(sel: &Selection, tensor: usize, w: Range<usize>, level: i32) -> Vec<Chunk> {
+    let key = zstd_key(sel, tensor, &w, level);
+    let make = {
+        let sel = sel.clone();
+        move || zstd_data(&sel, tensor, w.clone(), level).map_err(io::Error::other)
+    };
+    let len = match sel.model.cache().lookup(&key) {
+        None => return vec![Chunk::Later(Box::new(make))],
+        Some(Found::Memory(frame)) => return vec![Chunk::Ready(frame)],
+        Some(Found::Disk(len)) => len,
+    };
+    let make = Arc::new(make);
+    (0..len)
+        .step_by(DISK_READ)
+        .map(|at| {
+            let part = at..(at + DISK_READ).min(len);
+            let (sel, key, make) = (sel.clone(), key.clone(), make.clone());
+            Chunk::Sized(
+                part.len(),
+                Box::new(move || match sel.model.cache().get_range(&key, part.clone()) {
+                    Some(bytes) => Ok(bytes),
+                    None => make().map(|frame| frame.slice(part.start.min(frame.len())..part.end.min(frame.len()))),
+                }),
+            )
+        })
+        .collect()
+}
+
+/// A cached frame's chunk: bytes in memory as they are; a frame on disk read
+/// when the reader gets there (`make` reads it through the cache, or makes it
+/// again should the file be gone), with its length known now so the body
+/// keeps a Content-Length; a frame not cached made when the reader gets there.
+fn chunk_of(found: Option<Found>, make: Compute) -> Chunk {
+    match found {
+        Some(Found::Memory(frame)) => Chunk::Ready(frame),
+        Some(Found::Disk(len)) => Chunk::Sized(len, make),
+        None => Chunk::Later(make),
+    }
 }
 
 fn group_key(sel: &Selection, group: &[Piece], level: i32) -> Option<CacheKey> {

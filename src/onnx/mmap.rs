@@ -26,7 +26,7 @@ use bytes::Bytes;
 /// The file must not be truncated or written to for as long as the returned
 /// bytes, or any slice of them, live. Replacing it by renaming another file
 /// over its path is fine: the map keeps the old inode.
-pub unsafe fn map(file: &File) -> std::io::Result<Bytes> {
+pub(crate) unsafe fn map(file: &File) -> std::io::Result<Bytes> {
     if file.metadata()?.len() == 0 {
         return Ok(Bytes::new());
     }
@@ -73,7 +73,7 @@ fn describe(kind: std::fs::FileType) -> &'static str {
 /// An empty unnamed file (`O_TMPFILE`) in `dir`, or where `dir` refuses one
 /// (read-only, no `O_TMPFILE`), in the system's temporary folder: no other
 /// process can open it, and it is gone when its last handle or map goes.
-pub fn private_file(dir: &Path) -> io::Result<File> {
+pub(crate) fn private_file(dir: &Path) -> io::Result<File> {
     use rustix::fs::{Mode, OFlags};
     let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
     let mode = Mode::RUSR | Mode::WUSR;

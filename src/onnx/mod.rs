@@ -167,6 +167,9 @@ pub struct OnnxModel {
     pub tensors: Vec<Tensor>,
     /// The external data files it read (a model is all of these files).
     pub external_files: Vec<PathBuf>,
+    /// The private snapshot `bytes` maps, where there is one: tensors are
+    /// copied out of it in the kernel ([`OnnxModel::align_tensors`]).
+    snapshot: Option<std::fs::File>,
 }
 
 impl OnnxModel {
@@ -184,7 +187,9 @@ impl OnnxModel {
         if bytes.is_empty() {
             return Err(OnnxError::Empty { path: path.to_path_buf() });
         }
-        Self::from_bytes(path, bytes, dir)
+        let mut model = Self::from_bytes(path, bytes, dir)?;
+        model.snapshot = Some(private);
+        Ok(model)
     }
 
     /// Reads a model from bytes already in memory; external data is looked up
@@ -197,7 +202,7 @@ impl OnnxModel {
         reader.graph(graph, "")?;
         let info = model_info(&model, graph);
         let external_files = reader.external.map(|e| e.files()).unwrap_or_default();
-        Ok(OnnxModel { path: path.to_path_buf(), bytes, info, tensors: reader.tensors, external_files })
+        Ok(OnnxModel { path: path.to_path_buf(), bytes, info, tensors: reader.tensors, external_files, snapshot: None })
     }
 }
 
@@ -224,13 +229,10 @@ impl OnnxModel {
             offsets.push(start..end);
         }
         let file = mmap::private_file(dir).map_err(io)?;
-        {
-            use std::os::unix::fs::FileExt;
-            file.set_len(end as u64).map_err(io)?;
-            for (&i, range) in moved.iter().zip(&offsets) {
-                if let TensorData::Bytes(b) = &self.tensors[i].data {
-                    file.write_all_at(b, range.start as u64).map_err(io)?;
-                }
+        file.set_len(end as u64).map_err(io)?;
+        for (&i, range) in moved.iter().zip(&offsets) {
+            if let TensorData::Bytes(b) = &self.tensors[i].data {
+                self.copy_out(b, &file, range.start as u64).map_err(io)?;
             }
         }
         // SAFETY: `file` is an unnamed file only this process holds, and it
@@ -240,6 +242,27 @@ impl OnnxModel {
             self.tensors[i].data = TensorData::Bytes(aligned.slice(range));
         }
         Ok(end as u64)
+    }
+
+    /// Writes `data` at `at` in `to`: in the kernel from the snapshot when
+    /// `data` lies in it (its pages are then never read into this process),
+    /// else from memory.
+    fn copy_out(&self, data: &[u8], to: &std::fs::File, at: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let base = self.bytes.as_ptr() as usize;
+        let start = data.as_ptr() as usize;
+        let inside = start >= base && start + data.len() <= base + self.bytes.len();
+        let Some(snapshot) = self.snapshot.as_ref().filter(|_| inside) else { return to.write_all_at(data, at) };
+        let (mut from, mut into, mut left) = ((start - base) as u64, at, data.len());
+        while left > 0 {
+            match rustix::fs::copy_file_range(snapshot, Some(&mut from), to, Some(&mut into), left) {
+                Ok(0) => return Err(std::io::Error::other("the snapshot ended early")),
+                Ok(n) => left -= n,
+                // Another file system (EXDEV) or no support: from memory.
+                Err(_) => return to.write_all_at(&data[data.len() - left..], into),
+            }
+        }
+        Ok(())
     }
 
     fn needs_moving(&self, i: usize) -> bool {

@@ -1,24 +1,23 @@
 //! The cache's disk tier: derived blobs of [`DISK_FROM`] bytes or more (zstd
 //! frames of large tensors, casts, byte planes) are written once per version
-//! into the cache folder and served from a map of that file. They cost page
-//! cache the kernel can reclaim instead of anonymous memory, they survive a
-//! restart, and a version's folder is removed once another version of the
-//! model serves.
+//! into the cache folder and read back a range at a time when sent. They cost
+//! page cache the kernel can reclaim, not anonymous memory and not resident
+//! pages of the process (they are read, not mapped), they survive a restart,
+//! and a version's folder is removed once another version of the model
+//! serves.
 //!
 //! Layout: `<dir>/<model digest>/<version>/<key digest>`, each file the blob
 //! followed by its length (u64 LE) and CRC-32 (u32 LE), checked before a
 //! file left by an earlier run is used. Files are written beside their name
-//! and renamed into place, never changed in place: weightcast maps them, and
-//! a file truncated under its map would crash the process (see
-//! `onnx::mmap::map`). The folder is weightcast's own; nothing else may
-//! write there.
+//! and renamed into place. A file changed or removed by someone else while
+//! served gives an error for that response (never a crash): the folder is
+//! weightcast's own.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::CacheKey;
@@ -29,10 +28,10 @@ pub const DISK_FROM: usize = 64 << 10;
 
 const TRAILER: usize = 12;
 
-/// Blobs on disk, and the maps of those in use.
+/// Blobs on disk: the length of each one checked since start.
 pub(super) struct Disk {
     dir: PathBuf,
-    held: Mutex<HashMap<CacheKey, Bytes>>,
+    held: Mutex<HashMap<CacheKey, u64>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -61,42 +60,60 @@ impl Disk {
         self.model_dir(&key.model).join(version).join(hex(&name[..16]))
     }
 
-    /// The blob under `key`: mapped already, or left by an earlier run
-    /// (checked against its trailer; a file that fails is removed).
-    pub(super) fn get(&self, key: &CacheKey) -> Option<Bytes> {
-        if let Some(b) = self.held.lock().ok()?.get(key) {
-            return Some(b.clone());
+    /// The length of the blob under `key`, if there is one: written since
+    /// start, or left by an earlier run and checked against its trailer now
+    /// (a file that fails is removed).
+    pub(super) fn len(&self, key: &CacheKey) -> Option<u64> {
+        if let Some(&n) = self.held.lock().ok()?.get(key) {
+            return Some(n);
         }
         let path = self.path(key);
-        let blob = map_checked(&path);
-        if blob.is_none() && path.exists() {
-            tracing::warn!(path = %path.display(), "cache file failed its check; removed");
-            let _ = std::fs::remove_file(&path);
-        }
-        let blob = blob?;
-        self.held.lock().ok()?.insert(key.clone(), blob.clone());
-        Some(blob)
+        let n = match checked_len(&path) {
+            Ok(n) => n?,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cache file failed its check; removed: {e}");
+                let _ = std::fs::remove_file(&path);
+                return None;
+            }
+        };
+        self.held.lock().ok()?.insert(key.clone(), n);
+        Some(n)
     }
 
-    /// Writes `bytes` under `key` and returns them mapped from the file, or
-    /// `None` where the disk refused (full, read-only: memory serves then).
-    pub(super) fn put(&self, key: &CacheKey, bytes: &[u8]) -> Option<Bytes> {
+    /// Bytes `range` of the blob under `key` (read, not mapped).
+    pub(super) fn read(&self, key: &CacheKey, range: std::ops::Range<u64>) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let len = self.len(key).ok_or_else(|| std::io::Error::other("no such cache file"))?;
+        if range.start > range.end || range.end > len {
+            return Err(std::io::Error::other(format!("range {range:?} of a {len}-byte cache file")));
+        }
+        let file = crate::onnx::mmap::open_regular(&self.path(key))?;
+        let mut out = vec![0u8; (range.end - range.start) as usize];
+        file.read_exact_at(&mut out, range.start)?;
+        Ok(out)
+    }
+
+    /// Writes `bytes` under `key`; `false` where the disk refused (full,
+    /// read-only: memory serves then).
+    pub(super) fn put(&self, key: &CacheKey, bytes: &[u8]) -> bool {
         let path = self.path(key);
-        match write(&path, bytes).and_then(|()| map_checked(&path).ok_or_else(|| std::io::Error::other("unreadable"))) {
-            Ok(blob) => {
-                self.held.lock().ok()?.insert(key.clone(), blob.clone());
-                Some(blob)
+        match write(&path, bytes) {
+            Ok(()) => {
+                if let Ok(mut held) = self.held.lock() {
+                    held.insert(key.clone(), bytes.len() as u64);
+                }
+                true
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), "cannot write to the cache folder; keeping the blob in memory: {e}");
-                None
+                false
             }
         }
     }
 
     /// Forgets the blobs of `model` other than `version`'s, and removes their
-    /// files (a response still sending one keeps its map: unlinking a mapped
-    /// file frees it only when the map goes).
+    /// files (a response reading one then ends with an error: it belonged to
+    /// a version no longer served).
     pub(super) fn retire(&self, model: &str, version: &str) {
         if let Ok(mut held) = self.held.lock() {
             held.retain(|k, _| k.model != model || k.version == version);
@@ -108,9 +125,9 @@ impl Disk {
         }
     }
 
-    /// Bytes of blobs mapped now.
+    /// Bytes of the blobs known now.
     pub(super) fn held_bytes(&self) -> u64 {
-        self.held.lock().map_or(0, |h| h.values().map(|b| b.len() as u64).sum())
+        self.held.lock().map_or(0, |h| h.values().sum())
     }
 }
 
@@ -118,13 +135,17 @@ impl Disk {
 fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(bytes)?;
-    tmp.1.write_all(&(bytes.len() as u64).to_le_bytes())?;
-    tmp.1.write_all(&crc32fast::hash(bytes).to_le_bytes())?;
-    std::fs::rename(&tmp.0, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp.0);
-    })
+    let (tmp, mut file) = tempfile_in(dir)?;
+    let written = (|| {
+        file.write_all(bytes)?;
+        file.write_all(&(bytes.len() as u64).to_le_bytes())?;
+        file.write_all(&crc32fast::hash(bytes).to_le_bytes())?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// A new file in `dir` under a name no other writer uses.
@@ -137,18 +158,37 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     Ok((path, file))
 }
 
-/// The blob in the file at `path`, if its trailer matches.
-fn map_checked(path: &Path) -> Option<Bytes> {
-    let file = crate::onnx::mmap::open_regular(path).ok()?;
-    // SAFETY: cache files are written beside their name and renamed into
-    // place, never changed in place, in a folder only weightcast writes
-    // (this module's contract, documented for operators in the README).
-    let map = unsafe { crate::onnx::mmap::map(&file) }.ok()?;
-    let len = map.len().checked_sub(TRAILER)?;
-    let (stored_len, stored_crc) = map[len..].split_at(8);
-    let ok = u64::from_le_bytes(stored_len.try_into().ok()?) == len as u64
-        && u32::from_le_bytes(stored_crc.try_into().ok()?) == crc32fast::hash(&map[..len]);
-    ok.then(|| map.slice(..len))
+/// The blob length of the file at `path` if its trailer matches; `Ok(None)`
+/// when there is no file.
+fn checked_len(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::io::Read;
+    let file = match crate::onnx::mmap::open_regular(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let total = file.metadata()?.len();
+    let len = total.checked_sub(TRAILER as u64).ok_or_else(|| std::io::Error::other("shorter than its trailer"))?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file.take(len));
+    loop {
+        let buf = std::io::BufRead::fill_buf(&mut reader)?;
+        if buf.is_empty() {
+            break;
+        }
+        crc.update(buf);
+        let n = buf.len();
+        std::io::BufRead::consume(&mut reader, n);
+    }
+    let mut trailer = [0u8; TRAILER];
+    reader.into_inner().into_inner().read_exact(&mut trailer)?;
+    let (stored_len, stored_crc) = trailer.split_at(8);
+    let ok = u64::from_le_bytes(stored_len.try_into().unwrap_or_default()) == len
+        && u32::from_le_bytes(stored_crc.try_into().unwrap_or_default()) == crc.finalize();
+    if !ok {
+        return Err(std::io::Error::other("its length or CRC-32 does not match its contents"));
+    }
+    Ok(Some(len))
 }
 
 #[cfg(test)]
@@ -164,22 +204,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
         let disk = Disk::open(dir.path()).unwrap();
-        let mapped = disk.put(&key("aa", 1), &blob).unwrap();
-        assert_eq!(&mapped[..], &blob[..]);
-        disk.put(&key("bb", 1), &blob).unwrap();
+        assert!(disk.put(&key("aa", 1), &blob));
+        assert_eq!(disk.read(&key("aa", 1), 10..5000).unwrap(), &blob[10..5000]);
+        assert!(disk.read(&key("aa", 1), 10..300_000).is_err(), "past the blob");
+        assert!(disk.put(&key("bb", 1), &blob));
         // A new process finds them.
         let again = Disk::open(dir.path()).unwrap();
-        assert_eq!(&again.get(&key("aa", 1)).unwrap()[..], &blob[..]);
-        assert!(again.get(&key("aa", 2)).is_none());
+        assert_eq!(again.len(&key("aa", 1)), Some(blob.len() as u64));
+        assert_eq!(again.read(&key("aa", 1), 0..blob.len() as u64).unwrap(), blob);
+        assert!(again.len(&key("aa", 2)).is_none());
         // A damaged file is refused and removed.
         let path = again.path(&key("bb", 1));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(again.get(&key("bb", 1)).is_none());
+        assert!(again.len(&key("bb", 1)).is_none());
         assert!(!path.exists());
         // Retiring keeps only the named version.
-        again.put(&key("bb", 1), &blob).unwrap();
+        again.put(&key("bb", 1), &blob);
         again.retire("m", "bb");
         assert!(!again.path(&key("aa", 1)).exists() && again.path(&key("bb", 1)).exists());
         assert_eq!(again.held_bytes(), blob.len() as u64);

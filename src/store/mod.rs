@@ -164,6 +164,9 @@ impl Model {
                 let tensors = (0..self.tensors.len())
                     .map(|i| {
                         let t = &self.tensors[i];
+                        if let Some(meta) = self.large_cast_meta(i, target) {
+                            return meta;
+                        }
                         match self.cast_data(i, target) {
                             Some((bytes, overflowed)) => TensorMeta {
                                 dtype: target.dtype(),
@@ -180,6 +183,34 @@ impl Model {
                 Arc::new(View::new(&self.tensors, tensors, &self.graph_sha256))
             })
             .clone()
+    }
+
+    /// The facts of a cast too large to cache in memory (over an eighth of
+    /// the budget), computed a window at a time: the cast is never whole in
+    /// memory (responses cast their windows as they send them).
+    fn large_cast_meta(&self, index: usize, target: Target) -> Option<TensorMeta> {
+        let t = &self.tensors[index];
+        let TensorData::Bytes(stored) = &t.data else { return None };
+        let (from, to) = (t.dtype.bits()? as usize / 8, target.dtype().bits()? as usize / 8);
+        if !cast::applies(t.dtype) || from == 0 || ((stored.len() / from * to) as u64) <= self.cache.budget() / 8 {
+            return None;
+        }
+        let (mut sha, mut crc, mut overflowed, mut nbytes) = (Sha256::new(), crc32fast::Hasher::new(), 0, 0);
+        for window in stored.chunks(CAST_WINDOW_ELEMENTS * from) {
+            let c = cast::cast(t.dtype, window, target)?;
+            sha.update(&c.bytes);
+            crc.update(&c.bytes);
+            overflowed += c.overflowed;
+            nbytes += c.bytes.len() as u64;
+        }
+        Some(TensorMeta {
+            dtype: target.dtype(),
+            source_dtype: Some(t.dtype),
+            nbytes,
+            sha256: sha.finalize().into(),
+            crc32: crc.finalize(),
+            overflowed,
+        })
     }
 
     /// A tensor's data in a representation: the stored bytes (zero copy), or
@@ -209,11 +240,11 @@ impl Model {
         }
         let (from, to) = (t.dtype.bits().unwrap_or(32) as usize / 8, target.dtype().bits().unwrap_or(16) as usize / 8);
         let whole = (stored.len() / from * to) as u64;
-        let cached = self.cache.get(&self.cache_key(index, format!("cast-{target:?}")));
-        if let Some(bytes) =
-            cached.or_else(|| (whole <= self.cache.budget() / 8).then(|| self.data(index, repr).bytes()))
-        {
-            return bytes.slice(range);
+        if let Some(bytes) = self.cache.get_range(&self.cache_key(index, format!("cast-{target:?}")), range.clone()) {
+            return bytes;
+        }
+        if whole <= self.cache.budget() / 8 {
+            return self.data(index, repr).bytes().slice(range);
         }
         // Whole elements around the window, cast, then cut to it.
         let (first, last) = (range.start / to, range.end.div_ceil(to));
@@ -677,6 +708,9 @@ pub fn specs(named: &[(Option<String>, PathBuf)]) -> Result<Vec<ModelSpec>, Spec
     Ok(out)
 }
 
+/// Elements cast at a time where a cast is not made whole.
+const CAST_WINDOW_ELEMENTS: usize = 1 << 20;
+
 /// [`Model::cache_key`]'s `tensor` for bytes about the whole model.
 pub const WHOLE_MODEL: usize = usize::MAX;
 
@@ -706,6 +740,14 @@ pub struct Cache {
     inner: Mutex<CacheInner>,
     in_flight: Mutex<HashMap<CacheKey, Arc<InFlight>>>,
     counts: CacheCounts,
+}
+
+/// Where a cached blob is ([`Cache::lookup`]).
+pub enum Found {
+    /// In memory.
+    Memory(Bytes),
+    /// On disk, this many bytes long.
+    Disk(usize),
 }
 
 /// What the cache did since start (for `/metrics`).
@@ -794,32 +836,63 @@ impl Cache {
         result
     }
 
-    /// Stores `bytes` on disk if large and the disk takes them (returning
-    /// the file's map), else in memory; returns the bytes to use.
+    /// Stores `bytes` on disk if large and the disk takes them, else in
+    /// memory; returns them (for the requests waiting on this computation).
     fn keep(&self, key: &CacheKey, bytes: Bytes) -> Bytes {
         if let Some(disk) = self.disk.as_ref().filter(|_| bytes.len() >= disk::DISK_FROM) {
-            if let Some(mapped) = disk.put(key, &bytes) {
-                return mapped;
+            if disk.put(key, &bytes) {
+                return bytes;
             }
         }
         self.put(key.clone(), bytes.clone());
         bytes
     }
 
-    /// The blob under `key`, if cached in memory or on disk (and marks it used).
-    pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
+    /// Where the blob under `key` is, if cached (and marks it used): bytes
+    /// in memory, or the length of a blob on disk (read it with
+    /// [`Cache::get`] or [`Cache::get_range`] when it is needed: a response
+    /// lists its frames when it starts, and reads each one when it gets there).
+    pub fn lookup(&self, key: &CacheKey) -> Option<Found> {
         let mut inner = self.inner.lock().ok()?;
         inner.clock += 1;
         let now = inner.clock;
         let found = inner.map.get_mut(key).map(|(b, last)| {
             *last = now;
-            b.clone()
+            Found::Memory(b.clone())
         });
         drop(inner);
-        let found = found.or_else(|| self.disk.as_ref().and_then(|d| d.get(key)));
+        let found = found.or_else(|| self.disk.as_ref().and_then(|d| d.len(key)).map(|n| Found::Disk(n as usize)));
         let counter = if found.is_some() { &self.counts.hits } else { &self.counts.misses };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         found
+    }
+
+    /// The blob under `key`, whole, if cached (read from disk if there).
+    pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
+        match self.lookup(key)? {
+            Found::Memory(b) => Some(b),
+            Found::Disk(n) => self.read_disk(key, 0..n),
+        }
+    }
+
+    /// Bytes `range` of the blob under `key`, if cached: a disk blob is read
+    /// for that range only.
+    pub fn get_range(&self, key: &CacheKey, range: std::ops::Range<usize>) -> Option<Bytes> {
+        match self.lookup(key)? {
+            Found::Memory(b) => (range.end <= b.len()).then(|| b.slice(range)),
+            Found::Disk(_) => self.read_disk(key, range),
+        }
+    }
+
+    fn read_disk(&self, key: &CacheKey, range: std::ops::Range<usize>) -> Option<Bytes> {
+        let disk = self.disk.as_ref()?;
+        match disk.read(key, range.start as u64..range.end as u64) {
+            Ok(b) => Some(b.into()),
+            Err(e) => {
+                tracing::warn!(model = %key.model, "cannot read a cache file: {e}");
+                None
+            }
+        }
     }
 
     /// Keeps `bytes` unless they alone exceed the budget.
