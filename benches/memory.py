@@ -6,7 +6,8 @@ Loopback only; release build. Every target is printed with its figure, the
 baseline it is compared with (measured in the same run), and PASS/MISS.
 
     .venv/bin/python benches/memory.py            # 250 MB and 1 GB models (~3 min, ~5 GB of disk)
-    .venv/bin/python benches/memory.py --quick    # a 64 MB model (the form the test suite runs)
+    .venv/bin/python benches/memory.py --quick    # a 64 MB model
+    (the test suite runs `--quick --skip-nginx` with the debug build: tests/python/test_memory.py)
 
 Targets (issue #12, part 5):
   idle anonymous RSS <= 48 MiB + the memory budget;
@@ -172,7 +173,7 @@ http {{
         self.proc.wait()
 
 
-def run(binary, mb, tmp, results):
+def run(binary, mb, tmp, results, skip_nginx=False):
     model = Path(tmp) / f"m{mb}.onnx"
     make_model(model, mb)
     size_mib = model.stat().st_size / (1 << 20)
@@ -210,24 +211,25 @@ def run(binary, mb, tmp, results):
               f"(+{peak - before:.1f})  [target <= +64 MiB: {'PASS' if ok else 'MISS'}]")
 
     # zstd served from the cache folder vs nginx sending the same body precompressed.
-    body = Path(tmp) / "www"
-    body.mkdir(exist_ok=True)
-    (body / "m.pb").write_bytes(requests.get(s.url + "/v1/models/big/weights", headers={"Accept-Encoding": "identity"}).content)
-    subprocess.run(["zstd", "-q", "-3", "-f", str(body / "m.pb"), "-o", str(body / "m.pb.zst")], check=True)
-    (body / "m.pb").unlink()
-    ngx = Nginx(body, tmp)
-    try:
-        ours, ours_bytes = curl_seconds(s.url + "/v1/models/big/weights", {"Accept-Encoding": "zstd"})
-        theirs, their_bytes = curl_seconds(ngx.url + "/m.pb.zst", {})
-    finally:
-        ngx.stop()
-        shutil.rmtree(body)
-    ratio = (ours_bytes / ours) / (their_bytes / theirs)
-    r["zstd_vs_nginx"] = {"weightcast_s": ours, "weightcast_bytes": ours_bytes, "nginx_s": theirs,
-                          "nginx_bytes": their_bytes, "ratio": round(ratio, 2)}
-    print(f"  zstd download (model > {BUDGET_MIB} MiB budget, frames on disk): {ours_bytes / 1e6:.1f} MB in {ours:.3f} s; "
-          f"nginx precompressed {their_bytes / 1e6:.1f} MB in {theirs:.3f} s: {ratio:.2f}x  "
-          f"[target >= 0.8x: {'PASS' if ratio >= 0.8 else 'MISS'}]")
+    if not skip_nginx:
+        body = Path(tmp) / "www"
+        body.mkdir(exist_ok=True)
+        (body / "m.pb").write_bytes(requests.get(s.url + "/v1/models/big/weights", headers={"Accept-Encoding": "identity"}).content)
+        subprocess.run(["zstd", "-q", "-3", "-f", str(body / "m.pb"), "-o", str(body / "m.pb.zst")], check=True)
+        (body / "m.pb").unlink()
+        ngx = Nginx(body, tmp)
+        try:
+            ours, ours_bytes = curl_seconds(s.url + "/v1/models/big/weights", {"Accept-Encoding": "zstd"})
+            theirs, their_bytes = curl_seconds(ngx.url + "/m.pb.zst", {})
+        finally:
+            ngx.stop()
+            shutil.rmtree(body)
+        ratio = (ours_bytes / ours) / (their_bytes / theirs)
+        r["zstd_vs_nginx"] = {"weightcast_s": ours, "weightcast_bytes": ours_bytes, "nginx_s": theirs,
+                              "nginx_bytes": their_bytes, "ratio": round(ratio, 2)}
+        print(f"  zstd download (model > {BUDGET_MIB} MiB budget, frames on disk): {ours_bytes / 1e6:.1f} MB in {ours:.3f} s; "
+              f"nginx precompressed {their_bytes / 1e6:.1f} MB in {theirs:.3f} s: {ratio:.2f}x  "
+              f"[target >= 0.8x: {'PASS' if ratio >= 0.8 else 'MISS'}]")
     s.stop()
 
     # Warm start: the same cache folder, frames already there.
@@ -250,13 +252,14 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "weightcast"))
     ap.add_argument("--out")
+    ap.add_argument("--skip-nginx", action="store_true", help="memory figures only (the test suite's form)")
     a = ap.parse_args()
-    if not shutil.which("nginx"):
+    if not shutil.which("nginx") and not a.skip_nginx:
         sys.exit("nginx is needed for the zstd baseline: apt-get install nginx-light (scripts/bench.sh does)")
     results = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for mb in ([64] if a.quick else [250, 1000]):
-            run(a.bin, mb, tmp, results)
+            run(a.bin, mb, tmp, results, a.skip_nginx)
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
 

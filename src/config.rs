@@ -151,6 +151,11 @@ mod tests {
         let text = include_str!("../configs/weightcast.toml");
         let c = Config::parse(text).unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN);
+        // The example shows the defaults.
+        let d = Config::default();
+        assert_eq!((c.cache_bytes, c.zstd_level, c.json_max_bytes), (d.cache_bytes, d.zstd_level, d.json_max_bytes));
+        assert_eq!((c.prepare, c.cache_dir), (d.prepare, d.cache_dir));
+        assert_eq!(c.runtime.session, d.runtime.session);
     }
 
     #[test]
