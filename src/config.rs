@@ -34,6 +34,14 @@ pub struct Config {
     /// Most connections open at once; more get a fast `503`. Default: the
     /// open-files limit (raised to its hard limit at start) less 64.
     pub max_connections: Option<usize>,
+    /// Bearer tokens and the models each may read (see README, "Trust");
+    /// once set, every route but /healthz and /readyz needs one.
+    pub tokens_file: Option<PathBuf>,
+    /// Secret key file (`weightcast keygen`) that signs every manifest.
+    pub signing_key: Option<PathBuf>,
+    /// How long a manifest signature holds; manifests are signed again every
+    /// half of it, so a device refuses a hub frozen for longer than this.
+    pub manifest_validity_hours: u64,
     /// The `[runtime]` table: ONNX Runtime and its execution providers.
     pub runtime: SessionOptions,
     /// The `[[models]]` to serve, besides those named on the command line.
@@ -50,6 +58,9 @@ impl Default for Config {
             json_max_bytes: 16 << 20,
             prepare: vec!["identity".into(), "zstd".into()],
             max_connections: None,
+            tokens_file: None,
+            signing_key: None,
+            manifest_validity_hours: 168,
             runtime: SessionOptions::default(),
             models: Vec::new(),
         }
@@ -123,9 +134,11 @@ impl Config {
                 m.path = base.join(&m.path);
             }
         }
-        if let Some(lib) = &mut config.runtime.ort_lib {
-            if lib.is_relative() {
-                *lib = base.join(&*lib);
+        let paths =
+            [&mut config.runtime.ort_lib, &mut config.tokens_file, &mut config.signing_key, &mut config.cache_dir];
+        for path in paths.into_iter().flatten() {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = base.join(&*path);
             }
         }
         Ok(config)

@@ -53,6 +53,12 @@ enum Command {
         #[arg(long)]
         dest: PathBuf,
     },
+    /// Write a new Ed25519 key pair for signing manifests: PREFIX.key (secret,
+    /// mode 0600: the hub's `signing_key`) and PREFIX.pub (for `pull --trust`).
+    Keygen {
+        /// Path prefix of the two files, e.g. /etc/weightcast/hub
+        prefix: PathBuf,
+    },
     /// Write the built-in demo model to a file.
     Demo {
         /// Where to write it.
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
             weightcast::updater::rollback(&dest).map(|v| println!("current is now {v}")).map_err(|e| e.to_string())
         }
         Command::Demo { out } => demo::write(&out).map_err(|e| format!("cannot write {}: {e}", out.display())),
+        Command::Keygen { prefix } => keygen(&prefix),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -157,6 +164,11 @@ struct PullArgs {
     /// Path of libonnxruntime.so, for --check ort.
     #[arg(long)]
     ort_lib: Option<PathBuf>,
+    /// Accept only manifests signed by this public key (a .pub file from
+    /// `weightcast keygen`, or its 64 hex digits); repeat to trust several
+    /// (key rotation). Older or expired manifests are refused too.
+    #[arg(long)]
+    trust: Vec<String>,
 }
 
 /// What `weightcast pull` was told, checked: the updater's options and its client.
@@ -192,7 +204,9 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
     if output == updater::Output::Safetensors && matches!(check, Check::Load(..)) {
         return Err("--check ort loads model.onnx; with --format safetensors use --check CMD".into());
     }
-    let opts = Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone(), output, dtype: a.dtype };
+    let trust = a.trust.iter().map(|t| public_key(t)).collect::<Result<Vec<_>, _>>()?;
+    let opts =
+        Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone(), output, dtype: a.dtype, trust };
     Ok((opts, Client { token, timeout: a.timeout }))
 }
 
@@ -289,6 +303,15 @@ fn serve(
         named.push((Some("demo".into()), path));
     }
     let specs = store::specs(&named).map_err(|e| e.to_string())?;
+    // Keys and tokens first: a mistake there must not wait for the models to load.
+    let tokens = cfg.tokens_file.as_deref().map(http::Tokens::load).transpose()?;
+    let signer = match &cfg.signing_key {
+        None => None,
+        Some(path) => Some(weightcast::http::ManifestSigner {
+            key: secret_key(path)?,
+            validity_ms: cfg.manifest_validity_hours.max(1).saturating_mul(3_600_000),
+        }),
+    };
     let sessions = match cfg.runtime.engine {
         runtime::Engine::None => None,
         runtime::Engine::Ort => {
@@ -306,8 +329,8 @@ fn serve(
         }),
     });
     let store = Store::load(&specs, sessions, cache.clone());
-    let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes };
-    let state = Arc::new(http::State::new(store, options));
+    let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer };
+    let state = Arc::new(http::State::new(store, options, tokens));
     // Encodings are prepared in the background and replaced model files
     // reloaded, while requests are served (`publish`).
     let watched = state.clone();
@@ -330,6 +353,49 @@ fn serve(
     http::run(listener, state, max_connections, stop_on_signal()?).map_err(|e| format!("server stopped: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `weightcast keygen PREFIX`: PREFIX.key (0600, created new: an existing
+/// key is never overwritten) and PREFIX.pub.
+fn keygen(prefix: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use weightcast::wire::signature;
+    let key = signature::generate().map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    let with = |ext: &str| std::path::PathBuf::from(format!("{}.{ext}", prefix.display()));
+    let (secret, public) = (with("key"), with("pub"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret)
+        .and_then(|mut f| f.write_all(signature::secret_key_text(&key).as_bytes()))
+        .map_err(|e| format!("cannot create {}: {e} (an existing key is not overwritten)", secret.display()))?;
+    std::fs::write(&public, signature::public_key_text(&key.verifying_key()))
+        .map_err(|e| format!("cannot write {}: {e}", public.display()))?;
+    println!("secret key: {} (the hub's signing_key; keep it private)", secret.display());
+    println!("public key: {} (weightcast pull --trust {})", public.display(), public.display());
+    Ok(())
+}
+
+/// The hub's secret key, from the file the config names.
+fn secret_key(path: &std::path::Path) -> Result<ed25519_dalek::SigningKey, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read signing_key {}: {e}", path.display()))?;
+    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        tracing::warn!(path = %path.display(), "the signing key is readable by other users; chmod 600 it");
+    }
+    weightcast::wire::signature::parse_secret(&text, &path.display().to_string()).map_err(|e| e.to_string())
+}
+
+/// A trusted public key: a file's contents, or the hex itself.
+fn public_key(arg: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    let text = match std::fs::read_to_string(arg) {
+        Ok(text) => text,
+        Err(_) if arg.len() == 64 => arg.to_string(),
+        Err(e) => return Err(format!("--trust {arg}: cannot read it as a file ({e}), and it is not 64 hex digits")),
+    };
+    weightcast::wire::signature::parse_public(&text, &format!("--trust {arg}")).map_err(|e| e.to_string())
 }
 
 /// Responses allocate and free large buffers (a window of a cast, a piece

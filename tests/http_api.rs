@@ -15,7 +15,7 @@ fn start() -> (String, tempfile::TempDir) {
     weightcast::demo::write(&path).unwrap();
     let specs = store::specs(&[(None, path)]).unwrap();
     let store = Store::load(&specs, None, Arc::new(Cache::new(64 << 20)));
-    let state = Arc::new(State::new(store, ServeOptions::default()));
+    let state = Arc::new(State::new(store, ServeOptions::default(), None));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (keep_running, stop) = smol::channel::bounded::<()>(1);

@@ -56,6 +56,8 @@ pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
             .collect(),
         graph_sha256: hex::encode(model.graph_sha256()),
         graph_bytes: model.graph().len() as u64,
+        published_at_ms: model.published_at_ms,
+        ..Default::default()
     }
 }
 
@@ -123,6 +125,10 @@ fn manifest_json(m: &proto::Manifest) -> Value {
         "tensors": tensors,
         "graph_sha256": m.graph_sha256,
         "graph_bytes": m.graph_bytes,
+        "published_at_ms": m.published_at_ms,
+        "expires_at_ms": m.expires_at_ms,
+        "signature": hex::encode(&m.signature),
+        "signing_key": hex::encode(&m.signing_key),
     })
 }
 

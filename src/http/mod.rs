@@ -1,6 +1,7 @@
 //! The HTTP/1.1 API (smol + async-h1 + http-types): routes, negotiation,
 //! conditional requests and errors. See README.md for the API itself.
 
+mod auth;
 mod body;
 pub(crate) mod conn;
 mod metrics;
@@ -33,11 +34,38 @@ pub struct ServeOptions {
     pub zstd_level: i32,
     /// Largest tensor payload a JSON bundle may carry.
     pub json_max_bytes: u64,
+    /// Signs every manifest, where the config names a key.
+    pub signer: Option<ManifestSigner>,
+}
+
+/// The hub's manifest signing: its key, and how long a signature holds.
+#[derive(Debug, Clone)]
+pub struct ManifestSigner {
+    /// The secret key (`signing_key` in the config).
+    pub key: ed25519_dalek::SigningKey,
+    /// How long a signature is valid. Manifests are signed again every half
+    /// of it, so a device always gets one with at least half left.
+    pub validity_ms: u64,
+}
+
+impl ManifestSigner {
+    /// The signing period `now_ms` falls in (a new signature each period).
+    fn period(&self, now_ms: u64) -> u64 {
+        now_ms / (self.validity_ms / 2).max(1)
+    }
+
+    /// Signs `m` for the period `period`: expires two half-validities after
+    /// the period's start (so between half and all of the validity from now).
+    fn sign(&self, m: &mut crate::wire::proto::Manifest, period: u64) {
+        let half = (self.validity_ms / 2).max(1);
+        m.expires_at_ms = (period + 2) * half;
+        crate::wire::signature::sign(m, &self.key);
+    }
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { zstd_level: 3, json_max_bytes: 16 << 20 }
+        ServeOptions { zstd_level: 3, json_max_bytes: 16 << 20, signer: None }
     }
 }
 
@@ -47,13 +75,17 @@ pub struct State {
     pub store: Store,
     /// Encoding choices from the config.
     pub options: ServeOptions,
+    /// Who may read what; `None`: everyone (no `tokens_file`).
+    pub tokens: Option<Tokens>,
     metrics: metrics::Metrics,
 }
 
+pub use auth::Tokens;
+
 impl State {
     /// What the handlers of a server of `store` see.
-    pub fn new(store: Store, options: ServeOptions) -> State {
-        State { store, options, metrics: metrics::Metrics::default() }
+    pub fn new(store: Store, options: ServeOptions, tokens: Option<Tokens>) -> State {
+        State { store, options, tokens, metrics: metrics::Metrics::default() }
     }
 }
 
@@ -64,11 +96,13 @@ pub struct ApiError {
     error: String,
     detail: String,
     allow: bool,
+    /// `WWW-Authenticate` value of a `401`.
+    challenge: Option<&'static str>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>, detail: impl Into<String>) -> ApiError {
-        ApiError { status, error: error.into(), detail: detail.into(), allow: false }
+        ApiError { status, error: error.into(), detail: detail.into(), allow: false, challenge: None }
     }
 
     fn into_response(self) -> Response {
@@ -80,7 +114,44 @@ impl ApiError {
         if self.allow {
             r.insert_header("Allow", "GET, HEAD");
         }
+        if let Some(challenge) = self.challenge {
+            r.insert_header("WWW-Authenticate", challenge);
+        }
         r
+    }
+}
+
+/// The `401` of a request without a usable token.
+fn unauthorized(refusal: auth::Refusal) -> ApiError {
+    let (detail, challenge) = match refusal {
+        auth::Refusal::Missing => {
+            ("this server needs a token: send `Authorization: Bearer TOKEN`", r#"Bearer realm="weightcast""#)
+        }
+        auth::Refusal::Invalid => (
+            "the token is not valid here (expired, revoked or mistyped)",
+            r#"Bearer realm="weightcast", error="invalid_token""#,
+        ),
+    };
+    ApiError { challenge: Some(challenge), ..ApiError::new(StatusCode::Unauthorized, "unauthorized", detail) }
+}
+
+/// What the request's token may read: everything where no tokens are
+/// configured; else its grant, or the `401`.
+fn scope(state: &State, req: &Request) -> Result<auth::Scope, ApiError> {
+    match &state.tokens {
+        None => Ok(auth::Scope::All),
+        Some(tokens) => tokens.scope(req.header("Authorization").map(|v| v.as_str())).map_err(unauthorized),
+    }
+}
+
+/// The `403` unless `scope` may read `model` (percent-encoded as in the path).
+fn may_read(scope: &auth::Scope, model: &str) -> Result<(), ApiError> {
+    let name = percent_decode(model);
+    match scope.may_read(&name) {
+        true => Ok(()),
+        false => {
+            Err(ApiError::new(StatusCode::Forbidden, "forbidden", format!("this token may not read model '{name}'")))
+        }
     }
 }
 
@@ -275,6 +346,13 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
         accept: header("Accept"),
         encoding: negotiate::encoding(header("Accept-Encoding").as_deref()),
     };
+    // Health and readiness stay open to probes; everything else needs a token
+    // once tokens are configured.
+    let open = matches!(segments.as_slice(), ["healthz"] | ["readyz"]);
+    let scope = if open { auth::Scope::All } else { scope(&state, &req)? };
+    if let ["v1", "models", model, ..] = segments.as_slice() {
+        may_read(&scope, model)?;
+    }
     match segments.as_slice() {
         ["healthz"] => {
             negotiate::query(pairs, &[]).map_err(bad_request)?;
@@ -294,7 +372,7 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
         }
         ["v1", "models"] => {
             let q = negotiate::query(pairs, &["format"]).map_err(bad_request)?;
-            listing(&state, &ask, &q)
+            listing(&state, &ask, &q, &scope)
         }
         ["v1", "models", model] => {
             let q = negotiate::query(pairs, &["format", "dtype"]).map_err(bad_request)?;
@@ -370,9 +448,10 @@ fn readyz(state: &State) -> Response {
 }
 
 /// `/v1/models`: every model, loaded or failed.
-fn listing(state: &State, ask: &Ask, q: &Query) -> Result<Response, ApiError> {
+fn listing(state: &State, ask: &Ask, q: &Query, scope: &auth::Scope) -> Result<Response, ApiError> {
     let format = ask.format(Format::DOCUMENTS, q)?;
-    let entries = state.store.entries();
+    // A token sees the models it may read.
+    let entries: Vec<_> = state.store.entries().into_iter().filter(|e| scope.may_read(e.name())).collect();
     let body = manifest::render_listing(&manifest::listing(&entries), format);
     let versions: Vec<String> = entries
         .iter()
@@ -387,14 +466,21 @@ fn listing(state: &State, ask: &Ask, q: &Query) -> Result<Response, ApiError> {
 /// `/v1/models/{model}`: the manifest of a representation.
 async fn model_manifest(state: &State, ask: &Ask, q: &Query, model: Arc<Model>) -> Result<Response, ApiError> {
     let format = ask.format(Format::DOCUMENTS, q)?;
-    let etag = ask.etag(model.version(), &format!("manifest|{:?}", q.dtype), format);
+    // A signed manifest changes each signing period: so does its ETag.
+    let signer = state.options.signer.clone();
+    let period = signer.as_ref().map(|s| s.period(crate::store::unix_ms()));
+    let etag = ask.etag(model.version(), &format!("manifest|{:?}|{period:?}", q.dtype), format);
     if ask.not_modified(&etag) {
         return Ok(ask.not_modified_response(&etag, format));
     }
     let (m, repr) = (model.clone(), q.dtype);
-    let variant = format!("manifest-{repr:?}-{}", format.name());
+    let variant = format!("manifest-{repr:?}-{}-{period:?}", format.name());
     let body = model_document(&model, variant, ask.encoding, state.options.zstd_level, move || {
-        Ok(manifest::render_manifest(&manifest::manifest(&m, &m.view(repr)), format))
+        let mut doc = manifest::manifest(&m, &m.view(repr));
+        if let (Some(signer), Some(period)) = (signer, period) {
+            signer.sign(&mut doc, period);
+        }
+        Ok(manifest::render_manifest(&doc, format))
     })
     .await?;
     let mut r = Response::new(StatusCode::Ok);

@@ -109,6 +109,9 @@ pub struct Model {
     pub runtime: RuntimeInfo,
     /// How long loading took (reading, session, digests, graph), in ms.
     pub load_ms: u64,
+    /// When this version was loaded (Unix ms): its publication time in a
+    /// signed manifest.
+    pub published_at_ms: u64,
     /// The external data files it was read from (watched for changes).
     pub external_files: Vec<PathBuf>,
     index: HashMap<String, usize>,
@@ -367,6 +370,7 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
         graph,
         graph_sha256,
         load_ms: started.elapsed().as_millis() as u64,
+        published_at_ms: unix_ms(),
         external_files: onnx.external_files,
         _session: session,
         cache,
@@ -486,6 +490,16 @@ pub enum Entry {
         /// Why.
         error: String,
     },
+}
+
+impl Entry {
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Entry::Loaded(m) => &m.name,
+            Entry::Failed { name, .. } => name,
+        }
+    }
 }
 
 /// What identifies a file's content cheaply: replaced files (renamed over)
@@ -706,6 +720,11 @@ pub fn specs(named: &[(Option<String>, PathBuf)]) -> Result<Vec<ModelSpec>, Spec
         out.push(ModelSpec { name, path: path.clone() });
     }
     Ok(out)
+}
+
+/// Now, in ms since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Elements cast at a time where a cast is not made whole.

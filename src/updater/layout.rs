@@ -30,6 +30,28 @@ pub(super) struct SavedState {
     pub(super) etag: Option<String>,
     /// Versions that failed their check; not retried until the hub moves on.
     pub(super) rejected: Vec<String>,
+    /// The signed publication time of the manifest the current version came
+    /// with (`--trust`): an older one is a rollback.
+    #[serde(default)]
+    pub(super) published_at_ms: Option<u64>,
+    /// When that manifest's signature expires: a hub still answering `304`
+    /// after it has frozen.
+    #[serde(default)]
+    pub(super) expires_at_ms: Option<u64>,
+}
+
+impl SavedState {
+    /// Remembers the signed times of the manifest the current version came with.
+    pub(super) fn signed_times(&mut self, m: &crate::wire::proto::Manifest) {
+        let signed = !m.signature.is_empty();
+        self.published_at_ms = signed.then_some(m.published_at_ms);
+        self.expires_at_ms = signed.then_some(m.expires_at_ms);
+    }
+}
+
+/// Now, in ms since the Unix epoch.
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(super) struct Dest {

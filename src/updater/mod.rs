@@ -78,6 +78,9 @@ pub struct Options {
     pub check: Check,
     /// Run after a successful switch (`sh -c`), with `$WEIGHTCAST_DIR`.
     pub exec: Option<String>,
+    /// Keys whose signature a manifest must carry (`--trust`); empty: no
+    /// signature is asked for.
+    pub trust: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 /// How a round ended.
@@ -124,6 +127,8 @@ pub enum UpdateError {
     Unconditional304 { url: String },
     #[error("the hub's manifest is unusable: {problem}; the current version is kept")]
     Manifest { problem: String },
+    #[error("refused the hub's manifest: {0}; the current version is kept")]
+    Untrusted(#[from] crate::wire::signature::SignatureError),
     #[error("the hub's graph is not the one its manifest names: {problem}; the current version is kept")]
     Graph { problem: String },
     #[error("tensor '{name}': {problem}; the current version is kept and the next round fetches it again")]
@@ -508,10 +513,13 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     let hub = Hub::new(opts);
     let etag = state.etag.clone().filter(|_| current.is_some());
     let Some(offer) = fetch_manifest(client, &hub, etag.as_deref()).await? else {
+        still_signed(opts, &state)?;
         return Ok(Outcome::Current { version: current.map(|c| c.0) });
     };
+    trusted(opts, &offer.manifest, &state)?;
     if current.as_ref().is_some_and(|(v, _)| *v == offer.manifest.version) {
         state.etag = offer.etag;
+        state.signed_times(&offer.manifest);
         dest.save_state(&state)?;
         return Ok(Outcome::Current { version: Some(offer.manifest.version) });
     }
@@ -540,6 +548,29 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     check_and_switch(opts, &dest, &mut state, offer, tmp, outcome).await
 }
 
+/// With `--trust`: the manifest is signed by a trusted key, not expired, and
+/// not published before the one the current version came with.
+fn trusted(opts: &Options, manifest: &Manifest, state: &layout::SavedState) -> Result<(), UpdateError> {
+    if opts.trust.is_empty() {
+        return Ok(());
+    }
+    let now = layout::unix_ms();
+    crate::wire::signature::check(manifest, &opts.trust, now, state.published_at_ms)?;
+    Ok(())
+}
+
+/// With `--trust`, a `304` is only as good as the signature of the manifest
+/// it confirms: once that has expired, the hub (or a mirror) is frozen.
+fn still_signed(opts: &Options, state: &layout::SavedState) -> Result<(), UpdateError> {
+    let now = layout::unix_ms();
+    match state.expires_at_ms {
+        Some(expired_at_ms) if !opts.trust.is_empty() && expired_at_ms <= now => {
+            Err(crate::wire::signature::SignatureError::Expired { expired_at_ms, now_ms: now }.into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Step 6: check the new version; switch `current` to it, or set it aside.
 async fn check_and_switch(
     opts: &Options,
@@ -549,7 +580,7 @@ async fn check_and_switch(
     tmp: PathBuf,
     updated: Outcome,
 ) -> Result<Outcome, UpdateError> {
-    let version = offer.manifest.version;
+    let version = offer.manifest.version.clone();
     if let Err(reason) = check(&opts.check, &tmp).await {
         let aside = dest.reject(&tmp, &version)?;
         state.rejected.push(version.clone());
@@ -559,6 +590,7 @@ async fn check_and_switch(
     }
     let dir = dest.commit(&tmp, &version)?;
     dest.switch(&version)?;
+    state.signed_times(&offer.manifest);
     state.etag = offer.etag;
     state.rejected.clear();
     dest.save_state(state)?;

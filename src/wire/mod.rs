@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::onnx::{DataType, TensorData};
 
+pub mod signature;
+
 /// Messages of `proto/weightcast/v1/weightcast.proto`.
 #[allow(clippy::all, missing_docs)]
 pub mod proto {

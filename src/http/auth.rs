@@ -1,0 +1,180 @@
+//! Bearer tokens: who may read which models.
+//!
+//! The tokens file (`tokens_file` in the config) holds one grant per line,
+//! `TOKEN MODELS`, where `MODELS` is `*` or model names separated by commas;
+//! `#` starts a comment. Once a file is configured every route but
+//! `/healthz` and `/readyz` needs a token: `401` without a valid one, `403`
+//! for a model the token may not read. Only the sha256 of each token is kept,
+//! and a presented token's digest is compared with every grant's in constant
+//! time; tokens are never logged. The file is looked at again (by its inode,
+//! size and modification time) at most once a second, so a change applies
+//! without a restart; a file that no longer parses keeps the last good
+//! grants, with an error in the log.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// The models a token may read.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Scope {
+    All,
+    Models(Vec<String>),
+}
+
+impl Scope {
+    pub(super) fn may_read(&self, model: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Models(names) => names.iter().any(|n| n == model),
+        }
+    }
+}
+
+struct Grant {
+    digest: [u8; 32],
+    scope: Scope,
+}
+
+/// Why a request carries no usable token.
+#[derive(Debug, PartialEq)]
+pub(super) enum Refusal {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// A token no grant has.
+    Invalid,
+}
+
+type Stamp = Option<(u64, u64, Option<std::time::SystemTime>)>;
+
+/// The grants of a tokens file, re-read when it changes.
+pub struct Tokens {
+    path: PathBuf,
+    current: Mutex<(Stamp, Instant, Arc<Vec<Grant>>)>,
+}
+
+/// How often the file is looked at, at most.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.ino(), m.len(), m.modified().ok()))
+}
+
+fn parse(text: &str, path: &Path) -> Result<Vec<Grant>, String> {
+    let mut grants = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (token, models) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("{}:{}: expected `TOKEN MODELS` (MODELS: * or a,b,c)", path.display(), n + 1))?;
+        if token.len() < 16 {
+            return Err(format!("{}:{}: a token must have at least 16 characters", path.display(), n + 1));
+        }
+        let models = models.trim();
+        let scope = match models {
+            "*" => Scope::All,
+            _ => Scope::Models(models.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect()),
+        };
+        grants.push(Grant { digest: Sha256::digest(token.as_bytes()).into(), scope });
+    }
+    Ok(grants)
+}
+
+/// Equality of two digests in time independent of where they differ.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The grants are digests, but nothing of them belongs in a log.
+        f.debug_struct("Tokens").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Tokens {
+    /// Reads the grants at `path`; an unreadable or malformed file is an
+    /// error at start.
+    pub fn load(path: &Path) -> Result<Tokens, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read tokens_file {}: {e}", path.display()))?;
+        let grants = parse(&text, path)?;
+        let current = Mutex::new((stamp(path), Instant::now(), Arc::new(grants)));
+        Ok(Tokens { path: path.to_path_buf(), current })
+    }
+
+    /// The grants now: the file is looked at again once a second at most.
+    fn grants(&self) -> Arc<Vec<Grant>> {
+        let Ok(mut current) = self.current.lock() else { return Arc::new(Vec::new()) };
+        if current.1.elapsed() >= LOOK_EVERY {
+            current.1 = Instant::now();
+            let now = stamp(&self.path);
+            if now != current.0 {
+                current.0 = now;
+                match std::fs::read_to_string(&self.path).map_err(|e| e.to_string()).and_then(|t| parse(&t, &self.path))
+                {
+                    Ok(grants) => {
+                        tracing::info!(path = %self.path.display(), tokens = grants.len(), "tokens file re-read");
+                        current.2 = Arc::new(grants);
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %self.path.display(), "tokens file not re-read; the last good one stays: {e}")
+                    }
+                }
+            }
+        }
+        current.2.clone()
+    }
+
+    /// What the `Authorization` header's token may read.
+    pub(super) fn scope(&self, authorization: Option<&str>) -> Result<Scope, Refusal> {
+        let token = authorization
+            .and_then(|h| h.trim().strip_prefix("Bearer ").or_else(|| h.trim().strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Refusal::Missing)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Every grant is compared, whether or not an earlier one matched.
+        let mut found = None;
+        for grant in self.grants().iter() {
+            if same(&grant.digest, &digest) && found.is_none() {
+                found = Some(grant.scope.clone());
+            }
+        }
+        found.ok_or(Refusal::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_scope_models_and_a_changed_file_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "# fleet\nreader-token-0123456789 *\nedge-token-0123456789 detector, encoder\n").unwrap();
+        let t = Tokens::load(&path).unwrap();
+        assert_eq!(t.scope(Some("Bearer reader-token-0123456789")), Ok(Scope::All));
+        let edge = t.scope(Some("Bearer edge-token-0123456789")).unwrap();
+        assert!(edge.may_read("encoder") && !edge.may_read("other"));
+        assert_eq!(t.scope(None), Err(Refusal::Missing));
+        assert_eq!(t.scope(Some("Basic abc")), Err(Refusal::Missing));
+        assert_eq!(t.scope(Some("Bearer wrong-token-0123456789")), Err(Refusal::Invalid));
+        std::fs::write(&path, "new-token-0123456789xyz detector\n").unwrap();
+        std::thread::sleep(LOOK_EVERY + Duration::from_millis(50));
+        assert_eq!(t.scope(Some("Bearer reader-token-0123456789")), Err(Refusal::Invalid));
+        assert!(t.scope(Some("Bearer new-token-0123456789xyz")).is_ok());
+        std::fs::write(&path, "short *\n").unwrap();
+        std::thread::sleep(LOOK_EVERY + Duration::from_millis(50));
+        assert!(t.scope(Some("Bearer new-token-0123456789xyz")).is_ok(), "a bad file keeps the last good grants");
+        assert!(Tokens::load(&path).unwrap_err().contains("at least 16"));
+    }
+}
