@@ -53,6 +53,16 @@ enum Command {
         #[arg(long)]
         dest: PathBuf,
     },
+    /// Check, offline, the version a device holds: the manifest's version
+    /// formula and signature, the graph's and every tensor file's digest.
+    Verify {
+        /// The folder `weightcast pull --dest` keeps.
+        #[arg(long)]
+        dest: PathBuf,
+        /// Require a manifest signed by this public key (repeatable).
+        #[arg(long)]
+        trust: Vec<String>,
+    },
     /// Write a new Ed25519 key pair for signing manifests: PREFIX.key (secret,
     /// mode 0600: the hub's `signing_key`) and PREFIX.pub (for `pull --trust`).
     Keygen {
@@ -90,6 +100,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { out } => demo::write(&out).map_err(|e| format!("cannot write {}: {e}", out.display())),
         Command::Keygen { prefix } => keygen(&prefix),
+        Command::Verify { dest, trust } => verify(&dest, &trust),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -375,6 +386,24 @@ fn keygen(prefix: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", public.display()))?;
     println!("secret key: {} (the hub's signing_key; keep it private)", secret.display());
     println!("public key: {} (weightcast pull --trust {})", public.display(), public.display());
+    Ok(())
+}
+
+/// `weightcast verify --dest DIR [--trust KEY]`.
+fn verify(dest: &std::path::Path, trust: &[String]) -> Result<(), String> {
+    let keys = trust.iter().map(|t| public_key(t)).collect::<Result<Vec<_>, _>>()?;
+    let v = weightcast::updater::verify(dest, &keys).map_err(|e| format!("{}: not verified: {e}", dest.display()))?;
+    let signed = match &v.signed_by {
+        Some(key) => {
+            let expired = v.expires_at_ms <= weightcast::store::unix_ms();
+            format!(
+                "; signed by {key}{}",
+                if expired { " (signature expired since: pull would refuse it now)" } else { "" }
+            )
+        }
+        None => String::new(),
+    };
+    println!("verified: model {} version {}, {} tensors match{signed}", v.model, v.version, v.tensors);
     Ok(())
 }
 

@@ -9,6 +9,9 @@
 mod client;
 mod layout;
 mod stfile;
+mod verify;
+
+pub use verify::{verify, Verified, VerifyError};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -432,7 +435,7 @@ async fn fetch_tensors(
         same_model(&r, &offer.model_version)?;
         wire_bytes += r.wire_bytes as u64;
         for (name, data) in assemble(&r.body)? {
-            verify(&digests, &name, &data)?;
+            verify_tensor(&digests, &name, &data)?;
             bar.inc(data.len() as u64);
             fetched.insert(name, Fetched::Bytes(data));
         }
@@ -606,7 +609,7 @@ async fn check_and_switch(
 /// later round resumes with `Range` after a cut.
 const RESUME_FROM: u64 = 8 << 20;
 
-fn verify(digests: &HashMap<&str, &str>, name: &str, data: &[u8]) -> Result<(), UpdateError> {
+fn verify_tensor(digests: &HashMap<&str, &str>, name: &str, data: &[u8]) -> Result<(), UpdateError> {
     let want = digests.get(name).ok_or_else(|| tensor_error(name, "sent, but not in the manifest"))?;
     if hex::encode(Sha256::digest(data)) != *want {
         return Err(tensor_error(name, "its bytes' sha256 is not the manifest's"));

@@ -60,6 +60,11 @@ impl Current {
         self.index.contains_key(name)
     }
 
+    /// Where tensor `name`'s bytes lie in the file: (offset, length).
+    pub(super) fn range(&self, name: &str) -> Option<(u64, u64)> {
+        self.index.get(name).map(|r| (self.data_start + r.start, r.end - r.start))
+    }
+
     fn len(&self, name: &str) -> Option<u64> {
         self.index.get(name).map(|r| r.end - r.start)
     }

@@ -247,3 +247,27 @@ def test_tokens_401_403_and_open_probes(serve, tmp_path):
     assert s.get("/v1/models/a", headers=auth(everyone)).status_code == 403
     logs = s.logs()
     assert everyone not in logs and only_a not in logs, "tokens never reach the log"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "safetensors"])
+def test_a_device_verifies_what_it_holds_offline(serve, tmp_path, fmt):
+    secret, public = keygen(tmp_path / "hub")
+    other, other_pub = keygen(tmp_path / "other")
+    s = hub(serve, tmp_path, secret)
+    dest = tmp_path / "device"
+    assert pull(f"{s.url}/v1/models/m", dest, "--trust", public, "--format", fmt)[0] == 0
+    s.stop()  # offline from here
+    run = lambda *a: subprocess.run([str(binary()), "verify", "--dest", str(dest), *a], capture_output=True, text=True)
+    r = run("--trust", public)
+    assert r.returncode == 0 and "verified" in r.stdout and "2 tensors match" in r.stdout, r.stdout + r.stderr
+    r = run("--trust", other_pub)
+    assert r.returncode == 1 and "not among the trusted keys" in r.stderr
+    # One flipped byte in a tensor's file.
+    current = dest / "current"
+    target = next((current / "tensors").iterdir()) if fmt == "onnx" else current / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 1
+    os.chmod(target, 0o644)
+    target.write_bytes(bytes(data))
+    r = run("--trust", public)
+    assert r.returncode == 1 and "not verified" in r.stderr and "sha256" in r.stderr, r.stderr
