@@ -83,5 +83,24 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(micro, benches);
+/// What signing costs the hub and checking costs a device, per manifest.
+fn signatures(c: &mut Criterion) {
+    use weightcast::wire::{proto::Manifest, signature};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let mut m = Manifest {
+        model: "detector".into(),
+        version: "ab".repeat(32),
+        published_at_ms: 1,
+        expires_at_ms: u64::MAX,
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("signature");
+    g.bench_function("sign_manifest", |b| b.iter(|| signature::sign(black_box(&mut m), &key)));
+    signature::sign(&mut m, &key);
+    let trusted = [key.verifying_key()];
+    g.bench_function("check_manifest", |b| b.iter(|| signature::check(black_box(&m), &trusted, 0, None)));
+    g.finish();
+}
+
+criterion_group!(micro, benches, signatures);
 criterion_main!(micro);
