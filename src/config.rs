@@ -42,6 +42,8 @@ pub struct Config {
     /// How long a manifest signature holds; manifests are signed again every
     /// half of it, so a device refuses a hub frozen for longer than this.
     pub manifest_validity_hours: u64,
+    /// The `[tls]` table: serve HTTPS with this certificate chain and key.
+    pub tls: Option<TlsFiles>,
     /// The `[runtime]` table: ONNX Runtime and its execution providers.
     pub runtime: SessionOptions,
     /// The `[[models]]` to serve, besides those named on the command line.
@@ -61,6 +63,7 @@ impl Default for Config {
             tokens_file: None,
             signing_key: None,
             manifest_validity_hours: 168,
+            tls: None,
             runtime: SessionOptions::default(),
             models: Vec::new(),
         }
@@ -82,6 +85,16 @@ impl Config {
             }
         }
     }
+}
+
+/// The `[tls]` table: PEM files, re-read when they change.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// A `[[models]]` entry.
@@ -134,9 +147,10 @@ impl Config {
                 m.path = base.join(&m.path);
             }
         }
+        let tls = config.tls.as_mut().map(|t| [&mut t.cert, &mut t.key]).into_iter().flatten();
         let paths =
             [&mut config.runtime.ort_lib, &mut config.tokens_file, &mut config.signing_key, &mut config.cache_dir];
-        for path in paths.into_iter().flatten() {
+        for path in paths.into_iter().flatten().chain(tls) {
             if path.is_relative() && !path.as_os_str().is_empty() {
                 *path = base.join(&*path);
             }

@@ -156,6 +156,10 @@ struct PullArgs {
     /// File holding a bearer token for the hub.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// CA certificate (PEM) an https:// hub's certificate must chain to;
+    /// without it, the system's roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// Deadline for each request.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     timeout: std::time::Duration,
@@ -186,9 +190,12 @@ struct PullArgs {
 fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast::updater::Client), String> {
     use weightcast::updater::{self, Check, Client, Options};
     let url = http_types::Url::parse(&a.url).map_err(|e| format!("bad URL '{}': {e}", a.url))?;
-    if url.scheme() != "http" {
-        return Err(format!("'{}': only http:// is supported (put TLS in front, e.g. a local proxy)", a.url));
-    }
+    let tls = match url.scheme() {
+        "http" if a.ca.is_some() => return Err("--ca is for https:// hubs".into()),
+        "http" => None,
+        "https" => Some(updater::tls_config(a.ca.as_deref())?),
+        other => return Err(format!("'{}': the hub URL must be http:// or https://, not {other}://", a.url)),
+    };
     let cfg = match &a.config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
@@ -218,7 +225,7 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
     let trust = a.trust.iter().map(|t| public_key(t)).collect::<Result<Vec<_>, _>>()?;
     let opts =
         Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone(), output, dtype: a.dtype, trust };
-    Ok((opts, Client { token, timeout: a.timeout }))
+    Ok((opts, Client { token, timeout: a.timeout, tls }))
 }
 
 fn pull(a: PullArgs) -> ExitCode {
@@ -316,6 +323,8 @@ fn serve(
     let specs = store::specs(&named).map_err(|e| e.to_string())?;
     // Keys and tokens first: a mistake there must not wait for the models to load.
     let tokens = cfg.tokens_file.as_deref().map(http::Tokens::load).transpose()?;
+    let tls = cfg.tls.as_ref().map(|t| http::ServerTls::load(&t.cert, &t.key)).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let signer = match &cfg.signing_key {
         None => None,
         Some(path) => Some(weightcast::http::ManifestSigner {
@@ -341,7 +350,9 @@ fn serve(
     });
     let store = Store::load(&specs, sessions, cache.clone());
     let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer };
-    let state = Arc::new(http::State::new(store, options, tokens));
+    let mut state = http::State::new(store, options, tokens);
+    state.tls = tls;
+    let state = Arc::new(state);
     // Encodings are prepared in the background and replaced model files
     // reloaded, while requests are served (`publish`).
     let watched = state.clone();
@@ -351,8 +362,8 @@ fn serve(
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // On stdout, for scripts and tests that start us on port 0.
-    println!("weightcast listening on http://{addr}");
-    tracing::info!("listening on http://{addr}");
+    println!("weightcast listening on {scheme}://{addr}");
+    tracing::info!("listening on {scheme}://{addr}");
     let open_files = http::raise_open_files_limit();
     let max_connections = cfg.max_connections.unwrap_or_else(|| http::default_max_connections(open_files));
     tracing::info!(open_files, max_connections, "connection limits");

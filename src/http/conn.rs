@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_lite::io::BufReader;
-use futures_lite::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use http_types::{Method, Request, Response, StatusCode, Url};
 
 use super::{ApiError, State};
@@ -44,13 +44,15 @@ const MAX_BODY: u64 = 64 << 10;
 
 /// Serves requests on `stream`, in order, until the client closes it, asks
 /// to, idles, or sends something that is not HTTP/1.x.
+/// Plain TCP passes two handles of one socket; TLS the halves of its
+/// stream (`futures_lite::io::split`).
 pub(super) async fn serve(
-    stream: smol::net::TcpStream,
+    read: impl AsyncRead + Unpin,
+    mut out: impl AsyncWrite + Unpin,
     state: Arc<State>,
     stop: smol::channel::Receiver<()>,
 ) -> io::Result<()> {
-    let mut out = stream.clone();
-    let mut reader = BufReader::with_capacity(MAX_HEAD, stream);
+    let mut reader = BufReader::with_capacity(MAX_HEAD, read);
     let mut pace = Pace::new();
     loop {
         // Between requests a stopping server closes the connection.
@@ -93,7 +95,8 @@ async fn deadline<T>(limit: Duration, fut: impl std::future::Future<Output = io:
 }
 
 /// A connection over the cap: a `503` with `Retry-After`, then closed.
-pub(super) async fn busy(mut stream: smol::net::TcpStream) -> io::Result<()> {
+pub(super) async fn busy(stream: smol::net::TcpStream) -> io::Result<()> {
+    let mut stream = stream;
     let detail = "the server holds as many connections as it may; retry in a second";
     let mut response = ApiError::new(StatusCode::ServiceUnavailable, "busy", detail).into_response();
     response.insert_header("Retry-After", "1");
@@ -115,7 +118,7 @@ fn refusal(status: StatusCode, detail: impl Into<String>) -> Refusal {
 
 /// Answers a refusal (JSON error body, `connection: close`) and ends.
 async fn refuse(
-    out: &mut smol::net::TcpStream,
+    out: &mut (impl AsyncWrite + Unpin),
     reader: &mut (impl futures_lite::AsyncRead + Unpin),
     r: Refusal,
 ) -> io::Result<()> {
@@ -129,8 +132,13 @@ async fn refuse(
 /// write side first, then what the client is still sending is read and
 /// dropped for a moment, so the kernel does not reset the connection (and
 /// throw away the answer) because unread bytes were left.
-async fn linger(out: &mut smol::net::TcpStream, reader: &mut (impl futures_lite::AsyncRead + Unpin)) -> io::Result<()> {
-    let _ = out.shutdown(std::net::Shutdown::Write);
+async fn linger(
+    out: &mut (impl AsyncWrite + Unpin),
+    reader: &mut (impl futures_lite::AsyncRead + Unpin),
+) -> io::Result<()> {
+    // The write side's close: a FIN on TCP (`shutdown`), close_notify and
+    // then a FIN on TLS.
+    let _ = deadline(LINGER_TIME, out.close()).await;
     let mut rest = reader.take(LINGER_BYTES);
     let _ = deadline(LINGER_TIME, futures_lite::io::copy(&mut rest, &mut futures_lite::io::sink())).await;
     Ok(())
@@ -143,7 +151,7 @@ const LINGER_BYTES: u64 = 4 << 20;
 /// The next request head (up to and including the blank line), `None` when
 /// the client closed cleanly between requests, or the refusal for a head
 /// that is too long.
-async fn read_head(reader: &mut BufReader<smol::net::TcpStream>) -> io::Result<Option<Result<Vec<u8>, Refusal>>> {
+async fn read_head(reader: &mut BufReader<impl AsyncRead + Unpin>) -> io::Result<Option<Result<Vec<u8>, Refusal>>> {
     let mut head: Vec<u8> = Vec::new();
     loop {
         let buf = reader.fill_buf().await?;
@@ -264,7 +272,7 @@ fn body_length(content_length: Option<&[u8]>, transfer_encoding: Option<&[u8]>) 
 }
 
 /// Reads and drops a request body of `n` bytes within [`BODY_TIME`].
-async fn drain_body(reader: &mut BufReader<smol::net::TcpStream>, n: u64) -> Result<(), Refusal> {
+async fn drain_body(reader: &mut BufReader<impl AsyncRead + Unpin>, n: u64) -> Result<(), Refusal> {
     if n == 0 {
         return Ok(());
     }
@@ -280,7 +288,7 @@ async fn drain_body(reader: &mut BufReader<smol::net::TcpStream>, n: u64) -> Res
 /// Writes a response: head, then the body chunk by chunk as the body reader
 /// hands them out (framed by Content-Length when known, else chunked).
 async fn write(
-    out: &mut smol::net::TcpStream,
+    out: &mut (impl AsyncWrite + Unpin),
     pace: &mut Pace,
     method: Method,
     mut res: Response,
@@ -341,7 +349,7 @@ impl Pace {
 }
 
 /// Writes `bytes` at no less than the [`Pace`].
-async fn write_all(out: &mut smol::net::TcpStream, pace: &mut Pace, bytes: &[u8]) -> io::Result<()> {
+async fn write_all(out: &mut (impl AsyncWrite + Unpin), pace: &mut Pace, bytes: &[u8]) -> io::Result<()> {
     let mut at = 0;
     while at < bytes.len() {
         let n = match futures_lite::future::poll_once(out.write(&bytes[at..])).await {
@@ -397,7 +405,7 @@ fn head(res: &Response, framing: Framing, close: bool) -> Vec<u8> {
 /// The body after `head`, whole chunks per write: small chunks ride with the
 /// head (or the chunk-size line), large ones go in a write of their own.
 async fn write_body(
-    out: &mut smol::net::TcpStream,
+    out: &mut (impl AsyncWrite + Unpin),
     pace: &mut Pace,
     mut reader: impl AsyncBufRead + Unpin,
     head: Vec<u8>,

@@ -6,6 +6,7 @@ mod body;
 pub(crate) mod conn;
 mod metrics;
 mod negotiate;
+mod tls;
 
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -77,15 +78,18 @@ pub struct State {
     pub options: ServeOptions,
     /// Who may read what; `None`: everyone (no `tokens_file`).
     pub tokens: Option<Tokens>,
+    /// `[tls]`: connections speak TLS; `None`: plain HTTP.
+    pub tls: Option<ServerTls>,
     metrics: metrics::Metrics,
 }
 
 pub use auth::Tokens;
+pub use tls::ServerTls;
 
 impl State {
     /// What the handlers of a server of `store` see.
     pub fn new(store: Store, options: ServeOptions, tokens: Option<Tokens>) -> State {
-        State { store, options, tokens, metrics: metrics::Metrics::default() }
+        State { store, options, tokens, tls: None, metrics: metrics::Metrics::default() }
     }
 }
 
@@ -199,6 +203,23 @@ pub fn run(
     Ok(())
 }
 
+/// A TLS handshake, within [`HANDSHAKE_TIME`].
+async fn handshake(
+    acceptor: futures_rustls::TlsAcceptor,
+    stream: smol::net::TcpStream,
+) -> io::Result<futures_rustls::server::TlsStream<smol::net::TcpStream>> {
+    acceptor
+        .accept(stream)
+        .or(async {
+            smol::Timer::after(HANDSHAKE_TIME).await;
+            Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake took too long"))
+        })
+        .await
+}
+
+/// How long a client may take over the TLS handshake.
+const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+
 /// How long a stopping server lets answers in flight finish.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
@@ -260,9 +281,21 @@ async fn accept(
         let (state, stop) = (state.clone(), stop.clone());
         executor
             .spawn(async move {
-                let result = match guard.count <= max_connections {
-                    true => conn::serve(stream, state, stop).await,
-                    false => {
+                let result = match (guard.count <= max_connections, &state.tls) {
+                    (true, None) => conn::serve(stream.clone(), stream, state, stop).await,
+                    (true, Some(tls)) => match handshake(tls.acceptor(), stream).await {
+                        Ok(tls) => {
+                            let (read, write) = futures_lite::io::split(tls);
+                            conn::serve(read, write, state, stop).await
+                        }
+                        Err(e) => Err(e),
+                    },
+                    // Over the cap on TLS: closed (a 503 would cost a handshake).
+                    (false, Some(_)) => {
+                        state.metrics.refused();
+                        Ok(())
+                    }
+                    (false, None) => {
                         state.metrics.refused();
                         conn::busy(stream).await
                     }

@@ -23,6 +23,10 @@ pub enum FetchError {
     CutChunked(String),
     #[error("{url}: the body is larger than the {limit} bytes expected; refused")]
     TooLarge { url: String, limit: u64 },
+    #[error(
+        "TLS with {0} failed: {1} (is the hub's certificate signed by the CA given with --ca, or by a system root?)"
+    )]
+    Tls(String, String),
     #[error("{0}: cannot decode zstd body: {1}")]
     Zstd(String, std::io::Error),
 }
@@ -85,6 +89,41 @@ pub struct Client {
     pub token: Option<String>,
     /// Deadline of each request (`--timeout`).
     pub timeout: Duration,
+    /// How `https://` hubs are verified ([`tls_config`]).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// TLS for `https://` hubs: the hub's certificate must chain to the CA in
+/// `ca` (PEM; `--ca`), or else to the system's roots. Verification is never
+/// skipped.
+pub fn tls_config(ca: Option<&std::path::Path>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("cannot read --ca {}: {e}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("--ca {}: no usable certificate in it", path.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err("no system CA certificates found (install ca-certificates, or give --ca FILE)".into());
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(cfg))
 }
 
 impl Client {
@@ -173,6 +212,16 @@ impl Client {
         for (k, v) in headers {
             req.insert_header(*k, *v);
         }
+        if url.scheme() != "https" {
+            return async_h1::connect(stream, req).await.map_err(|e| FetchError::Http(name, e.to_string()));
+        }
+        let tls = self.tls.clone().ok_or_else(|| FetchError::Http(name.clone(), "no TLS configuration".into()))?;
+        let server = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| FetchError::Http(name.clone(), format!("'{host}' is not a TLS server name: {e}")))?;
+        let stream = futures_rustls::TlsConnector::from(tls)
+            .connect(server, stream)
+            .await
+            .map_err(|e| FetchError::Tls(format!("{host}:{port}"), e.to_string()))?;
         async_h1::connect(stream, req).await.map_err(|e| FetchError::Http(name, e.to_string()))
     }
 

@@ -7,6 +7,7 @@
 //! ([`layout`]), optionally checked, and `current` is switched atomically.
 
 mod client;
+pub use client::tls_config;
 mod layout;
 mod stfile;
 mod verify;
