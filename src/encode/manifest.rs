@@ -9,6 +9,14 @@ use crate::onnx::DataType;
 use crate::store::{Entry, Model, View};
 use crate::wire::proto;
 
+/// The `?dtype=` name of a cast's dtype.
+fn target_name(d: DataType) -> &'static str {
+    match d {
+        DataType::Bfloat16 => "bf16",
+        _ => "f16",
+    }
+}
+
 /// A model's manifest in a representation's view.
 pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
     let rt = &model.runtime;
@@ -52,6 +60,13 @@ pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
                 constant: t.constant,
                 overflowed: m.overflowed,
                 storage: t.storage.name().to_string(),
+                blob: match (m.dtype, m.source_dtype) {
+                    (DataType::String, _) => String::new(),
+                    (_, Some(_)) => {
+                        format!("/v1/blobs/sha256/{}?dtype={}", hex::encode(m.sha256), target_name(m.dtype))
+                    }
+                    (_, None) => format!("/v1/blobs/sha256/{}", hex::encode(m.sha256)),
+                },
             })
             .collect(),
         graph_sha256: hex::encode(model.graph_sha256()),
@@ -97,6 +112,9 @@ fn manifest_json(m: &proto::Manifest) -> Value {
         .map(|t| {
             let mut o = json!({"name": t.name, "dtype": dtype_name(t.dtype), "dims": t.dims, "nbytes": t.nbytes,
                 "sha256": t.sha256, "storage": t.storage, "constant": t.constant});
+            if !t.blob.is_empty() {
+                o["blob"] = t.blob.clone().into();
+            }
             if t.source_dtype != 0 {
                 o["source_dtype"] = dtype_name(t.source_dtype);
                 o["overflowed"] = t.overflowed.into();

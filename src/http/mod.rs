@@ -403,6 +403,10 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
             r.insert_header("Cache-Control", "no-store");
             Ok(r)
         }
+        ["v1", "blobs", "sha256", digest] => {
+            let q = negotiate::query(pairs, &["dtype"]).map_err(bad_request)?;
+            blob(&state, &ask, &q, digest, &scope).await
+        }
         ["v1", "models"] => {
             let q = negotiate::query(pairs, &["format"]).map_err(bad_request)?;
             listing(&state, &ask, &q, &scope)
@@ -455,6 +459,7 @@ fn route_label(path: &str) -> &'static str {
         ["v1", "models", _, "weights"] => "weights",
         ["v1", "models", _, "graph"] => "graph",
         ["v1", "models", _, "tensors", ..] => "tensor",
+        ["v1", "blobs", ..] => "blob",
         _ => "other",
     }
 }
@@ -707,6 +712,53 @@ async fn tensors(
     ask.headers(&mut r, &etag, format);
     r.insert_header("X-Weightcast-Version", version.as_str());
     r.insert_header(MODEL_VERSION, selection.model.version());
+    let chunks = match with_range(ask, &etag, &mut r, chunks) {
+        Ok(chunks) => chunks,
+        Err(unsatisfiable) => return Ok(*unsatisfiable),
+    };
+    let len = body::known_len(&chunks);
+    let reader = ChunkReader::new(chunks).holding(selection.model.clone());
+    r.set_body(http_types::Body::from_reader(reader, len));
+    Ok(r)
+}
+
+/// `/v1/blobs/sha256/{digest}[?dtype=]`: a tensor's bytes by their digest,
+/// in a representation (stored, or cast). The URL names its content, so
+/// the answer may be kept by any cache for a year (`immutable`); its ETag is
+/// the digest. A token sees the blobs of the models it may read.
+async fn blob(state: &State, ask: &Ask, q: &Query, digest: &str, scope: &auth::Scope) -> Result<Response, ApiError> {
+    let not_found =
+        || ApiError::new(StatusCode::NotFound, "unknown blob", format!("no tensor served has sha256 {digest}"));
+    let want: [u8; 32] = hex::decode(digest).ok().and_then(|d| d.try_into().ok()).ok_or_else(not_found)?;
+    let mut found = None;
+    for model in state.store.models().into_iter().filter(|m| scope.may_read(&m.name)) {
+        let view = view(&model, q.dtype).await;
+        if let Some(i) = view.tensors.iter().position(|t| t.sha256 == want) {
+            found = Some((model, view, i));
+            break;
+        }
+    }
+    let (model, view, i) = found.ok_or_else(not_found)?;
+    let etag = format!("\"sha256:{digest}\"");
+    let immutable = |r: &mut Response| {
+        r.insert_header("ETag", etag.as_str());
+        r.insert_header("Cache-Control", "public, max-age=31536000, immutable");
+        r.insert_header("Vary", "Accept-Encoding");
+    };
+    if ask.not_modified(&etag) {
+        let mut r = Response::new(StatusCode::NotModified);
+        immutable(&mut r);
+        return Ok(r);
+    }
+    let selection = Selection { model, view, repr: q.dtype, tensors: vec![i], single: true, bytegroup: false };
+    let options = encode::Options { zstd_level: state.options.zstd_level, json_max_bytes: 0, deflate: false };
+    let chunks = encode::body(&selection, Format::Raw, ask.encoding, options).map_err(encode_error)?;
+    let mut r = Response::new(StatusCode::Ok);
+    immutable(&mut r);
+    r.insert_header("Content-Type", Format::Raw.media_type());
+    if ask.encoding == Encoding::Zstd {
+        r.insert_header("Content-Encoding", "zstd");
+    }
     let chunks = match with_range(ask, &etag, &mut r, chunks) {
         Ok(chunks) => chunks,
         Err(unsatisfiable) => return Ok(*unsatisfiable),

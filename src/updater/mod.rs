@@ -215,6 +215,18 @@ impl Hub {
         }
     }
 
+    /// A blob's URL: its path (from the manifest) on the hub's origin. Only
+    /// paths under `/v1/blobs/` are followed: a manifest cannot send the
+    /// device elsewhere.
+    fn blob(&self, path: &str) -> Result<Url, UpdateError> {
+        let bad = |problem: &str| UpdateError::BadUrl { url: path.to_string(), problem: problem.to_string() };
+        if !path.starts_with("/v1/blobs/sha256/") || path.contains("..") || path.contains("//") {
+            return Err(bad("a manifest's blob must be a path under /v1/blobs/sha256/"));
+        }
+        let base = Url::parse(&self.base).map_err(|e| bad(&e.to_string()))?;
+        base.join(path).map_err(|e| bad(&e.to_string()))
+    }
+
     /// `base + suffix`, with the representation's query appended when `dtype`.
     fn url(&self, suffix: &str, dtype: bool) -> Result<Url, UpdateError> {
         let sep = if suffix.contains('?') { '&' } else { '?' };
@@ -411,9 +423,15 @@ async fn fetch_tensors(
         manifest.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let bound = |name: &str| infos.get(name).map_or(0, |t| record_bound(t));
     let size = |name: &str| infos.get(name).map_or(0, |t| t.nbytes);
-    // STRING tensors have no raw form: they come in protobuf records.
+    // Tensors with a blob URL (not STRING) from BY_DIGEST on come by digest,
+    // one by one: a cache between hub and devices keeps each one; the small
+    // rest in batches. Without a blob URL (an older hub), from RESUME_FROM on
+    // through the tensor route.
     let (large, small): (Vec<String>, Vec<String>) = needed.iter().cloned().partition(|n| {
-        size(n) >= RESUME_FROM && infos.get(n.as_str()).is_some_and(|t| t.dtype != DataType::String as i32)
+        infos.get(n.as_str()).is_some_and(|t| {
+            let by_digest = !t.blob.is_empty() && t.nbytes >= BY_DIGEST;
+            t.dtype != DataType::String as i32 && (by_digest || t.nbytes >= RESUME_FROM)
+        })
     });
     let bar = progress(needed.iter().map(|n| size(n)).sum());
     let mut fetched: HashMap<String, Fetched> = HashMap::new();
@@ -610,6 +628,11 @@ async fn check_and_switch(
 /// later round resumes with `Range` after a cut.
 const RESUME_FROM: u64 = 8 << 20;
 
+/// Tensors at least this large come by digest (`/v1/blobs/sha256/…`) where
+/// the hub names a blob: one request each, which a cache can keep; smaller
+/// ones cost more as requests than they save as cached bytes.
+const BY_DIGEST: u64 = 64 << 10;
+
 fn verify_tensor(digests: &HashMap<&str, &str>, name: &str, data: &[u8]) -> Result<(), UpdateError> {
     let want = digests.get(name).ok_or_else(|| tensor_error(name, "sent, but not in the manifest"))?;
     if hex::encode(Sha256::digest(data)) != *want {
@@ -666,7 +689,13 @@ async fn fetch_large(
         (Some(_), Ok(m)) if m.len() <= info.nbytes => m.len(),
         _ => 0,
     };
-    let url = hub.url(&format!("/tensors/{}?format=raw", percent_encoding::utf8_percent_encode(name, QUERY)), true)?;
+    let by_digest = !info.blob.is_empty();
+    let url = match by_digest {
+        true => hub.blob(&info.blob)?,
+        false => {
+            hub.url(&format!("/tensors/{}?format=raw", percent_encoding::utf8_percent_encode(name, QUERY)), true)?
+        }
+    };
     let range = format!("bytes={have}-");
     let mut headers = vec![("Accept", "application/octet-stream"), ("Accept-Encoding", "identity")];
     let mut prefix = Sha256::new();
@@ -706,7 +735,10 @@ async fn fetch_large(
             retry_after: retry_after(&reply),
         });
     }
-    same_model(&reply, model_version)?;
+    if !by_digest {
+        // A blob is checked by its digest alone: it belongs to no one version.
+        same_model(&reply, model_version)?;
+    }
     // Complete now, valid or not: a bad body is not resumed but fetched anew.
     let _ = std::fs::remove_file(&tag_file);
     let len = std::fs::metadata(&part)?.len();

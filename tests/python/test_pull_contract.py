@@ -323,13 +323,16 @@ def test_a_large_tensor_is_pulled_without_holding_it_in_memory(serve, tmp_path, 
 def test_a_large_tensor_that_differs_from_the_manifest_is_refused(serve, tmp_path, fault):
     path = tmp_path / "m.onnx"
     big_model(path, 3_000_000)  # 12 MB: fetched raw, alone
-    hub = HostileHub(serve("--runtime", "none", path).url)
+    server = serve("--runtime", "none", path)
+    hub = HostileHub(server.url)
 
     def alter(s, h, b):
         if fault == "flipped":
             return s, h, b[:1000] + bytes([b[1000] ^ 1]) + b[1001:]
         return s, h, (b + b"\0" * 4 if fault == "longer" else b[:-4])
-    hub.override["/v1/models/m/tensors/big"] = alter
+    # The large tensor comes by digest, at the blob path its manifest names.
+    (big,) = [t for t in server.get("/v1/models/m?format=json").json()["tensors"] if t["name"] == "big"]
+    hub.override[big["blob"]] = alter
     dest = tmp_path / "device"
     rc, out, err = pull(f"{hub.url}/v1/models/m", dest)
     want = {"flipped": "sha256", "longer": "larger than", "shorter": "bytes came"}[fault]

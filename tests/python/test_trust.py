@@ -104,7 +104,7 @@ def private_key(path):
     return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(open(path).read().strip()))
 
 
-@pytest.mark.parametrize("case", ["unsigned", "unknown-key", "altered", "expired", "older"])
+@pytest.mark.parametrize("case", ["unsigned", "unknown-key", "altered", "digest", "expired", "older"])
 def test_untrusted_manifests_are_refused_and_the_current_version_kept(serve, tmp_path, pb2, case):
     secret, public = keygen(tmp_path / "hub")
     other, _ = keygen(tmp_path / "other")
@@ -127,6 +127,14 @@ def test_untrusted_manifests_are_refused_and_the_current_version_kept(serve, tmp
         # Only the expiry pushed out, keeping the hub's signature: the signed bytes changed.
         evil.override["/v1/models/m"] = lambda st, h, b: (st, h, forge(pb2, b, expires_at_ms=now + 10**9))
         want = "does not verify"
+    elif case == "digest":
+        # One tensor digest altered, nothing else: the version no longer matches.
+        def one_digest(st, h, b):
+            m = pb2.Manifest.FromString(b)
+            m.tensors[0].sha256 = "00" * 32
+            return st, h, m.SerializeToString()
+        evil.override["/v1/models/m"] = one_digest
+        want = "version"
     elif case == "expired":
         # Signed by the trusted key itself (as a frozen mirror would hold it), but expired.
         evil.override["/v1/models/m"] = lambda st, h, b: (st, h, forge(pb2, b, private_key(secret), expires_at_ms=now - 1))
