@@ -17,7 +17,7 @@ use weightcast::store::{self, Cache, Store};
 #[derive(Parser)]
 #[command(name = "weightcast", version, about = "Serve an ONNX model's weights over HTTP")]
 struct Cli {
-    /// Log every request (debug level). RUST_LOG overrides.
+    /// Debug-level logs: every request served (serve), every request to the hub (pull). RUST_LOG overrides.
     #[arg(short, long, global = true)]
     verbose: bool,
     #[command(subcommand)]
@@ -147,7 +147,7 @@ struct PullArgs {
     #[arg(long, default_value_t = 2)]
     keep: usize,
     /// Check a new version before switching: "ort" (load it in ONNX Runtime
-    /// and run one inference), or a shell command ($WEIGHTCAST_DIR is the new folder).
+    /// by path: graph, shape inference, every tensor), or a shell command ($WEIGHTCAST_DIR is the new folder).
     #[arg(long)]
     check: Option<String>,
     /// Shell command run after a switch ($WEIGHTCAST_DIR is the new folder).
@@ -358,8 +358,9 @@ fn serve(
     let watched = state.clone();
     let preparation = Preparation { what: prepared, zstd_level: cfg.zstd_level, cache };
     std::thread::spawn(move || preparation.watch(&watched.store, RELOAD_CHECK));
-    let listener = std::net::TcpListener::bind(cfg.listen.as_str())
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let listener = std::net::TcpListener::bind(cfg.listen.as_str()).map_err(|e| {
+        format!("cannot listen on {}: {e} (give HOST:PORT: 127.0.0.1:8080 for this machine only, 0.0.0.0:8080 for the network)", cfg.listen)
+    })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // On stdout, for scripts and tests that start us on port 0.
     println!("weightcast listening on {scheme}://{addr}");

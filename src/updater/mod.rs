@@ -123,8 +123,8 @@ pub enum Outcome {
 pub enum UpdateError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("{url} answered {status}")]
-    Status { url: String, status: u16, retry_after: Option<Duration> },
+    #[error("{url} answered {status}{}", .explanation.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Status { url: String, status: u16, retry_after: Option<Duration>, explanation: Option<String> },
     #[error("bad hub URL {url}: {problem}; give one like http://hub:8080/v1/models/NAME")]
     BadUrl { url: String, problem: String },
     #[error("{url} answered 304 Not Modified to a request that named no version: the hub, or a cache in front of it, is broken; nothing was installed")]
@@ -196,8 +196,24 @@ fn expect_ok(url: &Url, reply: &client::Reply) -> Result<(), UpdateError> {
     if reply.status == 200 {
         Ok(())
     } else {
-        Err(UpdateError::Status { url: url.to_string(), status: reply.status, retry_after: retry_after(reply) })
+        Err(UpdateError::Status {
+            url: url.to_string(),
+            status: reply.status,
+            retry_after: retry_after(reply),
+            explanation: explanation(&reply.body),
+        })
     }
+}
+
+/// What a hub's JSON error body says (`error: detail`), printable and short.
+fn explanation(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = match (v["error"].as_str(), v["detail"].as_str()) {
+        (Some(e), Some(d)) => format!("{e}: {d}"),
+        (Some(t), None) | (None, Some(t)) => t.to_string(),
+        (None, None) => return None,
+    };
+    Some(text.chars().filter(|c| !c.is_control()).take(300).collect())
 }
 
 /// The model's routes on the hub, in the representation asked for.
@@ -733,6 +749,7 @@ async fn fetch_large(
             url: url.to_string(),
             status: reply.status,
             retry_after: retry_after(&reply),
+            explanation: None,
         });
     }
     if !by_digest {

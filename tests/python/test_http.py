@@ -155,6 +155,10 @@ def test_start_up_errors(zoo, tmp_path):
     cfg.write_text("listen = '127.0.0.1:0'\nzstd_levle = 3\n")
     r = run("--config", cfg)
     assert r.returncode != 0 and "zstd_levle" in r.stderr
+    # A bare port (issue #15's papercut) says what is expected.
+    r = subprocess.run([str(binary()), "serve", "--runtime", "none", "--listen", "18720", zoo / "mlp.onnx"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "give HOST:PORT" in r.stderr and "0.0.0.0:8080" in r.stderr, r.stderr
 
 
 def test_json_cap(zoo, serve, tmp_path):

@@ -279,3 +279,10 @@ def test_a_device_verifies_what_it_holds_offline(serve, tmp_path, fmt):
     target.write_bytes(bytes(data))
     r = run("--trust", public)
     assert r.returncode == 1 and "not verified" in r.stderr and "sha256" in r.stderr, r.stderr
+
+
+def test_a_hubs_explanation_reaches_the_device(serve, tmp_path):
+    """Issue #15's papercut: `pull` of an unknown model says what the hub said."""
+    s = hub(serve, tmp_path)
+    rc, out, err = pull(f"{s.url}/v1/models/nope", tmp_path / "device")
+    assert rc == 1 and "answered 404: unknown model: no model 'nope'" in out["error"], out
