@@ -37,6 +37,9 @@ pub struct Config {
     /// Bearer tokens and the models each may read (see README, "Trust");
     /// once set, every route but /healthz and /readyz needs one.
     pub tokens_file: Option<PathBuf>,
+    /// Origins whose browser pages may call the API (CORS), e.g.
+    /// `["https://dashboard.example"]`, or `["*"]`; default none.
+    pub cors_origins: Vec<String>,
     /// Secret key file (`weightcast keygen`) that signs every manifest.
     pub signing_key: Option<PathBuf>,
     /// How long a manifest signature holds; manifests are signed again every
@@ -61,6 +64,7 @@ impl Default for Config {
             prepare: vec!["identity".into(), "zstd".into()],
             max_connections: None,
             tokens_file: None,
+            cors_origins: Vec::new(),
             signing_key: None,
             manifest_validity_hours: 168,
             tls: None,
@@ -183,6 +187,7 @@ mod tests {
         assert_eq!((c.cache_bytes, c.zstd_level, c.json_max_bytes), (d.cache_bytes, d.zstd_level, d.json_max_bytes));
         assert_eq!((c.prepare, c.cache_dir), (d.prepare, d.cache_dir));
         assert_eq!(c.runtime.session, d.runtime.session);
+        assert_eq!((c.cors_origins, c.manifest_validity_hours), (d.cors_origins, d.manifest_validity_hours));
     }
 
     #[test]

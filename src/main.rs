@@ -349,7 +349,8 @@ fn serve(
         }),
     });
     let store = Store::load(&specs, sessions, cache.clone());
-    let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer };
+    let cors = http::Cors { origins: cfg.cors_origins.clone() };
+    let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer, cors };
     let mut state = http::State::new(store, options, tokens);
     state.tls = tls;
     let state = Arc::new(state);

@@ -37,6 +37,52 @@ pub struct ServeOptions {
     pub json_max_bytes: u64,
     /// Signs every manifest, where the config names a key.
     pub signer: Option<ManifestSigner>,
+    /// Browser pages of other origins allowed to call the API.
+    pub cors: Cors,
+}
+
+/// Which other origins' pages may call the API from a browser (CORS).
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    /// Allowed origins (`https://app.example:8443`), or `*` for any. Empty:
+    /// none (the default: browsers keep pages of other origins out).
+    pub origins: Vec<String>,
+}
+
+impl Cors {
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`.
+    fn allows(&self, origin: &str) -> Option<String> {
+        if self.origins.iter().any(|o| o == "*") {
+            return Some("*".into());
+        }
+        self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)).then(|| origin.to_string())
+    }
+}
+
+/// Response headers a page of another origin may read.
+const EXPOSED: &str =
+    "ETag, X-Weightcast-Model-Version, X-Weightcast-Version, Content-Range, Content-Length, Accept-Ranges";
+
+/// The answer to a CORS preflight from an allowed origin: GET and HEAD, with
+/// the headers clients send for conditional, ranged and authorized requests.
+fn preflight(allowed: &str, req: &Request) -> Response {
+    let asked = req.header("Access-Control-Request-Method").map(|v| v.as_str().to_ascii_uppercase());
+    if asked.as_deref().is_some_and(|m| m != "GET" && m != "HEAD") {
+        let detail = "only GET and HEAD are served";
+        let mut e = ApiError::new(StatusCode::MethodNotAllowed, "method not allowed", detail);
+        e.allow = true;
+        return e.into_response();
+    }
+    let mut r = Response::new(StatusCode::NoContent);
+    r.insert_header("Access-Control-Allow-Origin", allowed);
+    r.insert_header("Access-Control-Allow-Methods", "GET, HEAD");
+    r.insert_header(
+        "Access-Control-Allow-Headers",
+        "Authorization, If-None-Match, If-Modified-Since, If-Range, Range, Accept, Accept-Encoding",
+    );
+    r.insert_header("Access-Control-Max-Age", "600");
+    r.insert_header("Vary", "Origin");
+    r
 }
 
 /// The hub's manifest signing: its key, and how long a signature holds.
@@ -66,7 +112,7 @@ impl ManifestSigner {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { zstd_level: 3, json_max_bytes: 16 << 20, signer: None }
+        ServeOptions { zstd_level: 3, json_max_bytes: 16 << 20, signer: None, cors: Cors::default() }
     }
 }
 
@@ -334,8 +380,13 @@ pub async fn respond(state: &Arc<State>, req: Request) -> Response {
     let started = Instant::now();
     let method = req.method();
     let path = req.url().path().to_string();
+    let origin = req.header("Origin").map(|v| v.as_str().to_string());
+    let cors = origin.as_deref().and_then(|o| state.options.cors.allows(o));
+    if let (Some(allowed), Method::Options) = (&cors, method) {
+        return preflight(allowed, &req);
+    }
     let answer = AssertUnwindSafe(route(state.clone(), req)).catch_unwind().await;
-    let response = match answer {
+    let mut response = match answer {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => e.into_response(),
         Err(panic) => {
@@ -353,6 +404,13 @@ pub async fn respond(state: &Arc<State>, req: Request) -> Response {
             .into_response()
         }
     };
+    if let Some(allowed) = cors {
+        response.insert_header("Access-Control-Allow-Origin", allowed.as_str());
+        response.insert_header("Access-Control-Expose-Headers", EXPOSED);
+    }
+    if !state.options.cors.origins.is_empty() {
+        response.append_header("Vary", "Origin");
+    }
     state.metrics.request(route_label(&path), u16::from(response.status()));
     tracing::debug!(%method, %path, status = u16::from(response.status()), us = started.elapsed().as_micros() as u64, "request");
     response

@@ -244,3 +244,29 @@ def test_raw_tensor_bytes_with_ranges_and_casts(zoo, serve):
     assert r.content == want.astype(np.float16).tobytes()
     r = s.get("/v1/models/mlp/weights?format=raw")
     assert r.status_code == 406 and "format=raw is not offered here" in r.text, r.text
+
+
+def test_cors_for_allowed_origins_only(zoo, serve, tmp_path):
+    """Issue #15, part 2: a page of an allowed origin may call the API —
+    preflight for GET/HEAD with the headers clients send, exposed headers —
+    and no other origin is named; by default no origin is allowed."""
+    cfg = tmp_path / "cors.toml"
+    cfg.write_text(f'cors_origins = ["https://app.example"]\n[[models]]\npath = "{zoo / "mlp.onnx"}"\n')
+    s = serve("--runtime", "none", "--config", cfg)
+    r = s.get("/v1/models/mlp", headers={"Origin": "https://app.example"})
+    assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert {"ETag", "X-Weightcast-Model-Version", "Content-Range"} <= {h.strip() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
+    assert "Origin" in r.headers["Vary"]
+    r = s.get("/v1/models/mlp", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+    pre = requests.options(s.url + "/v1/models/mlp/weights", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "if-none-match, range, authorization"}, timeout=10)
+    assert pre.status_code == 204 and pre.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    allowed = {h.strip().lower() for h in pre.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"if-none-match", "range", "authorization"} <= allowed
+    assert pre.headers["Access-Control-Allow-Methods"] == "GET, HEAD"
+    assert requests.options(s.url + "/v1/models/mlp", headers={"Origin": "https://evil.example"}, timeout=10).status_code == 405
+    plain = serve("--runtime", "none", zoo / "mlp.onnx")
+    r = plain.get("/v1/models/mlp", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers, "no origin is allowed by default"
