@@ -432,6 +432,7 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
     let header = |name: &str| req.header(name).map(|v| v.as_str().to_string());
     let ask = Ask {
         if_none_match: header("If-None-Match"),
+        if_modified_since: header("If-Modified-Since"),
         range: header("Range"),
         if_range: header("If-Range"),
         accept: header("Accept"),
@@ -658,6 +659,7 @@ fn select(model: &Model, names: Option<&[String]>) -> Result<Vec<usize>, ApiErro
 /// What the client's headers ask for.
 struct Ask {
     if_none_match: Option<String>,
+    if_modified_since: Option<String>,
     range: Option<String>,
     if_range: Option<String>,
     accept: Option<String>,
@@ -686,6 +688,14 @@ impl Ask {
         let mut h = Sha256::new();
         h.update(format!("{version}|{resource}|{}|{}", format.name(), self.encoding.name()));
         format!("\"{}\"", &hex::encode(h.finalize())[..32])
+    }
+
+    /// `If-Modified-Since` (only without `If-None-Match`, which wins, RFC
+    /// 9110 13.1.3): the version was loaded at or before that date.
+    fn unmodified_since(&self, model: &Model) -> bool {
+        let since = self.if_modified_since.as_deref().and_then(|d| httpdate::parse_http_date(d).ok());
+        let loaded = std::time::UNIX_EPOCH + Duration::from_secs(model.published_at_ms / 1000);
+        self.if_none_match.is_none() && since.is_some_and(|since| loaded <= since)
     }
 
     fn not_modified(&self, etag: &str) -> bool {
@@ -753,10 +763,16 @@ async fn tensors(
     let format = ask.format(if single { Format::TENSOR } else { Format::BUNDLES }, q)?;
     let resource = format!("tensors|{single}|{:?}|{}|{}|{:?}", q.dtype, q.compress, q.bytegroup, tensors);
     let etag = ask.etag(model.version(), &resource, format);
-    if ask.not_modified(&etag) {
-        return Ok(ask.not_modified_response(&etag, format));
+    if ask.not_modified(&etag) || ask.unmodified_since(&model) {
+        let mut r = ask.not_modified_response(&etag, format);
+        last_modified(&mut r, &model);
+        return Ok(r);
     }
     let repr = q.dtype;
+    let file = match single {
+        true => crate::wire::safe_name(model.tensors[tensors[0]].name.as_str()),
+        false => model.name.clone(),
+    };
     let view = view(&model, repr).await;
     let version = view.version.clone();
     let selection = Selection { model, view, repr, tensors, single, bytegroup: q.bytegroup };
@@ -770,6 +786,8 @@ async fn tensors(
     ask.headers(&mut r, &etag, format);
     r.insert_header("X-Weightcast-Version", version.as_str());
     r.insert_header(MODEL_VERSION, selection.model.version());
+    last_modified(&mut r, &selection.model);
+    r.insert_header("Content-Disposition", disposition(&file, format));
     let chunks = match with_range(ask, &etag, &mut r, chunks) {
         Ok(chunks) => chunks,
         Err(unsatisfiable) => return Ok(*unsatisfiable),
@@ -827,6 +845,29 @@ async fn blob(state: &State, ask: &Ask, q: &Query, digest: &str, scope: &auth::S
     Ok(r)
 }
 
+/// `Last-Modified`: when this version of the model was loaded (its bytes
+/// never change after), for `curl -z` and `wget -N`.
+fn last_modified(r: &mut Response, model: &Model) {
+    let loaded = std::time::UNIX_EPOCH + Duration::from_millis(model.published_at_ms);
+    r.insert_header("Last-Modified", httpdate::fmt_http_date(loaded));
+}
+
+/// `Content-Disposition` with a file name a download tool can save under:
+/// the model's name (or the tensor's, made file-safe) and the format's
+/// extension; JSON is shown, the binary formats are downloaded.
+fn disposition(stem: &str, format: Format) -> String {
+    let ext = match format {
+        Format::Protobuf => "pb",
+        Format::Json => "json",
+        Format::Npz => "npz",
+        Format::Npy => "npy",
+        Format::Safetensors => "safetensors",
+        Format::Raw => "bin",
+    };
+    let kind = if format == Format::Json { "inline" } else { "attachment" };
+    format!("{kind}; filename=\"{stem}.{ext}\"")
+}
+
 fn encode_error(e: EncodeError) -> ApiError {
     match e {
         EncodeError::TooLarge { .. } => ApiError::new(StatusCode::PayloadTooLarge, "too large for JSON", e.to_string()),
@@ -870,9 +911,9 @@ fn with_range(ask: &Ask, etag: &str, r: &mut Response, chunks: Vec<Chunk>) -> Re
 async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, ApiError> {
     let format = Format::Protobuf; // only for the ETag: the body is an ONNX file
     let etag = ask.etag(model.version(), "graph", format);
-    if ask.not_modified(&etag) {
+    if ask.not_modified(&etag) || ask.unmodified_since(&model) {
         let mut r = ask.not_modified_response(&etag, format);
-        r.insert_header("Content-Type", "application/octet-stream");
+        last_modified(&mut r, &model);
         return Ok(r);
     }
     let m = model.clone();
@@ -883,6 +924,8 @@ async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, 
     ask.headers(&mut r, &etag, format);
     r.insert_header("Content-Type", "application/octet-stream");
     r.insert_header(MODEL_VERSION, model.version());
+    last_modified(&mut r, &model);
+    r.insert_header("Content-Disposition", format!("attachment; filename=\"{}.onnx\"", model.name));
     set_bytes(&mut r, body);
     Ok(r)
 }

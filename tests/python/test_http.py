@@ -270,3 +270,31 @@ def test_cors_for_allowed_origins_only(zoo, serve, tmp_path):
     plain = serve("--runtime", "none", zoo / "mlp.onnx")
     r = plain.get("/v1/models/mlp", headers={"Origin": "https://app.example"})
     assert "Access-Control-Allow-Origin" not in r.headers, "no origin is allowed by default"
+
+
+def test_last_modified_if_modified_since_and_file_names(zoo, serve, tmp_path):
+    """Issue #15, part 3: `Last-Modified` (the version's load time) and
+    `If-Modified-Since`, as curl -z and wget -N use them; `Content-Disposition`
+    names the file (curl -OJ saves under it)."""
+    import email.utils
+    import subprocess
+    s = serve("--runtime", "none", zoo / "mlp.onnx")
+    r = s.get("/v1/models/mlp/weights?format=safetensors")
+    lm = r.headers["Last-Modified"]
+    assert r.headers["Content-Disposition"] == 'attachment; filename="mlp.safetensors"'
+    assert s.get("/v1/models/mlp/weights", headers={"If-Modified-Since": lm}).status_code == 304
+    earlier = email.utils.format_datetime(email.utils.parsedate_to_datetime(lm) - __import__("datetime").timedelta(seconds=5), usegmt=True)
+    assert s.get("/v1/models/mlp/weights", headers={"If-Modified-Since": earlier}).status_code == 200
+    r = s.get("/v1/models/mlp/weights", headers={"If-Modified-Since": lm, "If-None-Match": '"other"'})
+    assert r.status_code == 200, "If-None-Match wins over If-Modified-Since"
+    name = s.get("/v1/models/mlp?format=json").json()["tensors"][0]["name"]
+    r = s.get(f"/v1/models/mlp/tensors/{quote(name, safe='')}?format=npy")
+    assert r.headers["Content-Disposition"].startswith('attachment; filename="') and r.headers["Content-Disposition"].endswith('.npy"')
+    assert s.get("/v1/models/mlp/graph").headers["Content-Disposition"] == 'attachment; filename="mlp.onnx"'
+    # curl -OJ saves under the name; curl -z with the saved file's date then gets a 304.
+    out = subprocess.run(["curl", "-sS", "-OJ", "-R", f"{s.url}/v1/models/mlp/weights?format=npz"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and (tmp_path / "mlp.npz").exists(), out.stderr
+    code = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-z", str(tmp_path / "mlp.npz"),
+                           f"{s.url}/v1/models/mlp/weights?format=npz"], capture_output=True, text=True).stdout
+    assert code == "304", code
