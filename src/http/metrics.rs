@@ -101,7 +101,12 @@ impl Metrics {
                 counts.evictions.load(Relaxed),
             ),
             ("weightcast_cache_bytes", "gauge", "Bytes the cache holds in memory now.", cache.used()),
-            ("weightcast_cache_disk_bytes", "gauge", "Bytes of cache files mapped now.", cache.disk_bytes()),
+            (
+                "weightcast_cache_disk_bytes",
+                "gauge",
+                "Bytes of blobs in the cache folder (known since start).",
+                cache.disk_bytes(),
+            ),
             ("weightcast_cache_budget_bytes", "gauge", "The cache's budget.", cache.budget()),
         ] {
             family(o, name, kind, help);
