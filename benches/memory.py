@@ -37,6 +37,9 @@ import onnx
 import requests
 from onnx import helper, numpy_helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from e2e import Nginx  # noqa: E402  (nginx serving a folder with sendfile, .zst with Content-Encoding)
+
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_MIB = 64  # the default cache_bytes
 
@@ -134,43 +137,6 @@ def curl_seconds(url, headers, runs=5):
         t, size = subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
         times.append(float(t))
     return sorted(times)[len(times) // 2], int(size)
-
-
-class Nginx:
-    def __init__(self, root, tmp):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        conf = Path(tmp) / "nginx.conf"
-        conf.write_text(f"""
-worker_processes {os.cpu_count()};
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-daemon off;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off; sendfile on; tcp_nopush on;
-  types {{ application/x-protobuf zst; }}
-  server {{
-    listen 127.0.0.1:{self.port};
-    root {root};
-    location ~ \\.zst$ {{ add_header Content-Encoding zstd; }}
-  }}
-}}""")
-        for p in (tmp, root):
-            os.chmod(p, 0o755)
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(200):
-            try:
-                requests.get(self.url, timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.02)
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGQUIT)
-        self.proc.wait()
 
 
 def run(binary, mb, tmp, results, skip_nginx=False):

@@ -12,10 +12,10 @@
 //! grants, with an error in the log.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+
+use super::reloading::Reloading;
 
 /// The models a token may read.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,20 +47,13 @@ pub(super) enum Refusal {
     Invalid,
 }
 
-type Stamp = Option<(u64, u64, Option<std::time::SystemTime>)>;
-
 /// The grants of a tokens file, re-read when it changes.
-pub struct Tokens {
-    path: PathBuf,
-    current: Mutex<(Stamp, Instant, Arc<Vec<Grant>>)>,
-}
+pub struct Tokens(Reloading<Vec<Grant>>);
 
-/// How often the file is looked at, at most.
-const LOOK_EVERY: Duration = Duration::from_secs(1);
-
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.ino(), m.len(), m.modified().ok()))
+fn read(paths: &[PathBuf]) -> Result<Vec<Grant>, String> {
+    let path = &paths[0];
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read tokens_file {}: {e}", path.display()))?;
+    parse(&text, path)
 }
 
 fn parse(text: &str, path: &Path) -> Result<Vec<Grant>, String> {
@@ -95,7 +88,7 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The grants are digests, but nothing of them belongs in a log.
-        f.debug_struct("Tokens").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Tokens").field("path", &self.0.paths()).finish_non_exhaustive()
     }
 }
 
@@ -103,34 +96,7 @@ impl Tokens {
     /// Reads the grants at `path`; an unreadable or malformed file is an
     /// error at start.
     pub fn load(path: &Path) -> Result<Tokens, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read tokens_file {}: {e}", path.display()))?;
-        let grants = parse(&text, path)?;
-        let current = Mutex::new((stamp(path), Instant::now(), Arc::new(grants)));
-        Ok(Tokens { path: path.to_path_buf(), current })
-    }
-
-    /// The grants now: the file is looked at again once a second at most.
-    fn grants(&self) -> Arc<Vec<Grant>> {
-        let Ok(mut current) = self.current.lock() else { return Arc::new(Vec::new()) };
-        if current.1.elapsed() >= LOOK_EVERY {
-            current.1 = Instant::now();
-            let now = stamp(&self.path);
-            if now != current.0 {
-                current.0 = now;
-                match std::fs::read_to_string(&self.path).map_err(|e| e.to_string()).and_then(|t| parse(&t, &self.path))
-                {
-                    Ok(grants) => {
-                        tracing::info!(path = %self.path.display(), tokens = grants.len(), "tokens file re-read");
-                        current.2 = Arc::new(grants);
-                    }
-                    Err(e) => {
-                        tracing::error!(path = %self.path.display(), "tokens file not re-read; the last good one stays: {e}")
-                    }
-                }
-            }
-        }
-        current.2.clone()
+        Reloading::load("tokens_file", vec![path.to_path_buf()], read).map(Tokens)
     }
 
     /// What the `Authorization` header's token may read.
@@ -143,7 +109,7 @@ impl Tokens {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Every grant is compared, whether or not an earlier one matched.
         let mut found = None;
-        for grant in self.grants().iter() {
+        for grant in self.0.get().iter() {
             if same(&grant.digest, &digest) && found.is_none() {
                 found = Some(grant.scope.clone());
             }
@@ -169,11 +135,11 @@ mod tests {
         assert_eq!(t.scope(Some("Basic abc")), Err(Refusal::Missing));
         assert_eq!(t.scope(Some("Bearer wrong-token-0123456789")), Err(Refusal::Invalid));
         std::fs::write(&path, "new-token-0123456789xyz detector\n").unwrap();
-        std::thread::sleep(LOOK_EVERY + Duration::from_millis(50));
+        std::thread::sleep(super::super::reloading::LOOK_EVERY + std::time::Duration::from_millis(50));
         assert_eq!(t.scope(Some("Bearer reader-token-0123456789")), Err(Refusal::Invalid));
         assert!(t.scope(Some("Bearer new-token-0123456789xyz")).is_ok());
         std::fs::write(&path, "short *\n").unwrap();
-        std::thread::sleep(LOOK_EVERY + Duration::from_millis(50));
+        std::thread::sleep(super::super::reloading::LOOK_EVERY + std::time::Duration::from_millis(50));
         assert!(t.scope(Some("Bearer new-token-0123456789xyz")).is_ok(), "a bad file keeps the last good grants");
         assert!(Tokens::load(&path).unwrap_err().contains("at least 16"));
     }

@@ -6,6 +6,7 @@ mod body;
 pub(crate) mod conn;
 mod metrics;
 mod negotiate;
+mod reloading;
 mod tls;
 
 use std::io;
@@ -788,14 +789,7 @@ async fn tensors(
     r.insert_header(MODEL_VERSION, selection.model.version());
     last_modified(&mut r, &selection.model);
     r.insert_header("Content-Disposition", disposition(&file, format));
-    let chunks = match with_range(ask, &etag, &mut r, chunks) {
-        Ok(chunks) => chunks,
-        Err(unsatisfiable) => return Ok(*unsatisfiable),
-    };
-    let len = body::known_len(&chunks);
-    let reader = ChunkReader::new(chunks).holding(selection.model.clone());
-    r.set_body(http_types::Body::from_reader(reader, len));
-    Ok(r)
+    with_body(ask, &etag, r, chunks, &selection.model)
 }
 
 /// `/v1/blobs/sha256/{digest}[?dtype=]`: a tensor's bytes by their digest,
@@ -835,12 +829,24 @@ async fn blob(state: &State, ask: &Ask, q: &Query, digest: &str, scope: &auth::S
     if ask.encoding == Encoding::Zstd {
         r.insert_header("Content-Encoding", "zstd");
     }
-    let chunks = match with_range(ask, &etag, &mut r, chunks) {
+    with_body(ask, &etag, r, chunks, &selection.model)
+}
+
+/// `r` with `chunks` as its body (a `206` or `416` where a range asks), the
+/// body holding its model's version until it is sent.
+fn with_body(
+    ask: &Ask,
+    etag: &str,
+    mut r: Response,
+    chunks: Vec<Chunk>,
+    model: &Arc<Model>,
+) -> Result<Response, ApiError> {
+    let chunks = match with_range(ask, etag, &mut r, chunks) {
         Ok(chunks) => chunks,
         Err(unsatisfiable) => return Ok(*unsatisfiable),
     };
     let len = body::known_len(&chunks);
-    let reader = ChunkReader::new(chunks).holding(selection.model.clone());
+    let reader = ChunkReader::new(chunks).holding(model.clone());
     r.set_body(http_types::Body::from_reader(reader, len));
     Ok(r)
 }

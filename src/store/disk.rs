@@ -34,10 +34,6 @@ pub(super) struct Disk {
     held: Mutex<HashMap<CacheKey, u64>>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Disk {
     /// The tier in `dir` (created, private to this user).
     pub(super) fn open(dir: &Path) -> std::io::Result<Disk> {
@@ -47,7 +43,7 @@ impl Disk {
     }
 
     fn model_dir(&self, model: &str) -> PathBuf {
-        self.dir.join(hex(&Sha256::digest(model.as_bytes())[..8]))
+        self.dir.join(hex::encode(&Sha256::digest(model.as_bytes())[..8]))
     }
 
     fn path(&self, key: &CacheKey) -> PathBuf {
@@ -55,9 +51,9 @@ impl Disk {
         // A version is a hex digest; anything else is hashed to keep it a plain name.
         let version = match key.version.bytes().all(|b| b.is_ascii_hexdigit()) && !key.version.is_empty() {
             true => key.version.clone(),
-            false => hex(&Sha256::digest(key.version.as_bytes())),
+            false => hex::encode(Sha256::digest(key.version.as_bytes())),
         };
-        self.model_dir(&key.model).join(version).join(hex(&name[..16]))
+        self.model_dir(&key.model).join(version).join(hex::encode(&name[..16]))
     }
 
     /// The length of the blob under `key`, if there is one: written since

@@ -721,7 +721,7 @@ async fn fetch_large(
             headers.push(("If-Range", tag.trim()));
             tracing::info!(tensor = name, resume_at = have, "resuming an interrupted download");
             let file = part.clone();
-            prefix = smol::unblock(move || hash_prefix(&file, have)).await?;
+            prefix = smol::unblock(move || hash_range(&file, 0, Some(have))).await?;
         }
     }
     let hasher = std::cell::RefCell::new(prefix);
@@ -771,14 +771,16 @@ async fn fetch_large(
     Ok((part, reply.wire_bytes as u64))
 }
 
-/// sha256 state after the first `len` bytes of `path`, read a MiB at a time.
-fn hash_prefix(path: &Path, len: u64) -> std::io::Result<Sha256> {
-    use std::io::Read;
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::open(path)?.take(len);
-    let mut buf = vec![0u8; 1 << 20];
+/// sha256 state after bytes `[from, from + len)` of `path` (to its end
+/// when `len` is `None`), read a MiB at a time.
+fn hash_range(path: &Path, from: u64, len: Option<u64>) -> std::io::Result<Sha256> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut reader = file.take(len.unwrap_or(u64::MAX));
+    let (mut hasher, mut buf) = (Sha256::new(), vec![0u8; 1 << 20]);
     loop {
-        match file.read(&mut buf)? {
+        match reader.read(&mut buf)? {
             0 => return Ok(hasher),
             n => hasher.update(&buf[..n]),
         }

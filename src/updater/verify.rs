@@ -3,12 +3,11 @@
 //! signature by a trusted key, the graph's digest and every tensor file's
 //! digest — reading each file a MiB at a time.
 
-use std::io::Read;
 use std::path::Path;
 
 use ed25519_dalek::VerifyingKey;
 use prost::Message;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use super::layout::Dest;
 use super::{verify_graph, verify_manifest, UpdateError, GRAPH_FILE, MANIFEST_FILE, SAFETENSORS_FILE};
@@ -43,25 +42,9 @@ pub enum VerifyError {
     Disk(#[from] std::io::Error),
 }
 
-/// sha256 of a file's bytes `[from, from + len)` (all of it when `len` is None).
-fn file_digest(path: &Path, from: u64, len: Option<u64>) -> std::io::Result<(String, u64)> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
-    file.seek(SeekFrom::Start(from))?;
-    let mut reader: Box<dyn Read> = match len {
-        Some(n) => Box::new(file.take(n)),
-        None => Box::new(file),
-    };
-    let (mut sha, mut buf, mut total) = (Sha256::new(), vec![0u8; 1 << 20], 0u64);
-    loop {
-        match reader.read(&mut buf)? {
-            0 => return Ok((hex::encode(sha.finalize()), total)),
-            n => {
-                sha.update(&buf[..n]);
-                total += n as u64;
-            }
-        }
-    }
+/// Hex sha256 of a file's bytes `[from, from + len)` (all of it when `len` is None).
+fn file_digest(path: &Path, from: u64, len: Option<u64>) -> std::io::Result<String> {
+    Ok(hex::encode(super::hash_range(path, from, len)?.finalize()))
 }
 
 /// Verifies the current version under `dest`; with `trust` keys, also that
@@ -84,7 +67,7 @@ pub fn verify(dest: &Path, trust: &[VerifyingKey]) -> Result<Verified, VerifyErr
         let graph = std::fs::read(dir.join(GRAPH_FILE))?;
         let held = verify_graph(&manifest, &graph)?;
         for (name, location) in &held {
-            let (digest, _) = file_digest(&dir.join(location), 0, None)
+            let digest = file_digest(&dir.join(location), 0, None)
                 .map_err(|e| mismatch(name, &format!("cannot read {location}: {e}")))?;
             if digests.get(name.as_str()) != Some(&digest.as_str()) {
                 return Err(mismatch(name, &format!("{location} does not match the manifest's sha256")));
@@ -98,7 +81,7 @@ pub fn verify(dest: &Path, trust: &[VerifyingKey]) -> Result<Verified, VerifyErr
         let mut checked = 0;
         for t in &manifest.tensors {
             let Some((from, len)) = st.range(&t.name) else { continue };
-            let (digest, _) = file_digest(&path, from, Some(len))?;
+            let digest = file_digest(&path, from, Some(len))?;
             if digest != t.sha256 {
                 return Err(mismatch(&t.name, "its bytes in model.safetensors do not match the manifest's sha256"));
             }
