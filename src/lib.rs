@@ -22,8 +22,12 @@
 //! - [`http`]: routes, negotiation, errors, the connection loop.
 //!
 //! A pulled tensor goes from the socket to the device's disk through
-//! [`updater`] alone, which uses only [`wire`] and [`onnx`]: manifest →
-//! plan → fetch and verify → write the version → check and switch.
+//! [`updater`] alone, which uses only [`wire`], [`onnx`] and the client
+//! side: manifest → plan → fetch and verify → write the version → check and
+//! switch. The client side: [`net`] (the HTTP client: TLS, credentials,
+//! bounded bodies) and [`oci`] (OCI registries: the artifact a version
+//! becomes, the distribution API). [`push`] publishes a loaded model to a
+//! registry.
 //!
 //! Beside them: [`config`] (the TOML file) and [`demo`] (the built-in demo
 //! model).
@@ -40,8 +44,11 @@ pub mod encode;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
+pub mod net;
+pub mod oci;
 pub mod onnx;
 pub mod publish;
+pub mod push;
 pub mod runtime;
 pub mod store;
 pub mod updater;

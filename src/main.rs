@@ -48,6 +48,10 @@ enum Command {
     /// Keep a local copy of a model current with a hub: fetch only changed
     /// tensors, verify them, switch versions atomically.
     Pull(PullArgs),
+    /// Publish a model version to an OCI registry (oci://HOST[:PORT]/REPO:TAG):
+    /// one layer per tensor, named by its sha256; blobs the registry holds are
+    /// not uploaded again.
+    Push(PushArgs),
     /// Point `current` back at the previous version.
     Rollback {
         #[arg(long)]
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Serve { config, listen, runtime, ort_lib, models } => serve(config, listen, runtime, ort_lib, models),
         Command::Inspect { model } => inspect(&model),
         Command::Pull(args) => return pull(args),
+        Command::Push(args) => push(args),
         Command::Rollback { dest } => {
             weightcast::updater::rollback(&dest).map(|v| println!("current is now {v}")).map_err(|e| e.to_string())
         }
@@ -126,10 +131,126 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// Where a registry's credentials and CA come from (push and pull).
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// File holding USER:PASSWORD for an oci:// registry; without it, the
+    /// registry's entry in Docker's config.json (~/.docker/config.json or
+    /// $DOCKER_CONFIG), if any; else anonymous.
+    #[arg(long)]
+    registry_credentials: Option<PathBuf>,
+}
+
+/// `weightcast push`'s flags.
+#[derive(clap::Args)]
+struct PushArgs {
+    /// The model file.
+    model: PathBuf,
+    /// Where to publish it: oci://HOST[:PORT]/REPOSITORY[:TAG] (https; plain
+    /// HTTP for localhost/127.0.0.1 only).
+    target: String,
+    /// The model's name in its manifest [default: the file stem].
+    #[arg(long)]
+    name: Option<String>,
+    /// Sign the manifest with this secret key (from `weightcast keygen`).
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    /// How long the signature is valid; devices refuse the manifest after
+    /// that (freeze protection): push again before it ends.
+    #[arg(long, default_value = "168h", value_parser = parse_duration)]
+    valid_for: std::time::Duration,
+    /// CA certificate (PEM) the registry's certificate must chain to;
+    /// without it, the system's roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Deadline for each request.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+}
+
+/// The client for a hub or registry URL: TLS for https (and for oci://
+/// unless the host is loopback), credentials for a registry.
+fn client_for(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    token: Option<String>,
+    registry: &RegistryArgs,
+    timeout: std::time::Duration,
+) -> Result<weightcast::net::Client, String> {
+    use weightcast::net::{self, Client};
+    use weightcast::oci;
+    let origin = match url.starts_with("oci://") {
+        true => oci::Reference::parse(url)?.origin,
+        false => url.to_string(),
+    };
+    let tls = match origin.split("://").next() {
+        Some("http") if ca.is_some() => return Err(format!("--ca is for TLS; {url} is plain HTTP")),
+        Some("http") => None,
+        Some("https") => Some(net::tls_config(ca)?),
+        _ => return Err(format!("'{url}': give http://, https:// or oci://")),
+    };
+    let plain = Client { auth: None, timeout, tls };
+    if !url.starts_with("oci://") {
+        if registry.registry_credentials.is_some() {
+            return Err("--registry-credentials is for oci:// registries (a hub takes --token-file)".into());
+        }
+        let auth = token.map(|t| std::sync::Arc::new(net::Bearer(t)) as std::sync::Arc<dyn net::Authorizer>);
+        return Ok(Client { auth, ..plain });
+    }
+    if token.is_some() {
+        return Err("--token-file is for hubs; a registry takes --registry-credentials or Docker's config.json".into());
+    }
+    let host = origin.split("://").nth(1).unwrap_or_default().to_string();
+    let credentials = match &registry.registry_credentials {
+        Some(path) => Some(oci::Credentials::from_file(path)?),
+        None => oci::Credentials::from_docker_config(&host),
+    };
+    let auth = oci::RegistryAuth::new(&origin, credentials, plain.clone());
+    Ok(Client { auth: Some(std::sync::Arc::new(auth)), ..plain })
+}
+
+fn push(a: PushArgs) -> Result<(), String> {
+    use weightcast::oci;
+    let reference = oci::Reference::parse(&a.target)?;
+    let client = client_for(&a.target, a.ca.as_deref(), None, &a.registry, a.timeout)?;
+    let key = a.signing_key.as_deref().map(secret_key).transpose()?;
+    let named = [(a.name.clone(), a.model.clone())];
+    let spec = store::specs(&named).map_err(|e| e.to_string())?.remove(0);
+    let started = std::time::Instant::now();
+    let model = store::load(&spec, None, std::sync::Arc::new(Cache::new(64 << 20))).map_err(|e| e.to_string())?;
+    let valid_ms = a.valid_for.as_millis() as u64;
+    let sign = |m: &mut weightcast::wire::proto::Manifest| {
+        if let Some(key) = &key {
+            m.expires_at_ms = m.published_at_ms.saturating_add(valid_ms);
+            weightcast::wire::signature::sign(m, key);
+        }
+    };
+    let manifest = weightcast::push::config(&model, Some(&sign));
+    let registry = oci::Registry::new(&reference, client);
+    let pushed = smol::block_on(weightcast::push::push(&model, &manifest, &registry, &reference.reference))
+        .map_err(|e| e.to_string())?;
+    let ms = started.elapsed().as_millis();
+    println!(
+        "pushed {} version {} as {}@{}: {} of {} blobs uploaded ({} of {} bytes), {ms} ms",
+        model.name,
+        pushed.version,
+        a.target,
+        pushed.digest,
+        pushed.uploaded,
+        pushed.blobs,
+        pushed.uploaded_bytes,
+        pushed.artifact_bytes
+    );
+    Ok(())
+}
+
 /// `weightcast pull`'s flags.
 #[derive(clap::Args)]
 struct PullArgs {
-    /// The model on the hub, e.g. http://hub:8080/v1/models/detector
+    /// The model on a hub (http://hub:8080/v1/models/detector) or in an OCI
+    /// registry (oci://registry:5000/team/detector:prod).
     url: String,
     /// Folder holding versions/ and the `current` symlink.
     #[arg(long)]
@@ -160,6 +281,8 @@ struct PullArgs {
     /// without it, the system's roots.
     #[arg(long)]
     ca: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Deadline for each request.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     timeout: std::time::Duration,
@@ -187,15 +310,9 @@ struct PullArgs {
 }
 
 /// What `weightcast pull` was told, checked: the updater's options and its client.
-fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast::updater::Client), String> {
-    use weightcast::updater::{self, Check, Client, Options};
+fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast::net::Client), String> {
+    use weightcast::updater::{self, Check, Options};
     let url = http_types::Url::parse(&a.url).map_err(|e| format!("bad URL '{}': {e}", a.url))?;
-    let tls = match url.scheme() {
-        "http" if a.ca.is_some() => return Err("--ca is for https:// hubs".into()),
-        "http" => None,
-        "https" => Some(updater::tls_config(a.ca.as_deref())?),
-        other => return Err(format!("'{}': the hub URL must be http:// or https://, not {other}://", a.url)),
-    };
     let cfg = match &a.config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
@@ -222,10 +339,14 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
     if output == updater::Output::Safetensors && matches!(check, Check::Load(..)) {
         return Err("--check ort loads model.onnx; with --format safetensors use --check CMD".into());
     }
+    if url.scheme() == "oci" && a.dtype.is_some() {
+        return Err("--dtype: a registry holds the weights as pushed (push a cast model instead)".into());
+    }
     let trust = a.trust.iter().map(|t| public_key(t)).collect::<Result<Vec<_>, _>>()?;
+    let client = client_for(&a.url, a.ca.as_deref(), token, &a.registry, a.timeout)?;
     let opts =
         Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone(), output, dtype: a.dtype, trust };
-    Ok((opts, Client { token, timeout: a.timeout, tls }))
+    Ok((opts, client))
 }
 
 fn pull(a: PullArgs) -> ExitCode {

@@ -6,8 +6,6 @@
 //! from the current version, the new version is written beside the old one
 //! ([`layout`]), optionally checked, and `current` is switched atomically.
 
-mod client;
-pub use client::tls_config;
 mod layout;
 mod stfile;
 mod verify;
@@ -23,10 +21,10 @@ use http_types::Url;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use crate::net::{self as client, Client, FetchError};
 use crate::onnx::DataType;
 use crate::wire::proto::{Bundle, Manifest};
 use crate::wire::{self, MODEL_VERSION};
-pub use client::{Client, FetchError};
 use layout::{write_synced, Dest};
 
 /// How a new version is checked before `current` moves to it.
@@ -145,6 +143,8 @@ pub enum UpdateError {
     NoSpace { needed: u64, free: u64, dest: PathBuf },
     #[error("--exec: {0}")]
     Exec(String),
+    #[error(transparent)]
+    Registry(#[from] crate::oci::RegistryError),
     #[error("{0}")]
     Disk(#[from] std::io::Error),
 }
@@ -243,6 +243,18 @@ impl Hub {
         base.join(path).map_err(|e| bad(&e.to_string()))
     }
 
+    /// Where a large tensor's raw bytes are: its blob, or (an older hub) the
+    /// tensor route.
+    fn tensor_url(&self, info: &crate::wire::proto::TensorInfo) -> Result<Url, UpdateError> {
+        match info.blob.is_empty() {
+            false => self.blob(&info.blob),
+            true => {
+                let name = percent_encoding::utf8_percent_encode(&info.name, QUERY);
+                self.url(&format!("/tensors/{name}?format=raw"), true)
+            }
+        }
+    }
+
     /// `base + suffix`, with the representation's query appended when `dtype`.
     fn url(&self, suffix: &str, dtype: bool) -> Result<Url, UpdateError> {
         let sep = if suffix.contains('?') { '&' } else { '?' };
@@ -254,6 +266,28 @@ impl Hub {
     }
 }
 
+/// Where versions come from: a hub's model URL, or an OCI registry's tag.
+enum Source {
+    Hub(Hub),
+    Registry { registry: crate::oci::Registry, reference: String },
+}
+
+impl Source {
+    fn new(opts: &Options, client: &Client) -> Result<Source, UpdateError> {
+        if opts.url.scheme() != "oci" {
+            return Ok(Source::Hub(Hub::new(opts)));
+        }
+        let r = crate::oci::Reference::parse(opts.url.as_str())
+            .map_err(|problem| UpdateError::BadUrl { url: opts.url.to_string(), problem })?;
+        Ok(Source::Registry { registry: crate::oci::Registry::new(&r, client.clone()), reference: r.reference })
+    }
+}
+
+/// The blobs of an OCI artifact, by digest.
+struct Artifact {
+    layers: std::collections::HashSet<String>,
+}
+
 /// A manifest the hub offered, verified against itself.
 struct Offer {
     manifest: Manifest,
@@ -263,6 +297,8 @@ struct Offer {
     model_version: String,
     etag: Option<String>,
     wire_bytes: u64,
+    /// From a registry: the artifact's blobs.
+    artifact: Option<Artifact>,
 }
 
 /// Step 1: the manifest, conditionally. `None`: not modified since `etag`.
@@ -289,6 +325,48 @@ async fn fetch_manifest(client: &Client, hub: &Hub, etag: Option<&str>) -> Resul
         wire_bytes: reply.wire_bytes as u64,
         manifest,
         body: reply.body,
+        artifact: None,
+    }))
+}
+
+/// Step 1 from a registry: the tag's manifest, conditionally, then its
+/// config (a weightcast manifest). `None`: not modified since `etag`.
+async fn fetch_artifact(
+    registry: &crate::oci::Registry,
+    reference: &str,
+    etag: Option<&str>,
+) -> Result<Option<Offer>, UpdateError> {
+    use crate::oci;
+    let Some(found) = registry.manifest(reference, etag).await? else {
+        return Ok(None);
+    };
+    let image = &found.manifest;
+    let unusable =
+        |problem: String| UpdateError::Manifest { problem: format!("{reference} ({}): {problem}", found.digest) };
+    let config = image.config();
+    if config.media_type().as_ref() != oci::CONFIG_TYPE {
+        return Err(unusable(format!(
+            "its config is '{}', not a weightcast manifest ({}); push it with `weightcast push`",
+            config.media_type(),
+            oci::CONFIG_TYPE
+        )));
+    }
+    let limit = config.size().min(MANIFEST_LIMIT);
+    let reply = registry.blob(config.digest().as_ref(), limit).await?;
+    let manifest = Manifest::decode(reply.body.as_slice())
+        .map_err(|e| unusable(format!("its config is not a weightcast.v1.Manifest: {e}")))?;
+    verify_manifest(&manifest)?;
+    let layers: std::collections::HashSet<String> = image.layers().iter().map(|l| l.digest().to_string()).collect();
+    if !layers.contains(&oci::digest_of(&manifest.graph_sha256)) {
+        return Err(unusable("no layer holds the graph its config names".into()));
+    }
+    Ok(Some(Offer {
+        manifest,
+        body: reply.body,
+        model_version: String::new(),
+        etag: Some(found.etag),
+        wire_bytes: found.wire_bytes + reply.wire_bytes as u64,
+        artifact: Some(Artifact { layers }),
     }))
 }
 
@@ -307,7 +385,7 @@ struct Contents {
 /// weights changed), else from the hub.
 async fn contents(
     client: &Client,
-    hub: &Hub,
+    source: &Source,
     opts: &Options,
     offer: &Offer,
     current: Option<&Path>,
@@ -326,13 +404,20 @@ async fn contents(
     let local = current.and_then(|dir| std::fs::read(dir.join(GRAPH_FILE)).ok());
     let (graph, wire_bytes) = match local.filter(|g| hex::encode(Sha256::digest(g)) == manifest.graph_sha256) {
         Some(graph) => (graph, 0),
-        None => {
-            let url = hub.url("/graph", false)?;
-            let reply = client.get(&url, &[], offer.manifest.graph_bytes).await?;
-            expect_ok(&url, &reply)?;
-            same_model(&reply, &offer.model_version)?;
-            (reply.body, reply.wire_bytes as u64)
-        }
+        None => match source {
+            Source::Registry { registry, .. } => {
+                let digest = crate::oci::digest_of(&manifest.graph_sha256);
+                let reply = registry.blob(&digest, offer.manifest.graph_bytes).await?;
+                (reply.body, reply.wire_bytes as u64)
+            }
+            Source::Hub(hub) => {
+                let url = hub.url("/graph", false)?;
+                let reply = client.get(&url, &[], offer.manifest.graph_bytes).await?;
+                expect_ok(&url, &reply)?;
+                same_model(&reply, &offer.model_version)?;
+                (reply.body, reply.wire_bytes as u64)
+            }
+        },
     };
     let held = verify_graph(manifest, &graph)?;
     Ok(Contents { graph: Some(graph), held, wire_bytes })
@@ -428,7 +513,7 @@ pub(crate) enum Fetched {
 /// them with the bytes that crossed the wire.
 async fn fetch_tensors(
     client: &Client,
-    hub: &Hub,
+    source: &Source,
     offer: &Offer,
     needed: &[String],
     partial: &Path,
@@ -443,11 +528,14 @@ async fn fetch_tensors(
     // one by one: a cache between hub and devices keeps each one; the small
     // rest in batches. Without a blob URL (an older hub), from RESUME_FROM on
     // through the tensor route.
+    // From a registry, every tensor is a blob.
+    let registry = matches!(source, Source::Registry { .. });
     let (large, small): (Vec<String>, Vec<String>) = needed.iter().cloned().partition(|n| {
-        infos.get(n.as_str()).is_some_and(|t| {
-            let by_digest = !t.blob.is_empty() && t.nbytes >= BY_DIGEST;
-            t.dtype != DataType::String as i32 && (by_digest || t.nbytes >= RESUME_FROM)
-        })
+        registry
+            || infos.get(n.as_str()).is_some_and(|t| {
+                let by_digest = !t.blob.is_empty() && t.nbytes >= BY_DIGEST;
+                t.dtype != DataType::String as i32 && (by_digest || t.nbytes >= RESUME_FROM)
+            })
     });
     let bar = progress(needed.iter().map(|n| size(n)).sum());
     let mut fetched: HashMap<String, Fetched> = HashMap::new();
@@ -456,11 +544,20 @@ async fn fetch_tensors(
     for name in &large {
         let info = infos.get(name.as_str()).ok_or_else(|| tensor_error(name, "not in the manifest"))?;
         let dir = partial.join(&manifest.version);
-        let (file, wire) = fetch_large(client, hub, info, &dir, &offer.model_version, &bar).await?;
+        let (client, url, model_version) = match source {
+            Source::Hub(hub) => {
+                (client, hub.tensor_url(info)?, (info.blob.is_empty()).then_some(offer.model_version.as_str()))
+            }
+            Source::Registry { registry, .. } => (registry.client(), artifact_blob(registry, offer, info)?, None),
+        };
+        let (file, wire) = fetch_large(client, &url, model_version, info, &dir, &bar).await?;
         wire_bytes += wire;
         fetched.insert(name.clone(), Fetched::File(file));
     }
     for batch in batches(&small) {
+        let Source::Hub(hub) = source else {
+            return Err(tensor_error(&batch[0], "a registry has no batch route"));
+        };
         let names: Vec<String> =
             batch.iter().map(|n| format!("names={}", percent_encoding::utf8_percent_encode(n, QUERY))).collect();
         let url = hub.url(&format!("/weights?{}", names.join("&")), true)?;
@@ -548,9 +645,13 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     let mut state = dest.state();
     let current = dest.current();
     let current_dir = current.as_ref().map(|c| c.1.as_path());
-    let hub = Hub::new(opts);
+    let source = Source::new(opts, client)?;
     let etag = state.etag.clone().filter(|_| current.is_some());
-    let Some(offer) = fetch_manifest(client, &hub, etag.as_deref()).await? else {
+    let offer = match &source {
+        Source::Hub(hub) => fetch_manifest(client, hub, etag.as_deref()).await?,
+        Source::Registry { registry, reference } => fetch_artifact(registry, reference, etag.as_deref()).await?,
+    };
+    let Some(offer) = offer else {
         still_signed(opts, &state)?;
         return Ok(Outcome::Current { version: current.map(|c| c.0) });
     };
@@ -565,7 +666,7 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         tracing::info!(version = %offer.manifest.version, "the hub still offers a version that failed its check; keeping the current one");
         return Ok(Outcome::Current { version: current.map(|c| c.0) });
     }
-    let contents = contents(client, &hub, opts, &offer, current_dir).await?;
+    let contents = contents(client, &source, opts, &offer, current_dir).await?;
     let current_st = current_dir.and_then(|dir| stfile::Current::open(&dir.join(SAFETENSORS_FILE)));
     let needed =
         plan(&offer.manifest, &contents.held, &local_digests(current_dir), |name, location| match opts.output {
@@ -573,7 +674,8 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
             Output::Safetensors => current_st.as_ref().is_some_and(|st| st.holds(name)),
         })?;
     check_space(dest.root(), &offer, &contents)?;
-    let (fetched, tensor_bytes) = fetch_tensors(client, &hub, &offer, &needed, &dest.root().join(".partial")).await?;
+    let (fetched, tensor_bytes) =
+        fetch_tensors(client, &source, &offer, &needed, &dest.root().join(".partial")).await?;
     let tmp = write_version(&dest, &offer, &contents, &fetched, current_dir, current_st.as_ref())?;
     let fetched_bytes = offer.wire_bytes + contents.wire_bytes + tensor_bytes;
     let outcome = Outcome::Updated {
@@ -688,10 +790,10 @@ fn clean_partials(partial: &Path, keep: &str) {
 /// that crossed the wire this time.
 async fn fetch_large(
     client: &Client,
-    hub: &Hub,
+    url: &Url,
+    model_version: Option<&str>,
     info: &crate::wire::proto::TensorInfo,
     dir: &Path,
-    model_version: &str,
     bar: &indicatif::ProgressBar,
 ) -> Result<(PathBuf, u64), UpdateError> {
     let name = info.name.as_str();
@@ -704,13 +806,6 @@ async fn fetch_large(
     let have = match (&tag, std::fs::metadata(&part)) {
         (Some(_), Ok(m)) if m.len() <= info.nbytes => m.len(),
         _ => 0,
-    };
-    let by_digest = !info.blob.is_empty();
-    let url = match by_digest {
-        true => hub.blob(&info.blob)?,
-        false => {
-            hub.url(&format!("/tensors/{}?format=raw", percent_encoding::utf8_percent_encode(name, QUERY)), true)?
-        }
     };
     let range = format!("bytes={have}-");
     let mut headers = vec![("Accept", "application/octet-stream"), ("Accept-Encoding", "identity")];
@@ -739,7 +834,7 @@ async fn fetch_large(
         bar.inc(piece.len() as u64);
     };
     let dl = client::Download { path: &part, have, limit: info.nbytes, on_piece: &on_piece, on_head: &on_head };
-    let reply = client.download(&url, &headers, dl).await?;
+    let reply = client.download(url, &headers, dl).await?;
     if reply.status == 416 {
         // What we hold is not a prefix of this body: start over next round.
         let _ = std::fs::remove_file(&part);
@@ -752,9 +847,9 @@ async fn fetch_large(
             explanation: None,
         });
     }
-    if !by_digest {
+    if let Some(version) = model_version {
         // A blob is checked by its digest alone: it belongs to no one version.
-        same_model(&reply, model_version)?;
+        same_model(&reply, version)?;
     }
     // Complete now, valid or not: a bad body is not resumed but fetched anew.
     let _ = std::fs::remove_file(&tag_file);
@@ -785,6 +880,19 @@ fn hash_range(path: &Path, from: u64, len: Option<u64>) -> std::io::Result<Sha25
             n => hasher.update(&buf[..n]),
         }
     }
+}
+
+/// A tensor's blob in a registry: a layer of the artifact named by its digest.
+fn artifact_blob(
+    registry: &crate::oci::Registry,
+    offer: &Offer,
+    info: &crate::wire::proto::TensorInfo,
+) -> Result<Url, UpdateError> {
+    let digest = crate::oci::digest_of(&info.sha256);
+    if !offer.artifact.as_ref().is_some_and(|a| a.layers.contains(&digest)) {
+        return Err(tensor_error(&info.name, format!("the artifact has no layer {digest}")));
+    }
+    registry.blob_url(&digest).map_err(|e| UpdateError::BadUrl { url: digest, problem: e.to_string() })
 }
 
 /// Characters escaped in a tensor name inside `?names=` (commas separate names).

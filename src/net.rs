@@ -1,11 +1,46 @@
-//! The updater's HTTP client: one GET per connection over async-h1 on smol
-//! (the server's own stack), with a deadline, an optional bearer token, and
-//! checks that a body arrived whole.
+//! The HTTP client of `weightcast pull` and `weightcast push`: one request
+//! per connection over async-h1 on smol (the server's own stack), plain or
+//! TLS (rustls), with a deadline, credentials a [`Authorizer`] keeps (a hub's
+//! bearer token, a registry's token dance), redirects followed for reads,
+//! and checks that a body arrived whole and no larger than expected.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
 use http_types::{Method, Request, Url};
+
+/// What answers a server's `401`: the `Authorization` header to send, and
+/// new credentials when challenged (`WWW-Authenticate`).
+pub trait Authorizer: Send + Sync {
+    /// The `Authorization` value for a request to `url`, if any.
+    fn header(&self, url: &Url) -> Option<String>;
+    /// Called with a `401`'s `WWW-Authenticate`; `Ok(true)`: new credentials
+    /// are ready and the request is sent once more.
+    fn challenge<'a>(
+        &'a self,
+        url: &'a Url,
+        challenge: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, FetchError>> + Send + 'a>>;
+}
+
+/// A fixed bearer token (a hub's `--token-file`): nothing to renew.
+pub struct Bearer(pub String);
+
+impl Authorizer for Bearer {
+    fn header(&self, _: &Url) -> Option<String> {
+        Some(format!("Bearer {}", self.0))
+    }
+    fn challenge<'a>(
+        &'a self,
+        _: &'a Url,
+        _: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, FetchError>> + Send + 'a>> {
+        Box::pin(async { Ok(false) })
+    }
+}
 
 /// Why a request did not give a usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +64,14 @@ pub enum FetchError {
     Tls(String, String),
     #[error("{0}: cannot decode zstd body: {1}")]
     Zstd(String, std::io::Error),
+    #[error("{url}: {problem}")]
+    Auth { url: String, problem: String },
+    #[error("{0}: more than {MAX_REDIRECTS} redirects")]
+    Redirects(String),
 }
+
+/// Redirects followed for one read (registries send blob reads to storage).
+const MAX_REDIRECTS: usize = 5;
 
 /// A zstd body decoded to at most `limit` bytes (an error past it: a small
 /// body must not inflate to gigabytes).
@@ -54,39 +96,43 @@ fn body_error(url: &str, message: String) -> FetchError {
 }
 
 /// An answer.
-pub(crate) struct Reply {
-    pub(crate) status: u16,
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
     headers: Vec<(String, String)>,
     /// Decoded (zstd undone).
-    pub(crate) body: Vec<u8>,
+    pub body: Vec<u8>,
     /// Bytes that crossed the wire for the body.
-    pub(crate) wire_bytes: usize,
+    pub wire_bytes: usize,
 }
 
 impl Reply {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 /// A body being written to a file: what arrived so far stays there, so a later
 /// request can resume it with `Range`.
-pub(crate) struct Download<'a> {
-    pub(crate) path: &'a std::path::Path,
+pub struct Download<'a> {
+    /// The file.
+    pub path: &'a std::path::Path,
     /// Bytes already in the file (asked for with `Range: bytes=N-`).
-    pub(crate) have: u64,
+    pub have: u64,
     /// Most bytes the whole file may hold: reading stops there, with an error.
-    pub(crate) limit: u64,
+    pub limit: u64,
     /// Called with each piece of the body as it is written (hash, progress).
-    pub(crate) on_piece: &'a dyn Fn(&[u8]),
+    pub on_piece: &'a dyn Fn(&[u8]),
     /// Called with the answer's head before its body is read.
-    pub(crate) on_head: &'a dyn Fn(&Reply),
+    pub on_head: &'a dyn Fn(&Reply),
 }
 
-/// The updater's HTTP client.
+/// The HTTP client.
+#[derive(Clone)]
 pub struct Client {
-    /// Bearer token sent with every request (`--token-file`).
-    pub token: Option<String>,
+    /// Credentials for every request (a hub's token, a registry's dance).
+    pub auth: Option<Arc<dyn Authorizer>>,
     /// Deadline of each request (`--timeout`).
     pub timeout: Duration,
     /// How `https://` hubs are verified ([`tls_config`]).
@@ -129,18 +175,13 @@ pub fn tls_config(ca: Option<&std::path::Path>) -> Result<std::sync::Arc<rustls:
 impl Client {
     /// GETs `url` into `dl.path`: appended after `dl.have` bytes on a `206`,
     /// written from the start on a `200`. The reply's body is left empty.
-    pub(crate) async fn download(
-        &self,
-        url: &Url,
-        headers: &[(&str, &str)],
-        dl: Download<'_>,
-    ) -> Result<Reply, FetchError> {
+    pub async fn download(&self, url: &Url, headers: &[(&str, &str)], dl: Download<'_>) -> Result<Reply, FetchError> {
         use futures_lite::AsyncReadExt;
         use std::io::Write;
         let name = url.to_string();
         let io = |e: std::io::Error| FetchError::Http(name.clone(), format!("cannot write {}: {e}", dl.path.display()));
         let work = async {
-            let mut res = self.send(url, headers).await?;
+            let mut res = self.send(Method::Get, url, headers, None).await?;
             let status = u16::from(res.status());
             let reply_headers: Vec<(String, String)> =
                 res.iter().map(|(k, v)| (k.as_str().to_string(), v.last().as_str().to_string())).collect();
@@ -196,21 +237,71 @@ impl Client {
         .await
     }
 
-    async fn send(&self, url: &Url, headers: &[(&str, &str)]) -> Result<http_types::Response, FetchError> {
+    /// Sends a request: credentials from the [`Authorizer`], once more
+    /// after a `401` it answered with new ones; a read follows redirects
+    /// (credentials go only where the authorizer gives them).
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: Option<&bytes::Bytes>,
+    ) -> Result<http_types::Response, FetchError> {
+        let mut url = url.clone();
+        let (mut challenged, mut redirects) = (false, 0);
+        loop {
+            let auth = self.auth.as_ref().and_then(|a| a.header(&url));
+            let res = self.send_once(method, &url, headers, body, auth).await?;
+            let status = u16::from(res.status());
+            if status == 401 && !challenged {
+                if let (Some(a), Some(c)) = (&self.auth, res.header("WWW-Authenticate")) {
+                    challenged = true;
+                    if a.challenge(&url, c.last().as_str()).await? {
+                        continue;
+                    }
+                }
+            }
+            let read = matches!(method, Method::Get | Method::Head);
+            if read && matches!(status, 301 | 302 | 303 | 307 | 308) {
+                if let Some(to) = res.header("Location").and_then(|l| url.join(l.last().as_str()).ok()) {
+                    redirects += 1;
+                    if redirects > MAX_REDIRECTS {
+                        return Err(FetchError::Redirects(url.to_string()));
+                    }
+                    url = to;
+                    continue;
+                }
+            }
+            return Ok(res);
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: Option<&bytes::Bytes>,
+        auth: Option<String>,
+    ) -> Result<http_types::Response, FetchError> {
         let name = url.to_string();
         let host = url.host_str().unwrap_or("127.0.0.1");
         let port = url.port_or_known_default().unwrap_or(80);
         let stream = smol::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| FetchError::Connect(format!("{host}:{port}"), e))?;
-        let mut req = Request::new(Method::Get, url.clone());
+        let mut req = Request::new(method, url.clone());
         req.insert_header("Accept-Encoding", "zstd");
         req.insert_header("Connection", "close");
-        if let Some(t) = &self.token {
-            req.insert_header("Authorization", format!("Bearer {t}"));
+        if let Some(a) = auth {
+            req.insert_header("Authorization", a);
         }
         for (k, v) in headers {
             req.insert_header(*k, *v);
+        }
+        if let Some(b) = body {
+            let len = b.len();
+            req.set_body(http_types::Body::from_reader(futures_lite::io::Cursor::new(b.clone()), Some(len)));
         }
         if url.scheme() != "https" {
             return async_h1::connect(stream, req).await.map_err(|e| FetchError::Http(name, e.to_string()));
@@ -225,18 +316,60 @@ impl Client {
         async_h1::connect(stream, req).await.map_err(|e| FetchError::Http(name, e.to_string()))
     }
 
+    /// Sends `method` with `body` (a registry upload, a manifest); reads an
+    /// answer of at most `limit` bytes (not decoded).
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: Option<bytes::Bytes>,
+        limit: u64,
+    ) -> Result<Reply, FetchError> {
+        use futures_lite::AsyncReadExt;
+        let name = url.to_string();
+        let work = async {
+            let mut res = self.send(method, url, headers, body.as_ref()).await?;
+            let headers: Vec<(String, String)> =
+                res.iter().map(|(k, v)| (k.as_str().to_string(), v.last().as_str().to_string())).collect();
+            let mut raw = Vec::new();
+            if method != Method::Head {
+                let mut reader = res.take_body().into_reader().take(limit + 1);
+                reader.read_to_end(&mut raw).await.map_err(|e| body_error(&name, e.to_string()))?;
+                if raw.len() as u64 > limit {
+                    return Err(FetchError::TooLarge { url: name.clone(), limit });
+                }
+            }
+            Ok(Reply { status: u16::from(res.status()), headers, wire_bytes: raw.len(), body: raw })
+        };
+        self.deadline(&name, work).await
+    }
+
+    async fn deadline<T>(
+        &self,
+        name: &str,
+        work: impl Future<Output = Result<T, FetchError>>,
+    ) -> Result<T, FetchError> {
+        let deadline = self.timeout;
+        work.or(async {
+            smol::Timer::after(deadline).await;
+            Err(FetchError::Timeout(name.to_string(), deadline))
+        })
+        .await
+    }
+
     /// GETs `url` with `headers`; asks for zstd and decodes it. The body may
     /// be at most `limit` bytes, on the wire and decoded: a hub cannot make
     /// the device read or inflate more than what it expects. Decoding runs
     /// on the blocking pool, so the deadline fires whatever the body holds.
-    pub(crate) async fn get(&self, url: &Url, headers: &[(&str, &str)], limit: u64) -> Result<Reply, FetchError> {
+    pub async fn get(&self, url: &Url, headers: &[(&str, &str)], limit: u64) -> Result<Reply, FetchError> {
         use futures_lite::AsyncReadExt;
         let name = url.to_string();
         let too_large = || FetchError::TooLarge { url: name.clone(), limit };
         // zstd may add a little to incompressible bytes: frame and block headers.
         let wire_limit = limit + limit / 128 + 4096;
         let work = async {
-            let mut res = self.send(url, headers).await?;
+            let mut res = self.send(Method::Get, url, headers, None).await?;
             let headers: Vec<(String, String)> =
                 res.iter().map(|(k, v)| (k.as_str().to_string(), v.last().as_str().to_string())).collect();
             let reply = Reply { status: u16::from(res.status()), headers, body: Vec::new(), wire_bytes: 0 };

@@ -1,0 +1,110 @@
+//! OCI registries as a fleet's distribution engine: how a weightcast version
+//! lies in a registry (an artifact), and the distribution API client that
+//! `weightcast push` and `weightcast pull oci://…` share.
+//!
+//! # The artifact
+//!
+//! An OCI image manifest (`application/vnd.oci.image.manifest.v1+json`)
+//! with `artifactType` [`ARTIFACT_TYPE`]:
+//! - **config**: the weightcast `Manifest` protobuf ([`CONFIG_TYPE`]), the
+//!   same bytes a hub serves, signed when the publisher signs;
+//! - **layer 1**: the graph ([`GRAPH_TYPE`]), the hub's `/graph`: every
+//!   tensor of 1 KiB or more points at `tensors/<name>.bin`;
+//! - **one layer per external tensor** ([`TENSOR_TYPE`]) whose digest is the
+//!   tensor's sha256 in the manifest: the stored bytes, little-endian, as
+//!   ONNX holds them. Unchanged tensors keep their digest across versions,
+//!   so a registry stores them once and a device fetches only new ones.
+//!
+//! Each layer's `org.opencontainers.image.title` is its path in a version
+//! folder (`model.onnx`, `tensors/…`): `oras pull` of the artifact gives a
+//! folder ONNX Runtime loads. No small tensors are packed together: tensors
+//! under 1 KiB already travel inside the graph, and a pack would break that
+//! property (figures in the README).
+//!
+//! The distribution API runs on [`crate::net`]'s smol client (the
+//! `oci-client` crate needs tokio); `oci-spec` gives the JSON types.
+
+mod auth;
+mod registry;
+
+pub use auth::{Credentials, RegistryAuth};
+pub use registry::{Registry, RegistryError, RegistryManifest};
+
+/// The artifact's `artifactType`.
+pub const ARTIFACT_TYPE: &str = "application/vnd.weightcast.model.v1";
+/// The config blob: a `weightcast.v1.Manifest`.
+pub const CONFIG_TYPE: &str = "application/vnd.weightcast.manifest.v1+protobuf";
+/// The graph layer: ONNX with external tensors under `tensors/`.
+pub const GRAPH_TYPE: &str = "application/vnd.weightcast.graph.v1+onnx";
+/// A tensor layer: its raw bytes.
+pub const TENSOR_TYPE: &str = "application/vnd.weightcast.tensor.v1";
+/// The media type of the manifest itself.
+pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// A layer's file name (what `oras pull` writes it as).
+pub const TITLE: &str = "org.opencontainers.image.title";
+/// A tensor layer's tensor name.
+pub const TENSOR_NAME: &str = "dev.weightcast.tensor";
+
+/// Registries refuse manifests above 4 MiB (distribution, Harbor, ECR).
+pub const MANIFEST_LIMIT: u64 = 4 << 20;
+
+/// Where an artifact lies: `oci://HOST[:PORT]/REPOSITORY[:TAG][@DIGEST]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    /// `https://host:port` (plain HTTP for loopback hosts, as Docker does).
+    pub origin: String,
+    /// `team/detector`.
+    pub repository: String,
+    /// The tag or `sha256:…` digest a manifest is read at.
+    pub reference: String,
+}
+
+impl Reference {
+    /// Parses `oci://…`. The tag defaults to `latest`.
+    pub fn parse(url: &str) -> Result<Reference, String> {
+        let rest = url.strip_prefix("oci://").ok_or_else(|| format!("'{url}' does not start with oci://"))?;
+        let bad = |why: &str| format!("'{url}': {why}; give one like oci://registry.example:5000/team/detector:v1");
+        if !rest.contains('/') {
+            return Err(bad("no repository"));
+        }
+        let parsed = oci_spec::distribution::Reference::try_from(rest).map_err(|e| bad(&e.to_string()))?;
+        let host = parsed.registry().to_string();
+        if !rest.starts_with(&host) {
+            return Err(bad("no registry host (the first part must be a host, with a port or a dot)"));
+        }
+        let reference = match (parsed.digest(), parsed.tag()) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.to_string(),
+            (None, None) => "latest".to_string(),
+        };
+        let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        let loopback = name == "localhost" || name.starts_with("127.") || name == "[::1]";
+        let scheme = if loopback { "http" } else { "https" };
+        Ok(Reference { origin: format!("{scheme}://{host}"), repository: parsed.repository().to_string(), reference })
+    }
+}
+
+/// `sha256:<hex>`.
+pub fn digest_of(hex: &str) -> String {
+    format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse() {
+        let r = Reference::parse("oci://127.0.0.1:5000/team/detector:v2").unwrap();
+        assert_eq!(r.origin, "http://127.0.0.1:5000");
+        assert_eq!((r.repository.as_str(), r.reference.as_str()), ("team/detector", "v2"));
+        let r = Reference::parse("oci://registry.example/detector").unwrap();
+        assert_eq!((r.origin.as_str(), r.reference.as_str()), ("https://registry.example", "latest"));
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = Reference::parse(&format!("oci://localhost:5000/m@{d}")).unwrap();
+        assert_eq!((r.origin.as_str(), r.reference.as_str()), ("http://localhost:5000", d.as_str()));
+        for bad in ["http://x/y", "oci://detector", "oci://reg:5000/UPPER:tag", "oci://reg:5000/x:bad tag"] {
+            assert!(Reference::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
