@@ -139,6 +139,10 @@ struct RegistryArgs {
     /// $DOCKER_CONFIG), if any; else anonymous.
     #[arg(long)]
     registry_credentials: Option<PathBuf>,
+    /// The oci:// registry speaks plain HTTP, not HTTPS (a registry on
+    /// loopback or a closed network; as `oras --plain-http`).
+    #[arg(long)]
+    plain_http: bool,
 }
 
 /// `weightcast push`'s flags.
@@ -146,8 +150,8 @@ struct RegistryArgs {
 struct PushArgs {
     /// The model file.
     model: PathBuf,
-    /// Where to publish it: oci://HOST[:PORT]/REPOSITORY[:TAG] (https; plain
-    /// HTTP for localhost/127.0.0.1 only).
+    /// Where to publish it: oci://HOST[:PORT]/REPOSITORY[:TAG] (HTTPS, or
+    /// plain HTTP with --plain-http).
     target: String,
     /// The model's name in its manifest [default: the file stem].
     #[arg(long)]
@@ -182,19 +186,21 @@ fn client_for(
     use weightcast::net::{self, Client};
     use weightcast::oci;
     let origin = match url.starts_with("oci://") {
-        true => oci::Reference::parse(url)?.origin,
+        true => oci::Reference::parse(url, registry.plain_http)?.origin,
         false => url.to_string(),
     };
     let tls = match origin.split("://").next() {
-        Some("http") if ca.is_some() => return Err(format!("--ca is for TLS; {url} is plain HTTP")),
+        Some("http") if ca.is_some() => {
+            return Err(format!("--ca is for https:// hubs and TLS registries; {url} is plain HTTP"))
+        }
         Some("http") => None,
         Some("https") => Some(net::tls_config(ca)?),
         _ => return Err(format!("'{url}': give http://, https:// or oci://")),
     };
     let plain = Client { auth: None, timeout, tls };
     if !url.starts_with("oci://") {
-        if registry.registry_credentials.is_some() {
-            return Err("--registry-credentials is for oci:// registries (a hub takes --token-file)".into());
+        if registry.registry_credentials.is_some() || registry.plain_http {
+            return Err("--registry-credentials and --plain-http are for oci:// registries".into());
         }
         let auth = token.map(|t| std::sync::Arc::new(net::Bearer(t)) as std::sync::Arc<dyn net::Authorizer>);
         return Ok(Client { auth, ..plain });
@@ -213,7 +219,7 @@ fn client_for(
 
 fn push(a: PushArgs) -> Result<(), String> {
     use weightcast::oci;
-    let reference = oci::Reference::parse(&a.target)?;
+    let reference = oci::Reference::parse(&a.target, a.registry.plain_http)?;
     let client = client_for(&a.target, a.ca.as_deref(), None, &a.registry, a.timeout)?;
     let key = a.signing_key.as_deref().map(secret_key).transpose()?;
     let named = [(a.name.clone(), a.model.clone())];
@@ -344,8 +350,18 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
     }
     let trust = a.trust.iter().map(|t| public_key(t)).collect::<Result<Vec<_>, _>>()?;
     let client = client_for(&a.url, a.ca.as_deref(), token, &a.registry, a.timeout)?;
-    let opts =
-        Options { url, dest: a.dest.clone(), keep: a.keep, check, exec: a.exec.clone(), output, dtype: a.dtype, trust };
+    let plain_http = a.registry.plain_http;
+    let opts = Options {
+        url,
+        dest: a.dest.clone(),
+        keep: a.keep,
+        check,
+        exec: a.exec.clone(),
+        output,
+        dtype: a.dtype,
+        trust,
+        plain_http,
+    };
     Ok((opts, client))
 }
 

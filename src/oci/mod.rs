@@ -51,7 +51,7 @@ pub const MANIFEST_LIMIT: u64 = 4 << 20;
 /// Where an artifact lies: `oci://HOST[:PORT]/REPOSITORY[:TAG][@DIGEST]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
-    /// `https://host:port` (plain HTTP for loopback hosts, as Docker does).
+    /// `https://host:port` (`http://` with `--plain-http`).
     pub origin: String,
     /// `team/detector`.
     pub repository: String,
@@ -60,8 +60,9 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Parses `oci://…`. The tag defaults to `latest`.
-    pub fn parse(url: &str) -> Result<Reference, String> {
+    /// Parses `oci://…`. The tag defaults to `latest`. The registry speaks
+    /// HTTPS, or plain HTTP when `plain_http` (as `oras --plain-http`).
+    pub fn parse(url: &str, plain_http: bool) -> Result<Reference, String> {
         let rest = url.strip_prefix("oci://").ok_or_else(|| format!("'{url}' does not start with oci://"))?;
         let bad = |why: &str| format!("'{url}': {why}; give one like oci://registry.example:5000/team/detector:v1");
         if !rest.contains('/') {
@@ -77,9 +78,7 @@ impl Reference {
             (None, Some(t)) => t.to_string(),
             (None, None) => "latest".to_string(),
         };
-        let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
-        let loopback = name == "localhost" || name.starts_with("127.") || name == "[::1]";
-        let scheme = if loopback { "http" } else { "https" };
+        let scheme = if plain_http { "http" } else { "https" };
         Ok(Reference { origin: format!("{scheme}://{host}"), repository: parsed.repository().to_string(), reference })
     }
 }
@@ -95,16 +94,16 @@ mod tests {
 
     #[test]
     fn references_parse() {
-        let r = Reference::parse("oci://127.0.0.1:5000/team/detector:v2").unwrap();
+        let r = Reference::parse("oci://127.0.0.1:5000/team/detector:v2", true).unwrap();
         assert_eq!(r.origin, "http://127.0.0.1:5000");
         assert_eq!((r.repository.as_str(), r.reference.as_str()), ("team/detector", "v2"));
-        let r = Reference::parse("oci://registry.example/detector").unwrap();
+        let r = Reference::parse("oci://registry.example/detector", false).unwrap();
         assert_eq!((r.origin.as_str(), r.reference.as_str()), ("https://registry.example", "latest"));
         let d = format!("sha256:{}", "a".repeat(64));
-        let r = Reference::parse(&format!("oci://localhost:5000/m@{d}")).unwrap();
+        let r = Reference::parse(&format!("oci://localhost:5000/m@{d}"), true).unwrap();
         assert_eq!((r.origin.as_str(), r.reference.as_str()), ("http://localhost:5000", d.as_str()));
         for bad in ["http://x/y", "oci://detector", "oci://reg:5000/UPPER:tag", "oci://reg:5000/x:bad tag"] {
-            assert!(Reference::parse(bad).is_err(), "{bad}");
+            assert!(Reference::parse(bad, false).is_err(), "{bad}");
         }
     }
 }

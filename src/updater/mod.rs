@@ -83,6 +83,8 @@ pub struct Options {
     /// Keys whose signature a manifest must carry (`--trust`); empty: no
     /// signature is asked for.
     pub trust: Vec<ed25519_dalek::VerifyingKey>,
+    /// An `oci://` registry speaks plain HTTP (`--plain-http`).
+    pub plain_http: bool,
 }
 
 /// How a round ended.
@@ -277,7 +279,7 @@ impl Source {
         if opts.url.scheme() != "oci" {
             return Ok(Source::Hub(Hub::new(opts)));
         }
-        let r = crate::oci::Reference::parse(opts.url.as_str())
+        let r = crate::oci::Reference::parse(opts.url.as_str(), opts.plain_http)
             .map_err(|problem| UpdateError::BadUrl { url: opts.url.to_string(), problem })?;
         Ok(Source::Registry { registry: crate::oci::Registry::new(&r, client.clone()), reference: r.reference })
     }

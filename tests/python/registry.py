@@ -112,16 +112,17 @@ class TokenService:
 
 class Registry:
     """`docker-registry serve` on a free loopback port; `auth` is None,
-    "htpasswd" or "token"."""
+    "htpasswd" or "token"; `tls` = (cert.pem, key.pem) serves HTTPS (as
+    `localhost`)."""
 
-    def __init__(self, tmp_path, auth=None):
+    def __init__(self, tmp_path, auth=None, tls=None):
         if not shutil.which("docker-registry"):
             raise RuntimeError("docker-registry is needed (the suite's set-up installs the Debian package)")
         self.dir = tmp_path / f"registry-{time.monotonic_ns()}"
         self.dir.mkdir()
         self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
+        self.host = f"{'localhost' if tls else '127.0.0.1'}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{self.host}"
         self.token_service = None
         auth_conf = ""
         if auth == "htpasswd":
@@ -135,12 +136,16 @@ class Registry:
         config = self.dir / "config.yml"
         config.write_text(f"version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\n"
                           f"storage:\n  filesystem:\n    rootdirectory: {self.dir / 'data'}\n"
-                          f"  delete:\n    enabled: true\nhttp:\n  addr: {self.host}\n{auth_conf}")
+                          f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{self.port}\n"
+                          + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "") + auth_conf)
         self.log = open(self.dir / "registry.log", "w")
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self.log, stderr=self.log)
+        if tls:  # the readiness probe only: the tests verify with their CA
+            import urllib3
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         for _ in range(200):
             try:
-                if requests.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
+                if requests.get(f"{self.url}/v2/", timeout=1, verify=False).status_code in (200, 401):
                     return
             except requests.ConnectionError:
                 time.sleep(0.05)

@@ -31,16 +31,17 @@ def wc(*args, env=None, timeout=120):
     return r.returncode, r.stdout, r.stderr
 
 
-def push(model, target, *extra, env=None):
-    rc, out, err = wc("push", model, target, *extra, env=env)
+def push(model, target, *extra, env=None, plain=True):
+    rc, out, err = wc("push", model, target, *(["--plain-http"] if plain else []), *extra, env=env)
     assert rc == 0, err
     # "… : U of B blobs uploaded (X of Y bytes), N ms"
     words = out.split(": ", 1)[1].replace("(", "").split()
     return dict(uploaded=int(words[0]), blobs=int(words[2]), uploaded_bytes=int(words[5]), out=out)
 
 
-def pull(url, dest, *extra, env=None):
-    rc, out, err = wc("pull", url, "--dest", dest, "--once", "--json", "--timeout", "20s", *extra, env=env)
+def pull(url, dest, *extra, env=None, plain=True):
+    plain = ["--plain-http"] if plain and url.startswith("oci://") else []
+    rc, out, err = wc("pull", url, "--dest", dest, "--once", "--json", "--timeout", "20s", *plain, *extra, env=env)
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return rc, (lines[-1] if lines else {}), err
 
@@ -146,11 +147,11 @@ def test_htpasswd_credentials_from_a_file_or_docker_config(registry, tmp_path):
     reg = registry("htpasswd")
     model = small_model(tmp_path / "m.onnx")
     target = f"oci://{reg.host}/private/m:v1"
-    rc, _, err = wc("push", model, target)
+    rc, _, err = wc("push", model, target, "--plain-http")
     assert rc == 1 and "--registry-credentials" in err, err
     creds = tmp_path / "creds"
     creds.write_text(f"{USER}:wrong\n")
-    rc, _, err = wc("push", model, target, "--registry-credentials", creds)
+    rc, _, err = wc("push", model, target, "--plain-http", "--registry-credentials", creds)
     assert rc == 1 and "401" in err, err
     creds.write_text(f"{USER}:{PASSWORD}\n")
     push(model, target, "--registry-credentials", creds)
@@ -172,11 +173,11 @@ def test_the_token_flow(registry, tmp_path):
     reg = registry("token")
     model = small_model(tmp_path / "m.onnx")
     target = f"oci://{reg.host}/team/m:v1"
-    rc, _, err = wc("push", model, target)
+    rc, _, err = wc("push", model, target, "--plain-http")
     assert rc == 1 and "401" in err and "--registry-credentials" in err, err
     creds = tmp_path / "creds"
     creds.write_text(f"{USER}:wrong\n")
-    rc, _, err = wc("push", model, target, "--registry-credentials", creds)
+    rc, _, err = wc("push", model, target, "--plain-http", "--registry-credentials", creds)
     assert rc == 1 and "token service" in err and "401" in err, err
     creds.write_text(f"{USER}:{PASSWORD}\n")
     push(model, target, "--registry-credentials", creds)
@@ -245,3 +246,54 @@ def test_signed_pushes_are_trusted_and_others_refused(registry, tmp_path):
     assert rc == 1 and "refused" in res["error"], res
     rc, res, err = pull(f"oci://{reg.host}/m:unsigned", tmp_path / "d3", "--trust", tmp_path / "pub1.pub")
     assert rc == 1 and "refused" in res["error"], res
+
+
+def test_a_blob_cut_mid_way_is_resumed_with_range(registry, tmp_path):
+    reg = registry()
+    big = numpy_helper.from_array(np.random.default_rng(3).standard_normal(2_300_000).astype(np.float32), "big")
+    m = onnx.helper.make_model(onnx.helper.make_graph([], "big", [], [], [big]),
+                               opset_imports=[onnx.helper.make_opsetid("", 21)])
+    m.ir_version = 11
+    onnx.save(m, str(tmp_path / "big.onnx"))
+    push(tmp_path / "big.onnx", f"oci://{reg.host}/big:v1")
+    proxy = Proxy(reg.port)
+    url = f"oci://127.0.0.1:{proxy.port}/big:v1"
+    digest = "sha256:" + hashlib.sha256(numpy_helper.to_array(big).tobytes()).hexdigest()
+    proxy.fault(f"/blobs/{digest}", "cut", 4_000_000)
+    dest = tmp_path / "device"
+    rc, res, err = pull(url, dest)
+    assert rc == 1 and "cut short" in res["error"], res
+    (partial,) = list((dest / ".partial").rglob("*.raw"))
+    have = partial.stat().st_size
+    assert 3_000_000 < have <= 4_000_000
+    proxy.reset()
+    rc, res, err = pull(url, dest)
+    assert rc == 0 and res["status"] == "updated", (res, err)
+    (head,) = proxy.heads(f"/blobs/{digest}")
+    assert f"range: bytes={have}-" in head.lower(), head
+    assert proxy.bytes_for(f"/blobs/{digest}") < 9_200_000 - 3_000_000
+    got = onnx.load(str(dest / "current" / "model.onnx"))
+    assert np.array_equal(numpy_helper.to_array(got.graph.initializer[0]), numpy_helper.to_array(big))
+
+
+def test_a_registry_over_tls_is_verified(tmp_path):
+    from test_tls import ca, leaf
+
+    ca_key, ca_cert, ca_path = ca(tmp_path, "registry-ca")
+    _, _, other_ca = ca(tmp_path, "other-ca")
+    leaf(tmp_path, ca_key, ca_cert, 7)
+    reg = Registry(tmp_path, tls=(tmp_path / "cert.pem", tmp_path / "key.pem"))
+    try:
+        model = small_model(tmp_path / "m.onnx")
+        target = f"oci://{reg.host}/secure/m:v1"
+        push(model, target, "--ca", ca_path, plain=False)
+        rc, res, err = pull(target, tmp_path / "device", "--ca", ca_path, plain=False)
+        assert rc == 0 and res["status"] == "updated", (res, err)
+        rc, _, err = wc("push", model, target, "--ca", other_ca)
+        assert rc == 1 and "TLS" in err, err
+        rc, res, err = pull(target, tmp_path / "other", "--ca", other_ca, plain=False)
+        assert rc == 1 and "TLS" in res["error"], res
+        rc, res, err = pull(target, tmp_path / "system", plain=False)
+        assert rc == 1 and "TLS" in res["error"], res
+    finally:
+        reg.stop()
