@@ -225,6 +225,21 @@ mod tests {
     }
 
     #[test]
+    fn credentials_never_follow_a_redirect_to_another_origin() {
+        let client = Client { auth: None, timeout: std::time::Duration::from_secs(1), tls: None };
+        let auth = RegistryAuth::new("http://127.0.0.1:5000", Credentials::from_pair("u:p"), client);
+        *auth.granted.lock().unwrap() = Granted::Bearer("tok".into());
+        let here = Url::parse("http://127.0.0.1:5000/v2/m/blobs/sha256:00").unwrap();
+        assert_eq!(auth.header(&here).as_deref(), Some("Bearer tok"));
+        for elsewhere in ["http://localhost:5000/v2/m/blobs/x", "https://127.0.0.1:5000/x", "http://s3.example/x?sig=1"] {
+            assert_eq!(auth.header(&Url::parse(elsewhere).unwrap()), None, "{elsewhere}");
+        }
+        *auth.granted.lock().unwrap() = Granted::Basic;
+        assert!(auth.header(&here).unwrap().starts_with("Basic "));
+        assert_eq!(auth.header(&Url::parse("http://localhost:5000/x").unwrap()), None);
+    }
+
+    #[test]
     fn credentials_come_from_a_pair_and_never_print() {
         let c = Credentials::from_pair("fleet:s3cr:et").unwrap();
         assert_eq!(c.basic(), format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("fleet:s3cr:et")));

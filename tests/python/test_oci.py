@@ -297,3 +297,48 @@ def test_a_registry_over_tls_is_verified(tmp_path):
         assert rc == 1 and "TLS" in res["error"], res
     finally:
         reg.stop()
+
+
+def test_blob_reads_follow_a_redirect_to_storage(registry, tmp_path):
+    """Registries on object storage answer blob GETs with a redirect to a
+    signed URL on another origin; the device follows it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    reg = registry()
+    push(small_model(tmp_path / "m.onnx"), f"oci://{reg.host}/m:v1")
+    redirected = []
+
+    class Front(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if "/blobs/sha256:" in self.path:
+                redirected.append(self.path)
+                self.send_response(307)
+                self.send_header("Location", f"http://localhost:{reg.port}{self.path}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            r = requests.get(reg.url + self.path, headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+            self.send_response(r.status_code)
+            for k in ("Content-Type", "Docker-Content-Digest", "ETag"):
+                if k in r.headers:
+                    self.send_header(k, r.headers[k])
+            self.send_header("Content-Length", str(len(r.content)))
+            self.end_headers()
+            self.wfile.write(r.content)
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        rc, res, err = pull(f"oci://127.0.0.1:{front.server_address[1]}/m:v1", tmp_path / "device")
+        assert rc == 0 and res["status"] == "updated", (res, err)
+        assert len(redirected) >= 2, redirected  # config, graph and the tensor
+    finally:
+        front.shutdown()
