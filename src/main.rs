@@ -73,6 +73,19 @@ enum Command {
         /// Path prefix of the two files, e.g. /etc/weightcast/hub
         prefix: PathBuf,
     },
+    /// What changed between two versions of a model: each tensor that
+    /// differs, by how much (max |Δ|, relative L2), added or removed. A and B
+    /// are model files or version folders (`weightcast pull`'s
+    /// versions/<v>, or its --dest for the current one).
+    Diff {
+        /// The older version.
+        a: PathBuf,
+        /// The newer version.
+        b: PathBuf,
+        /// One JSON object on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the built-in demo model to a file.
     Demo {
         /// Where to write it.
@@ -105,6 +118,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { out } => demo::write(&out).map_err(|e| format!("cannot write {}: {e}", out.display())),
         Command::Keygen { prefix } => keygen(&prefix),
+        Command::Diff { a, b, json } => diff(&a, &b, json),
         Command::Verify { dest, trust } => verify(&dest, &trust),
     };
     match result {
@@ -114,6 +128,53 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A model file, or the `model.onnx` of a version folder (or of a pull
+/// destination's `current`).
+fn model_file(path: &std::path::Path) -> PathBuf {
+    match (path.is_dir(), path.join("current").is_dir()) {
+        (true, true) => path.join("current").join("model.onnx"),
+        (true, false) => path.join("model.onnx"),
+        _ => path.to_path_buf(),
+    }
+}
+
+fn diff(a: &std::path::Path, b: &std::path::Path, json: bool) -> Result<(), String> {
+    use weightcast::onnx::stats::{self, Change};
+    let open = |p: &std::path::Path| {
+        let file = model_file(p);
+        OnnxModel::open(&file).map_err(|e| format!("{}: {e}", file.display()))
+    };
+    let (old, new) = (open(a)?, open(b)?);
+    let changes = stats::diff(&old.tensors, &new.tensors);
+    let differ = changes.iter().filter(|(_, c)| !matches!(c, Change::Removed)).count();
+    let unchanged = new.tensors.len() - differ;
+    if json {
+        let num = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::json!(x.to_string()) };
+        let rows: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|(name, c)| match c {
+                Change::Values { max_abs, rel_l2 } => serde_json::json!({"name": name, "change": "values",
+                    "max_abs": num(*max_abs), "rel_l2": num(*rel_l2)}),
+                other => serde_json::json!({"name": name, "change": format!("{other:?}").to_lowercase()}),
+            })
+            .collect();
+        println!("{}", serde_json::json!({"unchanged": unchanged, "tensors": rows}));
+        return Ok(());
+    }
+    for (name, c) in &changes {
+        match c {
+            Change::Values { max_abs, rel_l2 } => {
+                println!("changed   {name}  max|Δ| {max_abs:.6e}  relative L2 {rel_l2:.6e}")
+            }
+            Change::Replaced => println!("replaced  {name}  (another dtype or shape)"),
+            Change::Added => println!("added     {name}"),
+            Change::Removed => println!("removed   {name}"),
+        }
+    }
+    println!("{} tensors differ, {unchanged} unchanged", changes.len());
+    Ok(())
 }
 
 /// "30s", "5m", "250ms", "1h", or a number of seconds.

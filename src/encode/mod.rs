@@ -10,6 +10,7 @@
 //! variant here and one small module.
 
 pub mod bytegroup;
+pub mod inspect;
 pub mod json;
 pub mod manifest;
 pub mod npy;

@@ -441,12 +441,17 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
     };
     // Health and readiness stay open to probes; everything else needs a token
     // once tokens are configured.
-    let open = matches!(segments.as_slice(), ["healthz"] | ["readyz"]);
+    // The page holds no data (it asks for a token when the API wants one).
+    let open = matches!(segments.as_slice(), ["healthz"] | ["readyz"] | [""]);
     let scope = if open { auth::Scope::All } else { scope(&state, &req)? };
     if let ["v1", "models", model, ..] = segments.as_slice() {
         may_read(&scope, model)?;
     }
     match segments.as_slice() {
+        [""] => {
+            negotiate::query(pairs, &[]).map_err(bad_request)?;
+            Ok(page(&ask))
+        }
         ["healthz"] => {
             negotiate::query(pairs, &[]).map_err(bad_request)?;
             Ok(healthz())
@@ -469,7 +474,21 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
         }
         ["v1", "models"] => {
             let q = negotiate::query(pairs, &["format"]).map_err(bad_request)?;
+            // A browser opening the listing gets the page that shows it.
+            if q.format.is_none() && ask.accept.as_deref().is_some_and(|a| a.contains("text/html")) {
+                return Ok(page(&ask));
+            }
             listing(&state, &ask, &q, &scope)
+        }
+        ["v1", "models", model, "stats"] => {
+            negotiate::query(pairs, &[]).map_err(bad_request)?;
+            let model = find_model(&state, model)?;
+            model_stats(&state, &ask, model).await
+        }
+        ["v1", "models", model, "changes"] => {
+            negotiate::query(pairs, &[]).map_err(bad_request)?;
+            let model = find_model(&state, model)?;
+            model_changes(&state, &ask, &model)
         }
         ["v1", "models", model] => {
             let q = negotiate::query(pairs, &["format", "dtype"]).map_err(bad_request)?;
@@ -498,6 +517,59 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
     }
 }
 
+/// The page (`page.html`, in the binary): models, tensors with statistics
+/// and histograms, what changed; plain HTML, CSS and JS, nothing fetched
+/// from elsewhere (devices are often offline).
+const PAGE: &str = include_str!("page.html");
+
+fn page(ask: &Ask) -> Response {
+    let etag = format!("\"page-{}\"", &hex::encode(Sha256::digest(PAGE.as_bytes()))[..16]);
+    if ask.not_modified(&etag) {
+        let mut r = Response::new(StatusCode::NotModified);
+        r.insert_header("ETag", etag);
+        return r;
+    }
+    let mut r = Response::new(StatusCode::Ok);
+    r.set_body(PAGE);
+    r.insert_header("Content-Type", "text/html; charset=utf-8");
+    r.insert_header("ETag", etag);
+    r.insert_header("Cache-Control", "no-cache");
+    r.insert_header("X-Content-Type-Options", "nosniff");
+    r.insert_header(
+        "Content-Security-Policy",
+        "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+    );
+    r
+}
+
+/// `/v1/models/{m}/stats`: each tensor's statistics, computed once per
+/// version on the blocking pool.
+async fn model_stats(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, ApiError> {
+    let etag = ask.etag(model.version(), "stats", Format::Json);
+    if ask.not_modified(&etag) {
+        return Ok(ask.not_modified_response(&etag, Format::Json));
+    }
+    let m = model.clone();
+    let body = smol::unblock(move || encode::inspect::stats(&m, &m.stats())).await;
+    ask.document(model.version(), "stats", Format::Json, body, state.options.zstd_level)
+}
+
+/// `/v1/models/{m}/changes`: what changed from the version this one
+/// replaced; 404 until the model's file has been replaced once.
+fn model_changes(state: &State, ask: &Ask, model: &Model) -> Result<Response, ApiError> {
+    let Some(changes) = model.changes() else {
+        let detail = format!(
+            "this server has served only one version of '{}' so far (or is still comparing): \
+             changes appear once its file is replaced; for two versions on disk use `weightcast diff A B`",
+            model.name
+        );
+        return Err(ApiError::new(StatusCode::NotFound, "no earlier version", detail));
+    };
+    let body = encode::inspect::changes(model, &changes);
+    let resource = format!("changes|{}", changes.from_version);
+    ask.document(model.version(), &resource, Format::Json, body, state.options.zstd_level)
+}
+
 fn healthz() -> Response {
     let mut r = Response::new(StatusCode::Ok);
     r.set_body("ok\n");
@@ -518,6 +590,9 @@ fn route_label(path: &str) -> &'static str {
         ["v1", "models", _] => "manifest",
         ["v1", "models", _, "weights"] => "weights",
         ["v1", "models", _, "graph"] => "graph",
+        ["v1", "models", _, "stats"] => "stats",
+        ["v1", "models", _, "changes"] => "changes",
+        [""] => "page",
         ["v1", "models", _, "tensors", ..] => "tensor",
         ["v1", "blobs", ..] => "blob",
         _ => "other",
@@ -626,8 +701,9 @@ fn find_model(state: &State, raw: &str) -> Result<Arc<Model>, ApiError> {
 }
 
 /// Every route, for the 404 of an unknown one.
-const ROUTES: &str = "/healthz, /readyz, /metrics, /v1/models, /v1/models/{model}, /v1/models/{model}/weights, \
-    /v1/models/{model}/tensors/{name}, /v1/models/{model}/graph";
+const ROUTES: &str = "/ (the page), /healthz, /readyz, /metrics, /v1/models, /v1/models/{model}, \
+    /v1/models/{model}/weights, /v1/models/{model}/tensors/{name}, /v1/models/{model}/graph, \
+    /v1/models/{model}/stats, /v1/models/{model}/changes, /v1/blobs/sha256/{digest}";
 
 /// Indices of the named tensors (model order, no repeats), or all of them.
 /// Each `names=` value is one tensor's name when the model has a tensor of

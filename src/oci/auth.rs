@@ -231,7 +231,8 @@ mod tests {
         *auth.granted.lock().unwrap() = Granted::Bearer("tok".into());
         let here = Url::parse("http://127.0.0.1:5000/v2/m/blobs/sha256:00").unwrap();
         assert_eq!(auth.header(&here).as_deref(), Some("Bearer tok"));
-        for elsewhere in ["http://localhost:5000/v2/m/blobs/x", "https://127.0.0.1:5000/x", "http://s3.example/x?sig=1"] {
+        for elsewhere in ["http://localhost:5000/v2/m/blobs/x", "https://127.0.0.1:5000/x", "http://s3.example/x?sig=1"]
+        {
             assert_eq!(auth.header(&Url::parse(elsewhere).unwrap()), None, "{elsewhere}");
         }
         *auth.granted.lock().unwrap() = Granted::Basic;

@@ -13,6 +13,7 @@ pub mod dtype;
 mod external;
 pub mod graph;
 pub mod mmap;
+pub mod stats;
 mod typed;
 
 use std::collections::HashSet;
@@ -78,7 +79,7 @@ impl Storage {
 }
 
 /// A tensor's elements.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
     /// Little-endian contiguous element bytes; often a view into the file map.
     Bytes(Bytes),

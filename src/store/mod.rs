@@ -12,6 +12,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::onnx::cast::{self, Target};
+use crate::onnx::stats::{Change, Stats};
 use crate::onnx::{DataType, ModelInfo, OnnxModel, Tensor, TensorData};
 use crate::runtime::{self, OpenSession, Runtime};
 
@@ -124,6 +125,21 @@ pub struct Model {
     /// Kept open for the model's lifetime: the session is the proof it loads.
     _session: Option<OpenSession>,
     cache: Arc<Cache>,
+    stats: OnceLock<Arc<Vec<Option<Stats>>>>,
+    changes: OnceLock<Arc<Changes>>,
+}
+
+/// What changed from the version a model replaced to this one.
+#[derive(Debug)]
+pub struct Changes {
+    /// The version replaced.
+    pub from_version: String,
+    /// When that version was loaded (Unix ms).
+    pub from_loaded_at_ms: u64,
+    /// Each tensor that differs, in this version's order, then removed ones.
+    pub tensors: Vec<(String, Change)>,
+    /// Tensors with the same bytes in both.
+    pub unchanged: usize,
 }
 
 impl std::fmt::Debug for Model {
@@ -141,6 +157,18 @@ impl Model {
     /// The version of the weights as stored.
     pub fn version(&self) -> &str {
         &self.stored.version
+    }
+
+    /// Each tensor's statistics (computed once per version; run it on the
+    /// blocking pool: it reads every tensor).
+    pub fn stats(&self) -> Arc<Vec<Option<Stats>>> {
+        self.stats.get_or_init(|| Arc::new(self.tensors.iter().map(crate::onnx::stats::stats).collect())).clone()
+    }
+
+    /// What changed since the version this one replaced, once computed
+    /// (after a reload; `None` for the first version a server loads).
+    pub fn changes(&self) -> Option<Arc<Changes>> {
+        self.changes.get().cloned()
     }
 
     /// Bytes of all its tensors, as stored.
@@ -374,7 +402,23 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
         external_files: onnx.external_files,
         _session: session,
         cache,
+        stats: OnceLock::new(),
+        changes: OnceLock::new(),
     })
+}
+
+/// Computes what changed from `old` to `new` (after the switch: serving
+/// the new version does not wait for it) and keeps it with `new`.
+fn record_changes(old: &Model, new: &Model) {
+    let tensors = crate::onnx::stats::diff(&old.tensors, &new.tensors);
+    let differ = tensors.iter().filter(|(_, c)| !matches!(c, Change::Removed)).count();
+    let changes = Changes {
+        from_version: old.version().to_string(),
+        from_loaded_at_ms: old.published_at_ms,
+        unchanged: new.tensors.len() - differ,
+        tensors,
+    };
+    let _ = new.changes.set(Arc::new(changes));
 }
 
 /// The model's session, running on the bytes weightcast serves: tensors are
@@ -650,10 +694,22 @@ impl Store {
                         fresh.push(m.clone());
                         self.cache.retire(&m.name, m.version());
                     }
-                    if let (Entry::Loaded(old), Ok(mut replaced)) = (&state.0, slot.replaced.lock()) {
+                    let replaced_model = match &state.0 {
+                        Entry::Loaded(old) => Some(old.clone()),
+                        Entry::Failed { .. } => None,
+                    };
+                    if let (Some(old), Ok(mut replaced)) = (&replaced_model, slot.replaced.lock()) {
                         *replaced = Arc::downgrade(old);
                     }
+                    let new = match &entry {
+                        Entry::Loaded(m) => Some(m.clone()),
+                        Entry::Failed { .. } => None,
+                    };
                     *state = (entry, now);
+                    drop(state);
+                    if let (Some(old), Some(new)) = (replaced_model, new) {
+                        record_changes(&old, &new);
+                    }
                 }
             }
         }
