@@ -235,7 +235,7 @@ impl Selection {
     }
 
     fn is_stored_bytes(&self, i: usize) -> bool {
-        (self.repr.is_none() || !cast::applies(self.model.tensors[i].dtype)) && self.element_size(i).is_none()
+        self.repr.is_none_or(|t| !cast::applies(self.model.tensors[i].dtype, t)) && self.element_size(i).is_none()
     }
 }
 

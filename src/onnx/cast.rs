@@ -65,12 +65,13 @@ pub struct Cast {
 }
 
 /// Whether `dtype` changes under a cast (only FLOAT and DOUBLE do).
-pub fn applies(dtype: DataType) -> bool {
-    matches!(dtype, DataType::Float | DataType::Double)
+pub fn applies(dtype: DataType, target: Target) -> bool {
+    // BFLOAT16 → f16: numpy and safetensors' numpy loader read f16, not bf16.
+    matches!((dtype, target), (DataType::Float | DataType::Double, _) | (DataType::Bfloat16, Target::F16))
 }
 
-/// Casts little-endian FLOAT or DOUBLE bytes; `None` for other dtypes, which
-/// are served unchanged.
+/// Casts little-endian FLOAT or DOUBLE bytes (and BFLOAT16 to f16); `None`
+/// for other dtypes, which are served unchanged.
 pub fn cast(dtype: DataType, data: &[u8], target: Target) -> Option<Cast> {
     let mut bytes = Vec::new();
     let overflowed = cast_into(dtype, data, target, &mut bytes)?;
@@ -94,6 +95,13 @@ pub fn cast_into(dtype: DataType, data: &[u8], target: Target, out: &mut Vec<u8>
         (DataType::Double, Target::Bf16) => {
             Some(run::<f64, bf16>(data, out, |s, d| d.convert_from_f64_slice(s), f64::is_finite, BF16_INF))
         }
+        (DataType::Bfloat16, Target::F16) => Some(run::<bf16, f16>(
+            data,
+            out,
+            |s, d| d.iter_mut().zip(s).for_each(|(d, s)| *d = f16::from_f32(s.to_f32())),
+            |x| x.is_finite(),
+            F16_INF,
+        )),
         _ => None,
     }
 }
@@ -175,5 +183,18 @@ mod tests {
         assert_eq!(c.bytes.len(), 10000);
         assert!(c.bytes.chunks(2).all(|b| bf16::from_le_bytes([b[0], b[1]]) == bf16::from_f32(2.5)));
         assert!(cast(DataType::Int64, &[0; 8], Target::F16).is_none());
+        assert!(cast(DataType::Bfloat16, &[0; 8], Target::Bf16).is_none(), "bf16 as bf16 is served as stored");
+    }
+
+    #[test]
+    fn bf16_to_f16_rounds_and_counts_what_f16_cannot_hold() {
+        let v = [bf16::from_f32(1.5), bf16::from_f32(-0.007812), bf16::from_f32(1e5), bf16::INFINITY, bf16::NAN];
+        let data: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let c = cast(DataType::Bfloat16, &data, Target::F16).unwrap();
+        let h: Vec<f16> = c.bytes.chunks(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
+        assert_eq!(h[0], f16::from_f32(1.5));
+        assert_eq!(h[1], f16::from_f32(v[1].to_f32()));
+        assert!(h[2].is_infinite() && h[3].is_infinite() && h[4].is_nan());
+        assert_eq!(c.overflowed, 1, "1e5 is finite in bf16 and beyond f16");
     }
 }

@@ -223,7 +223,7 @@ impl Model {
         let t = &self.tensors[index];
         let TensorData::Bytes(stored) = &t.data else { return None };
         let (from, to) = (t.dtype.bits()? as usize / 8, target.dtype().bits()? as usize / 8);
-        if !cast::applies(t.dtype) || from == 0 || ((stored.len() / from * to) as u64) <= self.cache.budget() / 8 {
+        if !cast::applies(t.dtype, target) || from == 0 || ((stored.len() / from * to) as u64) <= self.cache.budget() / 8 {
             return None;
         }
         let (mut sha, mut crc, mut overflowed, mut nbytes) = (Sha256::new(), crc32fast::Hasher::new(), 0, 0);
@@ -266,7 +266,7 @@ impl Model {
                 TensorData::Strings(_) => Bytes::new(),
             };
         };
-        if !cast::applies(t.dtype) {
+        if !cast::applies(t.dtype, target) {
             return stored.slice(range);
         }
         let (from, to) = (t.dtype.bits().unwrap_or(32) as usize / 8, target.dtype().bits().unwrap_or(16) as usize / 8);
@@ -286,7 +286,7 @@ impl Model {
     fn cast_data(&self, index: usize, target: Target) -> Option<(Bytes, u64)> {
         let t = &self.tensors[index];
         let TensorData::Bytes(stored) = &t.data else { return None };
-        if !cast::applies(t.dtype) {
+        if !cast::applies(t.dtype, target) {
             return None;
         }
         let key = self.cache_key(index, format!("cast-{target:?}"));

@@ -100,9 +100,17 @@ def expected(model_path):
     return out
 
 
+def castable(data_type, target):
+    """What ?dtype= casts: FLOAT and DOUBLE to f16 and bf16, BFLOAT16 to f16."""
+    return data_type in (TensorProto.FLOAT, TensorProto.DOUBLE) or (data_type == TensorProto.BFLOAT16 and target == "f16")
+
+
 def cast_reference(arr_bytes, data_type, target):
-    """numpy's (and ml_dtypes') rounding of FLOAT/DOUBLE data to f16/bf16."""
-    src = np.frombuffer(arr_bytes, dtype="<f4" if data_type == TensorProto.FLOAT else "<f8")
+    """numpy's (and ml_dtypes') rounding of FLOAT/DOUBLE (and BFLOAT16) data to f16/bf16."""
+    if data_type == TensorProto.BFLOAT16:
+        src = np.frombuffer(arr_bytes, dtype=ml_dtypes.bfloat16).astype(np.float32)
+    else:
+        src = np.frombuffer(arr_bytes, dtype="<f4" if data_type == TensorProto.FLOAT else "<f8")
     with np.errstate(over="ignore"):
         dst = src.astype(np.float16 if target == "f16" else ml_dtypes.bfloat16)
     overflowed = int(np.sum(np.isfinite(src) & np.isinf(dst.astype(np.float32))))

@@ -5,6 +5,7 @@ rebuilt from /graph plus the tensors runs in onnxruntime like the original."""
 
 import base64
 import io
+import subprocess
 import json
 from urllib.parse import quote, unquote
 
@@ -13,7 +14,8 @@ import onnxruntime as ort
 import pytest
 import safetensors
 import safetensors.numpy
-from onnx import TensorProto
+import onnx
+from onnx import TensorProto, numpy_helper
 
 from conftest import unzstd
 from test_reference import MODELS, model_name, want
@@ -206,3 +208,44 @@ def test_graph_plus_tensors_rebuilds_a_runnable_model(zoo, serve, pb2, tmp_path,
     b = again.run(None, {inp.name: x})[0]
     assert np.array_equal(a, b)
     assert s.get(f"/v1/models/{model}/graph", headers={"If-None-Match": s.get(f"/v1/models/{model}/graph").headers["ETag"]}).status_code == 304
+
+
+def test_bfloat16_reaches_numpy_and_safetensors_as_f16_and_every_422_hint_works(serve, tmp_path):
+    """The demo model holds a BFLOAT16 tensor: npy/npz/safetensors cannot
+    carry bf16 for numpy users; the 422 says what to ask for, and asking for
+    it works (BF16 is cast to f16, overflow counted)."""
+    import io as _io
+    import json as _json
+    import re as _re
+
+    import ml_dtypes
+    import safetensors.numpy
+
+    from conftest import binary
+
+    demo = tmp_path / "demo.onnx"
+    subprocess.run([str(binary()), "demo", str(demo)], check=True)
+    s = serve("--runtime", "none", demo)
+    for fmt in ("npz", "safetensors"):
+        r = s.get(f"/v1/models/demo/weights?format={fmt}")
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        hints = _re.findall(r"\?dtype=(\w+)", detail)
+        assert hints == ["f16"], detail
+        r = s.get(f"/v1/models/demo/weights?format={fmt}&dtype=f16")
+        if r.status_code == 422:  # other dtypes (STRING, …) remain: follow the names= hint too
+            assert "names=" in r.json()["detail"], r.text
+            m = s.get("/v1/models/demo?format=json&dtype=f16").json()
+            ok = [t["name"] for t in m["tensors"] if t["dtype"] in ("FLOAT16", "FLOAT", "DOUBLE", "INT8", "INT16", "INT32",
+                                                                   "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")]
+            r = s.get(f"/v1/models/demo/weights?format={fmt}&dtype=f16", params={"names": ok})
+        assert r.status_code == 200, r.text
+        arrays = (dict(np.load(_io.BytesIO(r.content))) if fmt == "npz" else safetensors.numpy.load(r.content))
+        got = arrays["embedding.bf16"]
+        assert got.dtype == np.float16
+        want = numpy_helper.to_array(next(t for t in onnx.load(str(demo)).graph.initializer if t.name == "embedding.bf16"))
+        assert np.array_equal(got, np.asarray(want, dtype=ml_dtypes.bfloat16).astype(np.float32).astype(np.float16))
+    m = s.get("/v1/models/demo?format=json&dtype=f16").json()
+    t = next(t for t in m["tensors"] if t["name"] == "embedding.bf16")
+    assert t["dtype"] == "FLOAT16" and t["source_dtype"] == "BFLOAT16" and t["overflowed"] == 0
+    assert _json.dumps(t)
