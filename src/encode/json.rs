@@ -34,8 +34,9 @@ pub fn tensor(name: &str, dims: &[i64], meta: &TensorMeta, data: &TensorData) ->
     o
 }
 
-/// The JSON body: the tensor object for the tensor route, else
-/// `{"model", "version", "tensors": [...]}`; built when the reader gets to it.
+/// The JSON body, the same bundle for the tensor route (one tensor) and
+/// `/weights`: `{"model", "version", "tensors": [...]}`; built when the
+/// reader gets to it.
 pub fn pieces(sel: &Selection, limit: u64) -> Result<Vec<Piece>, EncodeError> {
     let total: u64 = sel.tensors.iter().map(|&i| sel.meta(i).nbytes).sum();
     if total > limit {
@@ -43,12 +44,8 @@ pub fn pieces(sel: &Selection, limit: u64) -> Result<Vec<Piece>, EncodeError> {
     }
     let sel = sel.clone();
     Ok(vec![Piece::Deferred(Box::new(move || {
-        let mut items = sel.tensors.iter().map(|&i| tensor(sel.name(i), sel.dims(i), sel.meta(i), &sel.data(i)));
-        let doc = if sel.single {
-            items.next().unwrap_or_default()
-        } else {
-            json!({ "model": sel.model.name, "version": sel.view.version, "tensors": items.collect::<Vec<_>>() })
-        };
+        let items = sel.tensors.iter().map(|&i| tensor(sel.name(i), sel.dims(i), sel.meta(i), &sel.data(i)));
+        let doc = json!({ "model": sel.model.name, "version": sel.view.version, "tensors": items.collect::<Vec<_>>() });
         serde_json::to_vec(&doc).map(Into::into).map_err(std::io::Error::other)
     }))])
 }

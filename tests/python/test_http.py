@@ -298,3 +298,11 @@ def test_last_modified_if_modified_since_and_file_names(zoo, serve, tmp_path):
     code = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-z", str(tmp_path / "mlp.npz"),
                            f"{s.url}/v1/models/mlp/weights?format=npz"], capture_output=True, text=True).stdout
     assert code == "304", code
+
+
+def test_the_json_tensor_route_answers_the_same_bundle_as_weights(zoo_server):
+    one = zoo_server.get("/v1/models/mlp/tensors/w1?format=json")
+    assert one.status_code == 200, one.text
+    many = zoo_server.get("/v1/models/mlp/weights?format=json&names=w1")
+    assert one.json() == many.json()
+    assert set(one.json()) == {"model", "version", "tensors"} and len(one.json()["tensors"]) == 1
