@@ -168,6 +168,11 @@ pub fn model_bytes() -> Vec<u8> {
 
 /// Writes the demo model to `path` (atomically: temp file, then rename).
 pub fn write(path: &Path) -> std::io::Result<()> {
+    // A second `serve` must not replace the file under the first (which
+    // would reload it): the same bytes are left as they are.
+    if std::fs::read(path).is_ok_and(|held| held == model_bytes()) {
+        return Ok(());
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -186,6 +191,20 @@ pub fn default_path() -> PathBuf {
 mod tests {
     use super::*;
     use crate::onnx::{OnnxModel, Storage};
+
+    #[test]
+    fn a_second_write_leaves_the_same_file_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.onnx");
+        write(&path).unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        write(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode, "not replaced under a running server");
+        std::fs::write(&path, b"other").unwrap();
+        write(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), model_bytes());
+    }
 
     #[test]
     fn demo_model_reads_back() {

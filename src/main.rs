@@ -20,6 +20,10 @@ struct Cli {
     /// Debug-level logs: every request served (serve), every request to the hub (pull). RUST_LOG overrides.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Log lines as text, or one JSON object per line (for fleet log
+    /// collectors: journald, Loki, Elasticsearch).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,11 +106,11 @@ fn main() -> ExitCode {
     {
         use std::io::IsTerminal;
         // Colours only for a person at a terminal, not in journald or files.
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init();
+        let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        match cli.log_format.as_str() {
+            "json" => logs.json().flatten_event(true).init(),
+            _ => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        }
     }
     let result = match cli.command {
         Command::Serve { config, listen, runtime, ort_lib, models } => serve(config, listen, runtime, ort_lib, models),

@@ -223,7 +223,10 @@ impl Model {
         let t = &self.tensors[index];
         let TensorData::Bytes(stored) = &t.data else { return None };
         let (from, to) = (t.dtype.bits()? as usize / 8, target.dtype().bits()? as usize / 8);
-        if !cast::applies(t.dtype, target) || from == 0 || ((stored.len() / from * to) as u64) <= self.cache.budget() / 8 {
+        if !cast::applies(t.dtype, target)
+            || from == 0
+            || ((stored.len() / from * to) as u64) <= self.cache.budget() / 8
+        {
             return None;
         }
         let (mut sha, mut crc, mut overflowed, mut nbytes) = (Sha256::new(), crc32fast::Hasher::new(), 0, 0);

@@ -306,3 +306,17 @@ def test_the_json_tensor_route_answers_the_same_bundle_as_weights(zoo_server):
     many = zoo_server.get("/v1/models/mlp/weights?format=json&names=w1")
     assert one.json() == many.json()
     assert set(one.json()) == {"model", "version", "tensors"} and len(one.json()["tensors"]) == 1
+
+
+def test_log_format_json_writes_one_object_per_line(serve, tmp_path):
+    import json
+
+    s = serve("--runtime", "none", "--log-format", "json", "-v")
+    assert s.get("/v1/models/demo").status_code == 200
+    assert s.get("/v1/models/nope").status_code == 404
+    s.stop()
+    lines = [line for line in s.log_path.read_text().splitlines() if line.strip()]
+    docs = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"timestamp", "level", "message"} <= set(d) for d in docs), docs[:3]
+    loaded = next(d for d in docs if d["message"] == "model loaded")
+    assert loaded["model"] == "demo" and loaded["tensors"] == 13
