@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 sys.path.insert(0, str(ROOT / "benches"))
 
-from e2e import free_port  # noqa: E402
+from nginx_cache import start as nginx_cache  # noqa: E402
 from proxy import Proxy  # noqa: E402
 from registry import Registry  # noqa: E402
 
@@ -83,6 +83,15 @@ def changed(src, dst):
     return t.name, len(t.raw_data)
 
 
+def republish(hub, served, model):
+    """Replaces the hub's model file with `model` and waits until it serves it."""
+    before = hub.version()
+    shutil.copy(model, served.with_suffix(".tmp"))
+    os.replace(served.with_suffix(".tmp"), served)
+    while hub.version() == before:
+        time.sleep(0.05)
+
+
 class Hub:
     def __init__(self, model, log):
         self.log = open(log, "w")
@@ -98,38 +107,6 @@ class Hub:
     def stop(self):
         self.proc.kill()
         self.proc.wait()
-
-
-def nginx_cache(upstream, d):
-    port = free_port()
-    d.mkdir(parents=True, exist_ok=True)
-    user = "user root;" if os.geteuid() == 0 else ""
-    (d / "nginx.conf").write_text(f"""
-{user}
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-daemon off;
-worker_processes 1;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  proxy_cache_path {d}/cache keys_zone=tensors:1m max_size=10g;
-  proxy_temp_path {d}/tmp;
-  client_body_temp_path {d}/body;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ proxy_pass {upstream}; proxy_http_version 1.1; proxy_cache tensors; proxy_cache_lock on; }}
-  }}
-}}""")
-    p = subprocess.Popen(["nginx", "-c", str(d / "nginx.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            requests.get(url + "/healthz", timeout=1)
-            return p, url
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("nginx did not start")
 
 
 def registry_vs_hub(tmp, v1, v2):
@@ -160,11 +137,7 @@ def registry_vs_hub(tmp, v1, v2):
         url = f"{proxy.url}/v1/models/model"
         s, _ = pull(url, tmp / "hub-device")
         out["hub_pull_first"] = dict(s=s, bytes=proxy.bytes_for("/"), requests=len(proxy.paths()))
-        before = hub.version()
-        shutil.copy(v2, served.with_suffix(".tmp"))
-        os.replace(served.with_suffix(".tmp"), served)
-        while hub.version() == before:
-            time.sleep(0.05)
+        republish(hub, served, v2)
         proxy.reset()
         s, res = pull(url, tmp / "hub-device")
         out["hub_pull_change"] = dict(s=s, bytes=proxy.bytes_for("/"), requests=len(proxy.paths()),
@@ -192,11 +165,7 @@ def cache_tier(tmp, v1, v2, devices):
             for d in range(devices):
                 pull(f"{front}/v1/models/model", tmp / tier / f"device{d}")
             first = dict(requests=len(proxy.paths()), bytes=proxy.bytes_for("/"))
-            before = hub.version()
-            shutil.copy(v2, served.with_suffix(".tmp"))
-            os.replace(served.with_suffix(".tmp"), served)
-            while hub.version() == before:
-                time.sleep(0.05)
+            republish(hub, served, v2)
             proxy.reset()
             for d in range(devices):
                 pull(f"{front}/v1/models/model", tmp / tier / f"device{d}")

@@ -151,23 +151,12 @@ fn diff(a: &std::path::Path, b: &std::path::Path, json: bool) -> Result<(), Stri
         OnnxModel::open(&file).map_err(|e| format!("{}: {e}", file.display()))
     };
     let (old, new) = (open(a)?, open(b)?);
-    let changes = stats::diff(&old.tensors, &new.tensors);
-    let differ = changes.iter().filter(|(_, c)| !matches!(c, Change::Removed)).count();
-    let unchanged = new.tensors.len() - differ;
+    let diff = stats::diff(&old.tensors, &new.tensors);
     if json {
-        let num = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::json!(x.to_string()) };
-        let rows: Vec<serde_json::Value> = changes
-            .iter()
-            .map(|(name, c)| match c {
-                Change::Values { max_abs, rel_l2 } => serde_json::json!({"name": name, "change": "values",
-                    "max_abs": num(*max_abs), "rel_l2": num(*rel_l2)}),
-                other => serde_json::json!({"name": name, "change": format!("{other:?}").to_lowercase()}),
-            })
-            .collect();
-        println!("{}", serde_json::json!({"unchanged": unchanged, "tensors": rows}));
+        println!("{}", weightcast::encode::inspect::diff(&diff));
         return Ok(());
     }
-    for (name, c) in &changes {
+    for (name, c) in &diff.tensors {
         match c {
             Change::Values { max_abs, rel_l2 } => {
                 println!("changed   {name}  max|Δ| {max_abs:.6e}  relative L2 {rel_l2:.6e}")
@@ -177,7 +166,7 @@ fn diff(a: &std::path::Path, b: &std::path::Path, json: bool) -> Result<(), Stri
             Change::Removed => println!("removed   {name}"),
         }
     }
-    println!("{} tensors differ, {unchanged} unchanged", changes.len());
+    println!("{} tensors differ, {} unchanged", diff.tensors.len(), diff.unchanged);
     Ok(())
 }
 
@@ -196,9 +185,16 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
-/// Where a registry's credentials and CA come from (push and pull).
+/// How push and pull reach a hub or registry.
 #[derive(clap::Args)]
-struct RegistryArgs {
+struct ClientArgs {
+    /// CA certificate (PEM) an https:// hub's or a registry's certificate
+    /// must chain to; without it, the system's roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Deadline for each request.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
     /// File holding USER:PASSWORD for an oci:// registry; without it, the
     /// registry's entry in Docker's config.json (~/.docker/config.json or
     /// $DOCKER_CONFIG), if any; else anonymous.
@@ -228,30 +224,18 @@ struct PushArgs {
     /// that (freeze protection): push again before it ends.
     #[arg(long, default_value = "168h", value_parser = parse_duration)]
     valid_for: std::time::Duration,
-    /// CA certificate (PEM) the registry's certificate must chain to;
-    /// without it, the system's roots.
-    #[arg(long)]
-    ca: Option<PathBuf>,
     #[command(flatten)]
-    registry: RegistryArgs,
-    /// Deadline for each request.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    timeout: std::time::Duration,
+    client: ClientArgs,
 }
 
 /// The client for a hub or registry URL: TLS for https (and for oci://
 /// unless the host is loopback), credentials for a registry.
-fn client_for(
-    url: &str,
-    ca: Option<&std::path::Path>,
-    token: Option<String>,
-    registry: &RegistryArgs,
-    timeout: std::time::Duration,
-) -> Result<weightcast::net::Client, String> {
+fn client_for(url: &str, token: Option<String>, args: &ClientArgs) -> Result<weightcast::net::Client, String> {
     use weightcast::net::{self, Client};
     use weightcast::oci;
+    let ca = args.ca.as_deref();
     let origin = match url.starts_with("oci://") {
-        true => oci::Reference::parse(url, registry.plain_http)?.origin,
+        true => oci::Reference::parse(url, args.plain_http)?.origin,
         false => url.to_string(),
     };
     let tls = match origin.split("://").next() {
@@ -262,9 +246,9 @@ fn client_for(
         Some("https") => Some(net::tls_config(ca)?),
         _ => return Err(format!("'{url}': give http://, https:// or oci://")),
     };
-    let plain = Client { auth: None, timeout, tls };
+    let plain = Client { auth: None, timeout: args.timeout, tls };
     if !url.starts_with("oci://") {
-        if registry.registry_credentials.is_some() || registry.plain_http {
+        if args.registry_credentials.is_some() || args.plain_http {
             return Err("--registry-credentials and --plain-http are for oci:// registries".into());
         }
         let auth = token.map(|t| std::sync::Arc::new(net::Bearer(t)) as std::sync::Arc<dyn net::Authorizer>);
@@ -274,7 +258,7 @@ fn client_for(
         return Err("--token-file is for hubs; a registry takes --registry-credentials or Docker's config.json".into());
     }
     let host = origin.split("://").nth(1).unwrap_or_default().to_string();
-    let credentials = match &registry.registry_credentials {
+    let credentials = match &args.registry_credentials {
         Some(path) => Some(oci::Credentials::from_file(path)?),
         None => oci::Credentials::from_docker_config(&host),
     };
@@ -284,21 +268,18 @@ fn client_for(
 
 fn push(a: PushArgs) -> Result<(), String> {
     use weightcast::oci;
-    let reference = oci::Reference::parse(&a.target, a.registry.plain_http)?;
-    let client = client_for(&a.target, a.ca.as_deref(), None, &a.registry, a.timeout)?;
+    let reference = oci::Reference::parse(&a.target, a.client.plain_http)?;
+    let client = client_for(&a.target, None, &a.client)?;
     let key = a.signing_key.as_deref().map(secret_key).transpose()?;
     let named = [(a.name.clone(), a.model.clone())];
     let spec = store::specs(&named).map_err(|e| e.to_string())?.remove(0);
     let started = std::time::Instant::now();
     let model = store::load(&spec, None, std::sync::Arc::new(Cache::new(64 << 20))).map_err(|e| e.to_string())?;
-    let valid_ms = a.valid_for.as_millis() as u64;
-    let sign = |m: &mut weightcast::wire::proto::Manifest| {
-        if let Some(key) = &key {
-            m.expires_at_ms = m.published_at_ms.saturating_add(valid_ms);
-            weightcast::wire::signature::sign(m, key);
-        }
-    };
-    let manifest = weightcast::push::config(&model, Some(&sign));
+    let mut manifest = weightcast::push::config(&model);
+    if let Some(key) = &key {
+        manifest.expires_at_ms = manifest.published_at_ms.saturating_add(a.valid_for.as_millis() as u64);
+        weightcast::wire::signature::sign(&mut manifest, key);
+    }
     let registry = oci::Registry::new(&reference, client);
     let pushed = smol::block_on(weightcast::push::push(&model, &manifest, &registry, &reference.reference))
         .map_err(|e| e.to_string())?;
@@ -348,15 +329,8 @@ struct PullArgs {
     /// File holding a bearer token for the hub.
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// CA certificate (PEM) an https:// hub's certificate must chain to;
-    /// without it, the system's roots.
-    #[arg(long)]
-    ca: Option<PathBuf>,
     #[command(flatten)]
-    registry: RegistryArgs,
-    /// Deadline for each request.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    timeout: std::time::Duration,
+    client: ClientArgs,
     /// Print one JSON object per round on stdout (for fleet tooling).
     #[arg(long)]
     json: bool,
@@ -414,8 +388,8 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         return Err("--dtype: a registry holds the weights as pushed (push a cast model instead)".into());
     }
     let trust = a.trust.iter().map(|t| public_key(t)).collect::<Result<Vec<_>, _>>()?;
-    let client = client_for(&a.url, a.ca.as_deref(), token, &a.registry, a.timeout)?;
-    let plain_http = a.registry.plain_http;
+    let client = client_for(&a.url, token, &a.client)?;
+    let plain_http = a.client.plain_http;
     let opts = Options {
         url,
         dest: a.dest.clone(),

@@ -229,12 +229,7 @@ impl Client {
             }
             Ok(reply)
         };
-        let deadline = self.timeout;
-        work.or(async {
-            smol::Timer::after(deadline).await;
-            Err(FetchError::Timeout(url.to_string(), deadline))
-        })
-        .await
+        self.deadline(url.as_str(), work).await
     }
 
     /// Sends a request: credentials from the [`Authorizer`], once more
@@ -402,11 +397,6 @@ impl Client {
             };
             Ok(Reply { body, ..reply })
         };
-        let deadline = self.timeout;
-        work.or(async {
-            smol::Timer::after(deadline).await;
-            Err(FetchError::Timeout(name.clone(), deadline))
-        })
-        .await
+        self.deadline(&name, work).await
     }
 }

@@ -44,17 +44,13 @@ pub enum PushError {
     Model(String),
 }
 
-/// The manifest a model is published with: the stored representation's,
-/// signed by `sign` (which sets its expiry), without hub blob paths (a
+/// The manifest a model is published with (signed, if at all, by the
+/// caller): the stored representation's, without hub blob paths (a
 /// registry names blobs by digest alone).
-pub fn config(model: &Model, sign: Option<&dyn Fn(&mut crate::wire::proto::Manifest)>) -> crate::wire::proto::Manifest {
-    let view = model.view(None);
-    let mut manifest = crate::encode::manifest::manifest(model, &view);
+pub fn config(model: &Model) -> crate::wire::proto::Manifest {
+    let mut manifest = crate::encode::manifest::manifest(model, &model.view(None));
     for t in &mut manifest.tensors {
         t.blob.clear();
-    }
-    if let Some(sign) = sign {
-        sign(&mut manifest);
     }
     manifest
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::onnx::stats::{Change, Stats};
+use crate::onnx::stats::{Change, Diff, Stats};
 use crate::store::{Changes, Model};
 
 /// A number, or its name where JSON has none (`"NaN"`, `"Infinity"`).
@@ -33,10 +33,10 @@ pub fn stats(model: &Model, stats: &[Option<Stats>]) -> Vec<u8> {
     serde_json::to_vec(&doc).unwrap_or_default()
 }
 
-/// `{model, version, from_version, from_loaded_at_ms, unchanged, tensors:
-/// [{name, change, max_abs, rel_l2}]}`.
-pub fn changes(model: &Model, c: &Changes) -> Vec<u8> {
-    let tensors: Vec<Value> = c
+/// `{unchanged, tensors: [{name, change, max_abs, rel_l2}]}` (also what
+/// `weightcast diff --json` prints).
+pub fn diff(d: &Diff) -> Value {
+    let tensors: Vec<Value> = d
         .tensors
         .iter()
         .map(|(name, change)| match change {
@@ -48,7 +48,15 @@ pub fn changes(model: &Model, c: &Changes) -> Vec<u8> {
             Change::Removed => json!({"name": name, "change": "removed"}),
         })
         .collect();
-    let doc = json!({"model": model.name, "version": model.version(), "from_version": c.from_version,
-        "from_loaded_at_ms": c.from_loaded_at_ms, "unchanged": c.unchanged, "tensors": tensors});
+    json!({"unchanged": d.unchanged, "tensors": tensors})
+}
+
+/// [`diff`] with `{model, version, from_version, from_loaded_at_ms}`.
+pub fn changes(model: &Model, c: &Changes) -> Vec<u8> {
+    let mut doc = diff(&c.diff);
+    doc["model"] = model.name.clone().into();
+    doc["version"] = model.version().into();
+    doc["from_version"] = c.from_version.clone().into();
+    doc["from_loaded_at_ms"] = c.from_loaded_at_ms.into();
     serde_json::to_vec(&doc).unwrap_or_default()
 }

@@ -135,9 +135,18 @@ pub enum Change {
     Removed,
 }
 
-/// Each tensor that differs between `old` and `new` (by name), in the new
-/// version's order, then the removed ones. Equal bytes are unchanged.
-pub fn diff(old: &[Tensor], new: &[Tensor]) -> Vec<(String, Change)> {
+/// What differs between two versions of a model's tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diff {
+    /// Each tensor that differs (by name), in the new version's order, then
+    /// the removed ones.
+    pub tensors: Vec<(String, Change)>,
+    /// Tensors of the new version with the same dtype, shape and bytes.
+    pub unchanged: usize,
+}
+
+/// What differs between `old` and `new`, tensors matched by name.
+pub fn diff(old: &[Tensor], new: &[Tensor]) -> Diff {
     let before: std::collections::HashMap<&str, &Tensor> = old.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut out = Vec::new();
     for t in new {
@@ -148,8 +157,9 @@ pub fn diff(old: &[Tensor], new: &[Tensor]) -> Vec<(String, Change)> {
         }
     }
     let after: std::collections::HashSet<&str> = new.iter().map(|t| t.name.as_str()).collect();
+    let unchanged = new.len() - out.len();
     out.extend(old.iter().filter(|t| !after.contains(t.name.as_str())).map(|t| (t.name.clone(), Change::Removed)));
-    out
+    Diff { tensors: out, unchanged }
 }
 
 fn change(old: &Tensor, new: &Tensor) -> Change {
@@ -222,10 +232,12 @@ mod tests {
         let old = [tensor("same", &[1.0]), tensor("w", &[3.0, 4.0]), tensor("gone", &[1.0])];
         let new = [tensor("same", &[1.0]), tensor("w", &[3.0, 4.5]), tensor("new", &[1.0]), tensor("gone2", &[1.0])];
         let d = diff(&old, &new);
+        assert_eq!(d.unchanged, 1);
+        let d = d.tensors;
         assert_eq!(d.len(), 4, "{d:?}");
         assert_eq!(d[0], ("w".to_string(), Change::Values { max_abs: 0.5, rel_l2: 0.1 }));
         assert_eq!(d[1], ("new".to_string(), Change::Added));
         assert_eq!(d[3], ("gone".to_string(), Change::Removed));
-        assert_eq!(diff(&old, &[tensor("w", &[1.0, 2.0, 3.0])])[0].1, Change::Replaced);
+        assert_eq!(diff(&old, &[tensor("w", &[1.0, 2.0, 3.0])]).tensors[0].1, Change::Replaced);
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::onnx::cast::{self, Target};
-use crate::onnx::stats::{Change, Stats};
+use crate::onnx::stats::{Diff, Stats};
 use crate::onnx::{DataType, ModelInfo, OnnxModel, Tensor, TensorData};
 use crate::runtime::{self, OpenSession, Runtime};
 
@@ -136,10 +136,8 @@ pub struct Changes {
     pub from_version: String,
     /// When that version was loaded (Unix ms).
     pub from_loaded_at_ms: u64,
-    /// Each tensor that differs, in this version's order, then removed ones.
-    pub tensors: Vec<(String, Change)>,
-    /// Tensors with the same bytes in both.
-    pub unchanged: usize,
+    /// What differs.
+    pub diff: Diff,
 }
 
 impl std::fmt::Debug for Model {
@@ -413,13 +411,10 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
 /// Computes what changed from `old` to `new` (after the switch: serving
 /// the new version does not wait for it) and keeps it with `new`.
 fn record_changes(old: &Model, new: &Model) {
-    let tensors = crate::onnx::stats::diff(&old.tensors, &new.tensors);
-    let differ = tensors.iter().filter(|(_, c)| !matches!(c, Change::Removed)).count();
     let changes = Changes {
         from_version: old.version().to_string(),
         from_loaded_at_ms: old.published_at_ms,
-        unchanged: new.tensors.len() - differ,
-        tensors,
+        diff: crate::onnx::stats::diff(&old.tensors, &new.tensors),
     };
     let _ = new.changes.set(Arc::new(changes));
 }

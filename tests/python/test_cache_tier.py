@@ -5,16 +5,14 @@ devices pull through it; the hub answers each tensor blob once."""
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import time
 
 import numpy as np
 import onnx
 import pytest
-import requests
 from onnx import TensorProto, helper, numpy_helper
 
+from nginx_cache import start as nginx_cache_start
 from test_pull_contract import pull
 
 
@@ -48,50 +46,9 @@ def nginx_cache(tmp_path):
     procs = []
 
     def start(upstream):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        d = tmp_path / "nginx"
-        (d / "cache").mkdir(parents=True)
-        for p in (tmp_path, d, d / "cache"):
-            os.chmod(p, 0o777)
-        conf = d / "nginx.conf"
-        # Workers run as `nobody` unless told otherwise: as root (CI), they
-        # must run as root to reach the test's private temporary folder.
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(f"""
-{user}
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-daemon off;
-worker_processes 1;
-events {{ worker_connections 256; }}
-http {{
-  access_log {d}/access.log;
-  proxy_cache_path {d}/cache keys_zone=tensors:1m max_size=1g;
-  proxy_temp_path {d}/tmp;
-  client_body_temp_path {d}/body;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass {upstream};
-      proxy_http_version 1.1;
-      proxy_cache tensors;
-      proxy_cache_lock on;
-      add_header X-Cache $upstream_cache_status;
-    }}
-  }}
-}}""")
-        p = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p, url = nginx_cache_start(upstream, tmp_path / "nginx")
         procs.append(p)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                requests.get(url + "/healthz", timeout=1)
-                return url
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nginx did not start: {p.stderr.read().decode() if p.poll() is not None else ''}")
+        return url
 
     yield start
     for p in procs:
