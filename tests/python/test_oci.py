@@ -342,3 +342,70 @@ def test_blob_reads_follow_a_redirect_to_storage(registry, tmp_path):
         assert len(redirected) >= 2, redirected  # config, graph and the tensor
     finally:
         front.shutdown()
+
+
+@pytest.mark.parametrize("attack", ["huge-manifest", "endless-config", "redirect-loop", "silent"])
+def test_a_hostile_registry_gets_a_clear_error_in_bounded_time_and_memory(tmp_path, attack):
+    """A registry (or something posing as one) that answers too much, for
+    ever, in circles, or never: the round fails with a message, within its
+    deadline, having read no more than it expected; nothing is installed."""
+    import threading
+    import time as _time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    config = b"x" * 100
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": CONFIG_TYPE, "size": len(config),
+                                      "digest": "sha256:" + hashlib.sha256(config).hexdigest()},
+                           "layers": []}).encode()
+
+    class Hostile(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if attack == "silent":
+                _time.sleep(30)
+                return
+            if "/manifests/" in self.path:
+                body = b" " * (5 << 20) + manifest if attack == "huge-manifest" else manifest
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif attack == "redirect-loop":
+                self.send_response(307)
+                self.send_header("Location", self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:  # endless-config: chunked, never ending
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    for _ in range(100_000):
+                        self.wfile.write(b"10000\r\n" + b"y" * 0x10000 + b"\r\n")
+                except OSError:
+                    pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from test_pull_contract import peak_pull
+
+        started = _time.monotonic()
+        rc, res, peak_kib = peak_pull(f"oci://127.0.0.1:{server.server_address[1]}/m:v1", tmp_path / "d",
+                                      "--plain-http", timeout="3s")
+        took = _time.monotonic() - started
+        want = {"huge-manifest": "larger than", "endless-config": "larger than", "redirect-loop": "redirects",
+                "silent": "no answer within"}[attack]
+        assert rc == 1 and want in res["error"], res
+        assert took < 10, took
+        assert peak_kib < 64 * 1024, f"{peak_kib} KiB: the body was not read past its limit"
+        assert not (tmp_path / "d" / "current").exists()
+    finally:
+        server.shutdown()

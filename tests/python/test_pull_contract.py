@@ -275,14 +275,14 @@ def big_model(path, n):
     return numpy_helper.to_array(big)
 
 
-def peak_pull(url, dest, *extra):
+def peak_pull(url, dest, *extra, timeout="60s"):
     """(exit code, last JSON line, peak RSS in KiB) of one pull in a fresh Python."""
     import sys
     measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
                "print(r.returncode); print((r.stdout.strip().splitlines() or ['{}'])[-1]); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     r = subprocess.run([sys.executable, "-c", measure, str(binary()), "pull", url, "--dest", str(dest), "--once",
-                        "--json", "--timeout", "60s", *extra], capture_output=True, text=True, timeout=120)
+                        "--json", "--timeout", timeout, *extra], capture_output=True, text=True, timeout=120)
     code, line, peak_kib = r.stdout.strip().splitlines()
     return int(code), json.loads(line), int(peak_kib)
 
