@@ -11,10 +11,12 @@ scripts/fetch-ort.sh
 # nginx: the real HTTP cache of the cache-tier test (and the benchmarks' baseline).
 # docker-registry: the real OCI registry (CNCF distribution 2.8) of the OCI tests.
 # chromium: the headless browser of the page's tests.
+# wget: one of the clients the suite checks (test_clients.py).
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v chromium >/dev/null || need+=(chromium)
+command -v wget >/dev/null || need+=(wget)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}"
 fi

@@ -344,10 +344,27 @@ fn identity_chunks(sel: &Selection, piece: Piece) -> Vec<Chunk> {
 pub const FRAME_ALONE: usize = 64 << 10;
 const GROUP_MAX: usize = 1 << 20;
 
-/// The zstd body: large data frames and grouped frames of the rest, each
-/// from the cache when computed before (so the body keeps a Content-Length),
-/// else computed when the reader gets there, and cached.
+/// A body of at most this many bytes of tensor data is one zstd frame, so
+/// one-shot decoders (python-zstandard's `decompress()` stops after the
+/// first frame) read all of it. It costs one compression of about this much
+/// per distinct body, cached like any group frame (bodies with parts made
+/// per request — JSON, deflated npz — are compressed per request anyway); a
+/// larger body reuses each tensor's cached frames instead of compressing it
+/// again per request. Byte-grouped bodies keep a frame per byte plane: that
+/// is their codec.
+pub const ONE_FRAME_MAX: usize = WINDOW;
+
+/// The zstd body: one frame when small (see [`ONE_FRAME_MAX`]), else large
+/// data frames and grouped frames of the rest; each frame from the cache
+/// when computed before (so the body keeps a Content-Length), else computed
+/// when the reader gets there, and cached. A piece only known when computed
+/// (a deflated npz member, a JSON document) is a frame of its own, so a
+/// request holds one such piece at a time.
 fn zstd_chunks(sel: &Selection, pieces: Vec<Piece>, level: i32) -> Vec<Chunk> {
+    let data: u64 = sel.tensors.iter().map(|&i| sel.meta(i).nbytes).sum();
+    if !sel.bytegroup && data <= ONE_FRAME_MAX as u64 {
+        return group_chunk(sel, pieces, level).into_iter().collect();
+    }
     let mut out = Vec::new();
     let mut group: Vec<Piece> = Vec::new();
     let mut group_len = 0;
@@ -361,6 +378,11 @@ fn zstd_chunks(sel: &Selection, pieces: Vec<Piece>, level: i32) -> Vec<Chunk> {
             continue;
         }
         match piece {
+            Piece::Deferred(_) => {
+                out.extend(group_chunk(sel, std::mem::take(&mut group), level));
+                group_len = 0;
+                out.extend(group_chunk(sel, vec![piece], level));
+            }
             Piece::Data { tensor, range } if len >= FRAME_ALONE => {
                 out.extend(group_chunk(sel, std::mem::take(&mut group), level));
                 group_len = 0;

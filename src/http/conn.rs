@@ -315,7 +315,8 @@ async fn write(
         out.flush().await?;
         return Ok(0);
     }
-    write_body(out, pace, body.into_reader(), head, chunked).await
+    let zstd = res.header("Content-Encoding").is_some_and(|v| v.as_str() == "zstd");
+    write_body(out, pace, body.into_reader(), head, chunked, zstd).await
 }
 
 /// How fast a stuck connection must drain: once a write would block, the
@@ -380,7 +381,7 @@ enum Framing {
 fn head(res: &Response, framing: Framing, close: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     let status = res.status();
-    head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", u16::from(status), status.canonical_reason()).as_bytes());
+    head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", u16::from(status), reason(status)).as_bytes());
     for (name, values) in res.iter() {
         for v in values.iter() {
             head.extend_from_slice(name.as_str().as_bytes());
@@ -402,22 +403,51 @@ fn head(res: &Response, framing: Framing, close: bool) -> Vec<u8> {
     head
 }
 
+/// The status line's reason phrase: RFC 9110's, where http-types 2.12 has
+/// another ("304 Modified", which `curl -v` and `wget -S` then show).
+fn reason(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NotModified => "Not Modified",
+        StatusCode::NonAuthoritativeInformation => "Non-Authoritative Information",
+        StatusCode::MultipleChoice => "Multiple Choices",
+        StatusCode::RequestedRangeNotSatisfiable => "Range Not Satisfiable",
+        StatusCode::PayloadTooLarge => "Content Too Large",
+        StatusCode::UnprocessableEntity => "Unprocessable Content",
+        other => other.canonical_reason(),
+    }
+}
+
 /// The body after `head`, whole chunks per write: small chunks ride with the
 /// head (or the chunk-size line), large ones go in a write of their own.
+///
+/// With `carry` (zstd bodies), each write but the body's last ends one byte
+/// before its chunk does, and that byte leads the next write (chunked: the
+/// next HTTP chunk). A zstd body's chunks are its frames, and httpx 0.28's
+/// decoder fails on a read that ends exactly where a frame ends
+/// (encode/httpx discussion 3538); writes and HTTP chunks that end there
+/// would make nearly every read do so.
 async fn write_body(
     out: &mut (impl AsyncWrite + Unpin),
     pace: &mut Pace,
     mut reader: impl AsyncBufRead + Unpin,
     head: Vec<u8>,
     chunked: bool,
+    carry: bool,
 ) -> io::Result<u64> {
     let mut pending_head = Some(head);
+    let mut carried: Option<u8> = None;
     let mut sent = 0u64;
     loop {
         let chunk = reader.fill_buf().await?;
         let n = chunk.len();
         let mut frame = pending_head.take().unwrap_or_default();
         if n == 0 {
+            if let Some(byte) = carried {
+                match chunked {
+                    true => frame.extend_from_slice(&[b'1', b'\r', b'\n', byte, b'\r', b'\n']),
+                    false => frame.push(byte),
+                }
+            }
             if chunked {
                 frame.extend_from_slice(b"0\r\n\r\n");
             }
@@ -426,24 +456,33 @@ async fn write_body(
             }
             break;
         }
-        if chunked {
-            frame.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        let (data, kept) = match carry {
+            true => chunk.split_at(n - 1),
+            false => (chunk, &[][..]),
+        };
+        let size = data.len() + usize::from(carried.is_some());
+        if chunked && size > 0 {
+            frame.extend_from_slice(format!("{size:x}\r\n").as_bytes());
         }
-        if frame.len() + n <= 64 * 1024 {
-            frame.extend_from_slice(chunk);
-            if chunked {
+        frame.extend(carried.take());
+        if frame.len() + data.len() <= 64 * 1024 {
+            frame.extend_from_slice(data);
+            if chunked && size > 0 {
                 frame.extend_from_slice(b"\r\n");
             }
             write_all(out, pace, &frame).await?;
         } else {
-            if !frame.is_empty() {
-                write_all(out, pace, &frame).await?;
-            }
-            write_all(out, pace, chunk).await?;
+            // A carried byte or a size line goes with the data's first bytes:
+            // a write of its own could be a read of its own.
+            let (first, rest) = data.split_at(if frame.is_empty() { 0 } else { data.len().min(16 << 10) });
+            frame.extend_from_slice(first);
+            write_all(out, pace, &frame).await?;
+            write_all(out, pace, rest).await?;
             if chunked {
                 write_all(out, pace, b"\r\n").await?;
             }
         }
+        carried = kept.first().copied();
         reader.consume(n);
         sent += n as u64;
     }

@@ -62,7 +62,7 @@ impl Cors {
 
 /// Response headers a page of another origin may read.
 const EXPOSED: &str =
-    "ETag, X-Weightcast-Model-Version, X-Weightcast-Version, Content-Range, Content-Length, Accept-Ranges";
+    "ETag, X-Weightcast-Model-Version, X-Weightcast-Version, Content-Range, Content-Length, Accept-Ranges, Content-Disposition";
 
 /// The answer to a CORS preflight from an allowed origin: GET and HEAD, with
 /// the headers clients send for conditional, ranged and authorized requests.
@@ -437,7 +437,14 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
         range: header("Range"),
         if_range: header("If-Range"),
         accept: header("Accept"),
-        encoding: negotiate::encoding(header("Accept-Encoding").as_deref()),
+        // A byte range applies to identity bodies only (a range of a zstd
+        // stream cannot be decoded on its own), so a request for one gets
+        // identity: requests and httpx offer zstd by default, and their Range
+        // requests would otherwise get the whole body.
+        encoding: match header("Range") {
+            Some(_) => Encoding::Identity,
+            None => negotiate::encoding(header("Accept-Encoding").as_deref()),
+        },
     };
     // Health and readiness stay open to probes; everything else needs a token
     // once tokens are configured.
