@@ -448,11 +448,24 @@ fn report(
             tracing::info!(version = version.as_deref().map(short), ms, "no change");
             (no_change, None, serde_json::json!({"status": "current", "version": version, "ms": ms}))
         }
-        Ok(Outcome::Updated { version, fetched_bytes, model_bytes, tensors_fetched, tensors_total }) => {
-            tracing::info!(version = short(version), ms, "updated: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensors_total} tensor files fetched)");
+        Ok(Outcome::Updated {
+            version,
+            previous,
+            fetched_bytes,
+            model_bytes,
+            tensors_fetched,
+            tensor_files,
+            tensors_total,
+        }) => {
+            let in_graph = tensors_total.saturating_sub(*tensor_files);
+            match previous {
+                None => tracing::info!(version = short(version), ms, "installed: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_total} tensors: {tensor_files} in tensor files, {in_graph} inside the graph)"),
+                Some(p) => tracing::info!(version = short(version), ms, "updated from {}: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensor_files} tensor files fetched, the other {} copied from the current version; {in_graph} tensors inside the graph)", short(p), tensor_files.saturating_sub(*tensors_fetched)),
+            }
             let json = serde_json::json!({
-                "status": "updated", "version": version, "fetched_bytes": fetched_bytes, "model_bytes": model_bytes,
-                "tensors_fetched": tensors_fetched, "tensors_total": tensors_total, "ms": ms});
+                "status": "updated", "version": version, "previous": previous, "fetched_bytes": fetched_bytes,
+                "model_bytes": model_bytes, "tensors_fetched": tensors_fetched, "tensor_files": tensor_files,
+                "tensors_total": tensors_total, "ms": ms});
             (0, None, json)
         }
         Ok(Outcome::Rejected { version, reason }) => {

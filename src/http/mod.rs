@@ -529,9 +529,13 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
 /// from elsewhere (devices are often offline).
 const PAGE: &str = include_str!("page.html");
 
+/// The page's ETag: its digest, computed on the first request.
+static PAGE_ETAG: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("\"page-{}\"", &hex::encode(Sha256::digest(PAGE.as_bytes()))[..16]));
+
 fn page(ask: &Ask) -> Response {
-    let etag = format!("\"page-{}\"", &hex::encode(Sha256::digest(PAGE.as_bytes()))[..16]);
-    if ask.not_modified(&etag) {
+    let etag = PAGE_ETAG.as_str();
+    if ask.not_modified(etag) {
         let mut r = Response::new(StatusCode::NotModified);
         r.insert_header("ETag", etag);
         return r;

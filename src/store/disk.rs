@@ -56,6 +56,12 @@ impl Disk {
         self.model_dir(&key.model).join(version).join(hex::encode(&name[..16]))
     }
 
+    /// The length of the blob under `key` if written or checked since start;
+    /// touches no file.
+    pub(super) fn known_len(&self, key: &CacheKey) -> Option<u64> {
+        self.held.lock().ok()?.get(key).copied()
+    }
+
     /// The length of the blob under `key`, if there is one: written since
     /// start, or left by an earlier run and checked against its trailer now
     /// (a file that fails is removed).

@@ -925,7 +925,16 @@ impl Cache {
     /// in memory, or the length of a blob on disk (read it with
     /// [`Cache::get`] or [`Cache::get_range`] when it is needed: a response
     /// lists its frames when it starts, and reads each one when it gets there).
+    ///
+    /// Touches no file (it runs on the executor): a disk blob left by an
+    /// earlier run counts only once checked, which [`Cache::get`] (on the
+    /// blocking pool) does; until then the response computes that chunk
+    /// when it gets there, through the cache.
     pub fn lookup(&self, key: &CacheKey) -> Option<Found> {
+        self.find(key, false)
+    }
+
+    fn find(&self, key: &CacheKey, check_disk: bool) -> Option<Found> {
         let mut inner = self.inner.lock().ok()?;
         inner.clock += 1;
         let now = inner.clock;
@@ -934,15 +943,17 @@ impl Cache {
             Found::Memory(b.clone())
         });
         drop(inner);
-        let found = found.or_else(|| self.disk.as_ref().and_then(|d| d.len(key)).map(|n| Found::Disk(n as usize)));
+        let on_disk = |d: &disk::Disk| if check_disk { d.len(key) } else { d.known_len(key) };
+        let found = found.or_else(|| self.disk.as_ref().and_then(on_disk).map(|n| Found::Disk(n as usize)));
         let counter = if found.is_some() { &self.counts.hits } else { &self.counts.misses };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         found
     }
 
-    /// The blob under `key`, whole, if cached (read from disk if there).
+    /// The blob under `key`, whole, if cached (read from disk if there, a
+    /// file left by an earlier run checked first; call from a blocking thread).
     pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
-        match self.lookup(key)? {
+        match self.find(key, true)? {
             Found::Memory(b) => Some(b),
             Found::Disk(n) => self.read_disk(key, 0..n),
         }
@@ -951,7 +962,7 @@ impl Cache {
     /// Bytes `range` of the blob under `key`, if cached: a disk blob is read
     /// for that range only.
     pub fn get_range(&self, key: &CacheKey, range: std::ops::Range<usize>) -> Option<Bytes> {
-        match self.lookup(key)? {
+        match self.find(key, true)? {
             Found::Memory(b) => (range.end <= b.len()).then(|| b.slice(range)),
             Found::Disk(_) => self.read_disk(key, range),
         }

@@ -99,12 +99,16 @@ pub enum Outcome {
     Updated {
         /// The new version.
         version: String,
+        /// The version it replaced; `None` on the first install.
+        previous: Option<String>,
         /// Bytes that crossed the wire this round.
         fetched_bytes: u64,
         /// Bytes of the model's tensors.
         model_bytes: u64,
         /// Tensor files fetched (the rest were copied from the current version).
         tensors_fetched: usize,
+        /// Tensors held in files (the rest travel inside the graph).
+        tensor_files: usize,
         /// Tensors in the manifest.
         tensors_total: usize,
     },
@@ -682,9 +686,11 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     let fetched_bytes = offer.wire_bytes + contents.wire_bytes + tensor_bytes;
     let outcome = Outcome::Updated {
         version: offer.manifest.version.clone(),
+        previous: current.map(|c| c.0),
         fetched_bytes,
         model_bytes: offer.manifest.tensors.iter().map(|t| t.nbytes).sum(),
         tensors_fetched: needed.len(),
+        tensor_files: contents.held.len(),
         tensors_total: offer.manifest.tensors.len(),
     };
     check_and_switch(opts, &dest, &mut state, offer, tmp, outcome).await

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import binary
 from reference import version
+from test_corpus import corpus  # noqa: F401  (the fixture)
 
 
 def pull(url, dest, *extra):
@@ -340,3 +341,37 @@ def test_a_large_tensor_that_differs_from_the_manifest_is_refused(serve, tmp_pat
     assert not (dest / "current").exists()
     assert not list((dest / ".partial").rglob("*.raw")), "a bad body is not kept to be resumed"
     hub.server.shutdown()
+
+
+def test_the_pull_summary_says_installed_then_what_was_fetched_and_copied(corpus, serve, tmp_path):
+    """Issue #15, part 4: a first pull is an install (not "0 of 341 tensors
+    changed"); an update says how many tensor files were fetched and how many
+    copied from the version it replaces. On a real exporter's model."""
+    import re
+    import shutil
+    import time
+    path = tmp_path / "m.onnx"
+    shutil.copy(corpus / "orientation.onnx", path)
+    s = serve("--runtime", "none", path)
+    dest = tmp_path / "device"
+    rc, first, err = pull(f"{s.url}/v1/models/m", dest)
+    assert rc == 0 and first["status"] == "updated" and first["previous"] is None, (first, err)
+    files, total = first["tensor_files"], first["tensors_total"]
+    assert total == len(onnx.load(str(path)).graph.initializer) and 0 < files < total
+    assert first["tensors_fetched"] == files
+    line = f"installed: fetched {first['fetched_bytes']} bytes for a {first['model_bytes']}-byte model ({total} tensors: {files} in tensor files, {total - files} inside the graph)"
+    assert line in err, err
+    m = onnx.load(str(path))
+    big = max(m.graph.initializer, key=lambda t: len(t.raw_data))
+    big.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(big) + 1, big.name))
+    onnx.save(m, str(tmp_path / "next.onnx"))
+    (tmp_path / "next.onnx").rename(path)
+    for _ in range(100):
+        if s.get("/v1/models/m?format=json").json()["version"] != first["version"]:
+            break
+        time.sleep(0.1)
+    rc, second, err = pull(f"{s.url}/v1/models/m", dest)
+    assert rc == 0 and second["previous"] == first["version"] and second["tensors_fetched"] == 1, (second, err)
+    assert re.search(rf"updated from {first['version'][:8]}\w*: fetched {second['fetched_bytes']} bytes for a "
+                     rf"{second['model_bytes']}-byte model \(1 of {files} tensor files fetched, the other {files - 1} "
+                     rf"copied from the current version; {total - files} tensors inside the graph\)", err), err
