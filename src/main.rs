@@ -17,7 +17,8 @@ use weightcast::store::{self, Cache, Store};
 #[derive(Parser)]
 #[command(name = "weightcast", version, about = "Serve an ONNX model's weights over HTTP")]
 struct Cli {
-    /// Debug-level logs: every request served (serve), every request to the hub (pull). RUST_LOG overrides.
+    /// Debug-level logs: every request served (serve), every request to the
+    /// hub or registry (pull, push). RUST_LOG overrides.
     #[arg(short, long, global = true)]
     verbose: bool,
     /// Log lines as text, or one JSON object per line (for fleet log
@@ -97,9 +98,29 @@ enum Command {
     },
 }
 
+/// The exit code of a command line weightcast cannot parse (sysexits'
+/// EX_USAGE): apart from `pull --once`'s 2, "rejected by --check".
+const USAGE_ERROR: u8 = 64;
+
 fn main() -> ExitCode {
     return_large_buffers();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { USAGE_ERROR } else { 0 });
+        }
+    };
+    if !matches!(cli.command, Command::Serve { .. } | Command::Pull(_)) {
+        // A reader that goes away (`weightcast diff A B | head`) ends the
+        // command quietly, as it does any Unix tool, instead of a panic in
+        // println!. Not for serve (sockets say EPIPE, never signal: std
+        // sends with MSG_NOSIGNAL) nor pull, which keeps polling.
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let default = if cli.verbose { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},async_io=warn,polling=warn")));
@@ -170,7 +191,17 @@ fn diff(a: &std::path::Path, b: &std::path::Path, json: bool) -> Result<(), Stri
     Ok(())
 }
 
-/// "30s", "5m", "250ms", "1h", or a number of seconds.
+/// A duration of at least a second (`--interval`: a device must not poll
+/// its hub in a tight loop).
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("'{s}' is under a second; a fleet polling that fast would flood its hub (e.g. 30s, 5m)"));
+    }
+    Ok(d)
+}
+
+/// "30s", "5m", "250ms", "1h", or a number of seconds; more than zero.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| (&s[..i], &s[i..]));
@@ -182,6 +213,9 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("'{s}': unknown unit '{unit}' (ms, s, m, h)")),
     };
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!("'{s}' is not a duration above zero (e.g. 30s, 5m)"));
+    }
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
@@ -308,17 +342,17 @@ struct PullArgs {
     #[arg(long)]
     dest: PathBuf,
     /// Time between polls (e.g. 30s, 5m), with ±10% random jitter.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
     interval: std::time::Duration,
     /// Do one round and exit: 0 current or updated, 1 failed, 2 rejected.
     #[arg(long)]
     once: bool,
     /// With --once: exit with this code when nothing changed.
-    #[arg(long)]
+    #[arg(long, requires = "once")]
     exit_no_change: Option<u8>,
-    /// Versions kept on disk (current included).
-    #[arg(long, default_value_t = 2)]
-    keep: usize,
+    /// Versions kept on disk (current included; at least 1).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    keep: u16,
     /// Check a new version before switching: "ort" (load it in ONNX Runtime
     /// by path: graph, shape inference, every tensor), or a shell command ($WEIGHTCAST_DIR is the new folder).
     #[arg(long)]
@@ -393,7 +427,7 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
     let opts = Options {
         url,
         dest: a.dest.clone(),
-        keep: a.keep,
+        keep: a.keep.into(),
         check,
         exec: a.exec.clone(),
         output,
@@ -419,7 +453,9 @@ fn pull(a: PullArgs) -> ExitCode {
         let result = smol::block_on(updater::round(&opts, &client));
         let report = report(&result, started.elapsed().as_millis() as u64, a.exit_no_change.unwrap_or(0));
         if a.json {
-            println!("{}", report.json);
+            // A log shipper that went away does not stop the device's updates.
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{}", report.json);
         }
         if a.once {
             return ExitCode::from(report.code);
@@ -480,6 +516,20 @@ fn report(
     Report { code, retry_after, json }
 }
 
+/// Why `serve` cannot listen on `addr`, and what to do.
+fn cannot_listen(addr: &str, e: std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let hint = match e.kind() {
+        ErrorKind::AddrInUse => "another process listens there: stop it, or choose another port with --listen",
+        ErrorKind::AddrNotAvailable => "no network interface of this machine has that address",
+        ErrorKind::PermissionDenied => "ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a higher port",
+        _ => "give HOST:PORT: 127.0.0.1:8080 for this machine only, 0.0.0.0:8080 for the network",
+    };
+    let e = e.to_string();
+    let e = e.split(" (os error").next().unwrap_or(&e);
+    format!("cannot listen on {addr}: {e}; {hint}")
+}
+
 /// How often model files are checked for replacement.
 const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -537,6 +587,8 @@ fn serve(
             Cache::new(cfg.cache_bytes)
         }),
     });
+    // Before loading models: a taken port is told at once, not after minutes of loading.
+    let listener = std::net::TcpListener::bind(cfg.listen.as_str()).map_err(|e| cannot_listen(&cfg.listen, e))?;
     let store = Store::load(&specs, sessions, cache.clone());
     let cors = http::Cors { origins: cfg.cors_origins.clone() };
     let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer, cors };
@@ -548,9 +600,6 @@ fn serve(
     let watched = state.clone();
     let preparation = Preparation { what: prepared, zstd_level: cfg.zstd_level, cache };
     std::thread::spawn(move || preparation.watch(&watched.store, RELOAD_CHECK));
-    let listener = std::net::TcpListener::bind(cfg.listen.as_str()).map_err(|e| {
-        format!("cannot listen on {}: {e} (give HOST:PORT: 127.0.0.1:8080 for this machine only, 0.0.0.0:8080 for the network)", cfg.listen)
-    })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // On stdout, for scripts and tests that start us on port 0.
     println!("weightcast listening on {scheme}://{addr}");
@@ -610,8 +659,20 @@ fn verify(dest: &std::path::Path, trust: &[String]) -> Result<(), String> {
 }
 
 /// The hub's secret key, from the file the config names.
+///
+/// Both key files hold 64 hex digits, so the files `keygen` names tell them
+/// apart: a `.pub` given as the secret key is refused (signing with it would
+/// make every device refuse the manifests).
 fn secret_key(path: &std::path::Path) -> Result<ed25519_dalek::SigningKey, String> {
     use std::os::unix::fs::PermissionsExt;
+    if path.extension().is_some_and(|e| e == "pub") {
+        let secret = path.with_extension("key");
+        return Err(format!(
+            "{} is a public key (keygen's .pub); signing needs the secret key: {}",
+            path.display(),
+            secret.display()
+        ));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read signing_key {}: {e}", path.display()))?;
     if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
         tracing::warn!(path = %path.display(), "the signing key is readable by other users; chmod 600 it");
@@ -621,6 +682,10 @@ fn secret_key(path: &std::path::Path) -> Result<ed25519_dalek::SigningKey, Strin
 
 /// A trusted public key: a file's contents, or the hex itself.
 fn public_key(arg: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    if let Some(prefix) = arg.strip_suffix(".key") {
+        let problem = "is a secret key (keygen's .key): it stays on the hub; devices trust the public key";
+        return Err(format!("--trust {arg} {problem}: {prefix}.pub"));
+    }
     let text = match std::fs::read_to_string(arg) {
         Ok(text) => text,
         Err(_) if arg.len() == 64 => arg.to_string(),

@@ -42,11 +42,31 @@ impl Authorizer for Bearer {
     }
 }
 
+/// A connection refused or unreachable, and what to check.
+fn connect_problem(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    match e.kind() {
+        ErrorKind::ConnectionRefused => format!("{text}; is the hub (or registry) running there, on that port?"),
+        _ => format!("{text}; check the host name and the network"),
+    }
+}
+
+/// A failed handshake, and what to check: a server that answers TLS with
+/// plain HTTP, or a certificate not signed by the CA trusted.
+fn tls_problem(e: &str) -> String {
+    match e.contains("InvalidContentType") || e.contains("corrupt message") || e.contains("handshake eof") {
+        true => "the server does not speak TLS; is it http:// (for a registry: add --plain-http)?".into(),
+        false => format!("{e} (is the server's certificate signed by the CA given with --ca, or by a system root?)"),
+    }
+}
+
 /// Why a request did not give a usable answer.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)] // each variant and field is told by its #[error] message
 pub enum FetchError {
-    #[error("cannot connect to {0}: {1}")]
+    #[error("cannot connect to {0}: {problem}", problem = connect_problem(.1))]
     Connect(String, std::io::Error),
     #[error("{0}: {1}")]
     Http(String, String),
@@ -58,9 +78,7 @@ pub enum FetchError {
     CutChunked(String),
     #[error("{url}: the body is larger than the {limit} bytes expected; refused")]
     TooLarge { url: String, limit: u64 },
-    #[error(
-        "TLS with {0} failed: {1} (is the hub's certificate signed by the CA given with --ca, or by a system root?)"
-    )]
+    #[error("TLS with {0} failed: {problem}", problem = tls_problem(.1))]
     Tls(String, String),
     #[error("{0}: cannot decode zstd body: {1}")]
     Zstd(String, std::io::Error),
@@ -246,8 +264,11 @@ impl Client {
         let (mut challenged, mut redirects) = (false, 0);
         loop {
             let auth = self.auth.as_ref().and_then(|a| a.header(&url));
+            let started = std::time::Instant::now();
             let res = self.send_once(method, &url, headers, body, auth).await?;
             let status = u16::from(res.status());
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::debug!(%method, url = %url, status, ms, length = res.len(), "request");
             if status == 401 && !challenged {
                 if let (Some(a), Some(c)) = (&self.auth, res.header("WWW-Authenticate")) {
                     challenged = true;

@@ -165,6 +165,11 @@ async fn read_head(reader: &mut BufReader<impl AsyncRead + Unpin>) -> io::Result
         head.extend_from_slice(buf);
         // Leading empty lines before a request line are allowed (RFC 9112 2.2).
         let start = head.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(head.len());
+        if head.get(start) == Some(&TLS_HANDSHAKE) {
+            // An https:// client on a plain HTTP port: closed now, so it
+            // fails its handshake at once instead of waiting out a timeout.
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a TLS handshake on a plain HTTP port"));
+        }
         if let Some(end) = find_blank_line(&head[start..]) {
             let end = start + end;
             reader.consume(end - before);
@@ -185,6 +190,10 @@ async fn read_head(reader: &mut BufReader<impl AsyncRead + Unpin>) -> io::Result
         }
     }
 }
+
+/// The first byte of a TLS handshake record (a ClientHello); no HTTP
+/// request line starts with it.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// End of the first `\r\n\r\n` (or bare `\n\n`) in `buf`.
 fn find_blank_line(buf: &[u8]) -> Option<usize> {

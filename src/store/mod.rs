@@ -576,7 +576,7 @@ fn load_entry(spec: &ModelSpec, sessions: Option<&Sessions>, cache: &Arc<Cache>)
             Entry::Loaded(Arc::new(m))
         }
         Err(e) => {
-            tracing::error!(model = %spec.name, "model failed to load: {e}");
+            tracing::error!(model = %spec.name, "model failed to load: {e}; it is loaded when the file is replaced (until then its routes answer 404 and /readyz 503)");
             Entry::Failed { name: spec.name.clone(), error: e.to_string() }
         }
     }

@@ -76,6 +76,10 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 impl Dest {
     /// Opens (creating) `root`, and removes temporary folders a crash left.
     pub(super) fn open(root: &Path) -> io::Result<Dest> {
+        if root.exists() && !root.is_dir() {
+            let problem = "is a file, not a folder; --dest names the folder pull keeps versions in";
+            return Err(io::Error::other(format!("{} {problem}", root.display())));
+        }
         for dir in [root.to_path_buf(), root.join("versions"), root.join("rejected")] {
             fs::create_dir_all(&dir).map_err(|e| context("cannot create", &dir, e))?;
         }
@@ -89,6 +93,16 @@ impl Dest {
             if name == ".current.tmp" {
                 let _ = fs::remove_file(entry.path());
             }
+        }
+        Ok(Dest { root: root.to_path_buf() })
+    }
+
+    /// Opens a destination `weightcast pull` made, creating nothing (for
+    /// commands that only read it or move `current`).
+    pub(super) fn existing(root: &Path) -> io::Result<Dest> {
+        if !root.join("versions").is_dir() {
+            let problem = "holds no versions: `weightcast pull URL --dest` with this folder makes it";
+            return Err(io::Error::other(format!("{} {problem}", root.display())));
         }
         Ok(Dest { root: root.to_path_buf() })
     }

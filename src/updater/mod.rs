@@ -147,7 +147,7 @@ pub enum UpdateError {
     Republished,
     #[error("the new version needs {needed} bytes in {}, and {free} are free; make room (or keep fewer versions with --keep)", dest.display())]
     NoSpace { needed: u64, free: u64, dest: PathBuf },
-    #[error("--exec: {0}")]
+    #[error("switched to the new version, but --exec failed: {0} (it is not run again for this version)")]
     Exec(String),
     #[error(transparent)]
     Registry(#[from] crate::oci::RegistryError),
@@ -669,8 +669,17 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         return Ok(Outcome::Current { version: Some(offer.manifest.version) });
     }
     if state.rejected.contains(&offer.manifest.version) {
-        tracing::info!(version = %offer.manifest.version, "the hub still offers a version that failed its check; keeping the current one");
-        return Ok(Outcome::Current { version: current.map(|c| c.0) });
+        let Some((version, _)) = current else {
+            // Nothing installed: not "current", which would exit 0.
+            let reason = format!(
+                "it failed its check before and nothing is installed; to try it again, remove {} from \"rejected\" in {}",
+                offer.manifest.version,
+                dest.root().join("state.json").display()
+            );
+            return Ok(Outcome::Rejected { version: offer.manifest.version, reason });
+        };
+        tracing::info!(version = %offer.manifest.version, "the hub still offers a version that failed its check or was rolled back from; keeping the current one");
+        return Ok(Outcome::Current { version: Some(version) });
     }
     let contents = contents(client, &source, opts, &offer, current_dir).await?;
     let current_st = current_dir.and_then(|dir| stfile::Current::open(&dir.join(SAFETENSORS_FILE)));
@@ -733,7 +742,8 @@ async fn check_and_switch(
         let aside = dest.reject(&tmp, &version)?;
         state.rejected.push(version.clone());
         dest.save_state(state)?;
-        tracing::error!(version = %version, path = %aside.display(), "new version failed its check; keeping the current one: {reason}");
+        let kept = if dest.current().is_some() { "keeping the current one" } else { "nothing is installed" };
+        tracing::error!(version = %version, path = %aside.display(), "new version failed its check; {kept}: {reason}");
         return Ok(Outcome::Rejected { version, reason });
     }
     let dir = dest.commit(&tmp, &version)?;
@@ -995,20 +1005,24 @@ async fn run_command(cmd: &str, dir: &Path) -> Result<(), String> {
 pub enum RollbackError {
     #[error("no current version to roll back from (has `weightcast pull` installed one in this folder?)")]
     NoCurrent,
-    #[error("no version before {current} is kept (keep more with pull's --keep)")]
+    #[error("no version before {current} is kept (keep more with pull's --keep); a version rolled back from is not rolled back to")]
     NoPrevious { current: String },
     #[error("{0}")]
     Disk(#[from] std::io::Error),
 }
 
 /// Points `current` at the previous version. Returns it.
+/// Never forward: a version rolled back from (or rejected by the check) is
+/// not a candidate, so a second rollback goes further back or says none is
+/// kept.
 pub fn rollback(dest: &Path) -> Result<String, RollbackError> {
-    let dest = Dest::open(dest)?;
+    let dest = Dest::existing(dest)?;
     let current = dest.current().map(|c| c.0).ok_or(RollbackError::NoCurrent)?;
+    let refused = dest.state().rejected;
     let previous = dest
         .versions()
         .into_iter()
-        .find(|v| *v != current)
+        .find(|v| *v != current && !refused.contains(v))
         .ok_or_else(|| RollbackError::NoPrevious { current: current.clone() })?;
     dest.switch(&previous)?;
     // Do not fetch the version we rolled back from again until the hub moves on.

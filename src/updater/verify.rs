@@ -51,7 +51,7 @@ fn file_digest(path: &Path, from: u64, len: Option<u64>) -> std::io::Result<Stri
 /// its manifest is signed by one of them (expiry is reported, not enforced:
 /// a device offline for long still holds authentic weights).
 pub fn verify(dest: &Path, trust: &[VerifyingKey]) -> Result<Verified, VerifyError> {
-    let dest = Dest::open(dest)?;
+    let dest = Dest::existing(dest)?;
     let (_, dir) = dest.current().ok_or_else(|| VerifyError::NoCurrent(dest.root().display().to_string()))?;
     let body = std::fs::read(dir.join(MANIFEST_FILE))?;
     let manifest = Manifest::decode(body.as_slice())

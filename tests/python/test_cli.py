@@ -1,0 +1,156 @@
+"""Exit codes and messages of every command (issue #15, part 4): a mistake
+gets a message that says what to do and an exit code scripts can tell
+apart; nothing panics, hangs or creates folders it was not asked for. Each
+case was found trying the commands as a new user would."""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import binary
+from test_corpus import corpus  # noqa: F401  (the fixture)
+
+
+def run(*args, timeout=30, **kw):
+    return subprocess.run([str(binary()), *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def pull(url, dest, *extra):
+    return run("pull", url, "--dest", dest, "--once", "--timeout", "5s", *extra)
+
+
+@pytest.fixture
+def hub(zoo, serve):
+    s = serve("--runtime", "none", zoo / "mlp.onnx")
+    s.model_url = f"{s.url}/v1/models/mlp"
+    return s
+
+
+@pytest.mark.parametrize("args", [
+    ["pull", "http://h/v1/models/m", "--dest", "d", "--dtype", "f64"],
+    ["pull", "http://h/v1/models/m", "--dest", "d", "--onse"],
+    ["pull", "http://h/v1/models/m", "--dest", "d", "--interval", "0.1s"],
+    ["pull", "http://h/v1/models/m", "--dest", "d", "--interval", "0"],
+    ["pull", "http://h/v1/models/m", "--dest", "d", "--timeout", "0"],
+    ["pull", "http://h/v1/models/m", "--dest", "d", "--keep", "0"],
+    ["pull", "http://h/v1/models/m", "--dest", "d", "--exit-no-change", "3"],
+    ["push", "m.onnx", "oci://r/x:y", "--valid-for", "0s"],
+    ["inspect"],
+    ["nosuchcommand"],
+])
+def test_a_command_line_that_does_not_parse_exits_64_not_pulls_2(args, tmp_path):
+    """2 is `pull --once`'s "rejected by --check": a typo must not read as that."""
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 64, (args, r.returncode, r.stderr)
+    assert r.stderr.startswith("error:") and "panicked" not in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_help_exits_0():
+    r = run("pull", "--help")
+    assert r.returncode == 0 and "--interval" in r.stdout
+    assert "every request to the hub or registry (pull, push)" in run("--help").stdout
+
+
+def test_a_version_that_failed_its_check_with_nothing_installed_is_not_success(hub, tmp_path):
+    """The first run rejects it (2); the next must not say "current" and exit 0
+    with nothing installed — it says how to try again."""
+    dest = tmp_path / "device"
+    first = pull(hub.model_url, dest, "--check", "false")
+    assert first.returncode == 2 and "nothing is installed" in first.stderr, first.stderr
+    again = pull(hub.model_url, dest, "--check", "false")
+    assert again.returncode == 2, again.stderr
+    assert "nothing is installed" in again.stderr and "state.json" in again.stderr, again.stderr
+    assert not (dest / "current").exists()
+
+
+def test_rollback_never_goes_forward_and_read_only_commands_create_nothing(zoo, serve, tmp_path):
+    import gen_models
+    path = tmp_path / "m.onnx"
+    shutil.copy(zoo / "mlp.onnx", path)
+    s = serve("--runtime", "none", path)
+    url, dest = f"{s.url}/v1/models/m", tmp_path / "device"
+    assert pull(url, dest).returncode == 0
+    v1 = os.readlink(dest / "current")
+    gen_models.mlp(tmp_path / "next.onnx", seed=7)
+    os.replace(tmp_path / "next.onnx", path)
+    for _ in range(100):
+        r = pull(url, dest)
+        if os.readlink(dest / "current") != v1:
+            break
+        time.sleep(0.1)
+    v2 = os.readlink(dest / "current")
+    assert v2 != v1 and r.returncode == 0
+    back = run("rollback", "--dest", dest)
+    assert back.returncode == 0 and os.readlink(dest / "current") == v1, back.stderr
+    again = run("rollback", "--dest", dest)
+    assert again.returncode == 1 and os.readlink(dest / "current") == v1, "a second rollback must not go forward"
+    assert "no version before" in again.stderr and "--keep" in again.stderr
+    for args in (["rollback", "--dest", tmp_path / "typo"], ["verify", "--dest", tmp_path / "typo"]):
+        r = run(*args)
+        assert r.returncode == 1 and "holds no versions" in r.stderr, r.stderr
+        assert not (tmp_path / "typo").exists(), f"{args[0]} created the folder it was given by mistake"
+
+
+def test_dest_that_is_a_file(hub, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = pull(hub.model_url, f)
+    assert r.returncode == 1 and "is a file, not a folder" in r.stderr, r.stderr
+    assert f.read_text() == "x"
+
+
+def test_exec_failing_after_the_switch_says_the_switch_stands(hub, tmp_path):
+    dest = tmp_path / "device"
+    r = pull(hub.model_url, dest, "--exec", "exit 3")
+    assert r.returncode == 1 and "switched to the new version, but --exec failed" in r.stderr, r.stderr
+    assert (dest / "current" / "model.onnx").exists()
+
+
+def test_a_closed_stdout_ends_commands_quietly(corpus, hub, tmp_path):  # noqa: F811
+    """`weightcast diff A B | true` used to panic (exit 101) in println!."""
+    a, b = corpus / "magika.onnx", corpus / "orientation.onnx"
+    for cmd in ([binary(), "diff", a, b], [binary(), "diff", "--json", a, b], [binary(), "inspect", b],
+                [binary(), "pull", hub.model_url, "--dest", tmp_path / "d", "--once", "--json"]):
+        script = " ".join(f"'{c}'" for c in cmd) + " | true; echo ${PIPESTATUS[0]}"
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+        code = int(r.stdout.strip())
+        assert code in (0, 141) and "panicked" not in r.stderr, (cmd, code, r.stderr)
+    assert (tmp_path / "d" / "current").exists(), "pull went on with its round"
+
+
+def test_https_to_a_plain_port_fails_at_once_and_says_why(hub, tmp_path):
+    started = time.monotonic()
+    r = pull(hub.model_url.replace("http://", "https://"), tmp_path / "d")
+    assert r.returncode == 1 and time.monotonic() - started < 5, "the server closes a TLS handshake at once"
+    assert "does not speak TLS; is it http://" in r.stderr, r.stderr
+
+
+def test_nothing_listening_says_what_to_check(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = pull(f"http://127.0.0.1:{port}/v1/models/m", tmp_path / "d")
+    assert r.returncode == 1 and "is the hub (or registry) running there" in r.stderr, r.stderr
+    assert "os error" not in r.stderr
+
+
+def test_a_taken_port_is_told_before_loading_models(hub, zoo):
+    port = hub.url.rsplit(":", 1)[1]
+    r = run("serve", "--runtime", "none", "--listen", f"127.0.0.1:{port}", zoo / "mlp.onnx")
+    assert r.returncode == 1 and "another process listens there" in r.stderr, r.stderr
+    assert "model loaded" not in r.stderr and "os error" not in r.stderr
+
+
+def test_keys_given_the_wrong_way_round_are_refused(hub, zoo, tmp_path):
+    prefix = tmp_path / "hub"
+    assert run("keygen", prefix).returncode == 0
+    r = run("push", zoo / "mlp.onnx", "oci://127.0.0.1:9/x:y", "--plain-http", "--signing-key", f"{prefix}.pub")
+    assert r.returncode == 1 and "is a public key" in r.stderr and f"{prefix}.key" in r.stderr, r.stderr
+    r = pull(hub.model_url, tmp_path / "d", "--trust", f"{prefix}.key")
+    assert r.returncode == 1 and "is a secret key" in r.stderr and f"{prefix}.pub" in r.stderr, r.stderr
+    assert not (tmp_path / "d").exists()
