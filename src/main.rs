@@ -49,7 +49,10 @@ enum Command {
         models: Vec<PathBuf>,
     },
     /// Print a model's tensors: name, dtype, shape, bytes, storage.
-    Inspect { model: PathBuf },
+    Inspect {
+        /// The model file (.onnx), or a version folder `weightcast pull` wrote.
+        model: PathBuf,
+    },
     /// Keep a local copy of a model current with a hub: fetch only changed
     /// tensors, verify them, switch versions atomically.
     Pull(PullArgs),
@@ -57,8 +60,9 @@ enum Command {
     /// one layer per tensor, named by its sha256; blobs the registry holds are
     /// not uploaded again.
     Push(PushArgs),
-    /// Point `current` back at the previous version.
+    /// Point `current` back at the previous version (never forward).
     Rollback {
+        /// The folder `weightcast pull --dest` keeps.
         #[arg(long)]
         dest: PathBuf,
     },
@@ -98,6 +102,22 @@ enum Command {
     },
 }
 
+/// Prints a line on stdout. A reader that went away (`weightcast diff A B |
+/// head`) ends the command quietly with exit 0, as `inspect`'s output does,
+/// where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("weightcast: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 /// The exit code of a command line weightcast cannot parse (sysexits'
 /// EX_USAGE): apart from `pull --once`'s 2, "rejected by --check".
 const USAGE_ERROR: u8 = 64;
@@ -111,16 +131,6 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { USAGE_ERROR } else { 0 });
         }
     };
-    if !matches!(cli.command, Command::Serve { .. } | Command::Pull(_)) {
-        // A reader that goes away (`weightcast diff A B | head`) ends the
-        // command quietly, as it does any Unix tool, instead of a panic in
-        // println!. Not for serve (sockets say EPIPE, never signal: std
-        // sends with MSG_NOSIGNAL) nor pull, which keeps polling.
-        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     let default = if cli.verbose { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},async_io=warn,polling=warn")));
@@ -139,7 +149,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => return pull(args),
         Command::Push(args) => push(args),
         Command::Rollback { dest } => {
-            weightcast::updater::rollback(&dest).map(|v| println!("current is now {v}")).map_err(|e| e.to_string())
+            weightcast::updater::rollback(&dest).map(|v| say!("current is now {v}")).map_err(|e| e.to_string())
         }
         Command::Demo { out } => demo::write(&out).map_err(|e| format!("cannot write {}: {e}", out.display())),
         Command::Keygen { prefix } => keygen(&prefix),
@@ -174,20 +184,21 @@ fn diff(a: &std::path::Path, b: &std::path::Path, json: bool) -> Result<(), Stri
     let (old, new) = (open(a)?, open(b)?);
     let diff = stats::diff(&old.tensors, &new.tensors);
     if json {
-        println!("{}", weightcast::encode::inspect::diff(&diff));
+        say!("{}", weightcast::encode::inspect::diff(&diff));
         return Ok(());
     }
     for (name, c) in &diff.tensors {
         match c {
             Change::Values { max_abs, rel_l2 } => {
-                println!("changed   {name}  max|Δ| {max_abs:.6e}  relative L2 {rel_l2:.6e}")
+                say!("changed   {name}  max|Δ| {max_abs:.6e}  relative L2 {rel_l2:.6e}")
             }
-            Change::Replaced => println!("replaced  {name}  (another dtype or shape)"),
-            Change::Added => println!("added     {name}"),
-            Change::Removed => println!("removed   {name}"),
+            Change::Replaced => say!("replaced  {name}  (another dtype or shape)"),
+            Change::Added => say!("added     {name}"),
+            Change::Removed => say!("removed   {name}"),
         }
     }
-    println!("{} tensors differ, {} unchanged", diff.tensors.len(), diff.unchanged);
+    let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    say!("{}, {} unchanged", plural(diff.tensors.len(), "tensor differs", "tensors differ"), diff.unchanged);
     Ok(())
 }
 
@@ -318,7 +329,7 @@ fn push(a: PushArgs) -> Result<(), String> {
     let pushed = smol::block_on(weightcast::push::push(&model, &manifest, &registry, &reference.reference))
         .map_err(|e| e.to_string())?;
     let ms = started.elapsed().as_millis();
-    println!(
+    say!(
         "pushed {} version {} as {}@{}: {} of {} blobs uploaded ({} of {} bytes), {ms} ms",
         model.name,
         pushed.version,
@@ -496,7 +507,13 @@ fn report(
             let in_graph = tensors_total.saturating_sub(*tensor_files);
             match previous {
                 None => tracing::info!(version = short(version), ms, "installed: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_total} tensors: {tensor_files} in tensor files, {in_graph} inside the graph)"),
-                Some(p) => tracing::info!(version = short(version), ms, "updated from {}: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensor_files} tensor files fetched, the other {} copied from the current version; {in_graph} tensors inside the graph)", short(p), tensor_files.saturating_sub(*tensors_fetched)),
+                Some(p) => {
+                    let copied = match tensor_files.saturating_sub(*tensors_fetched) {
+                        0 => String::new(),
+                        n => format!(", the other {n} copied from the current version"),
+                    };
+                    tracing::info!(version = short(version), ms, "updated from {}: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensor_files} tensor files fetched{copied}; {in_graph} tensors inside the graph)", short(p));
+                }
             }
             let json = serde_json::json!({
                 "status": "updated", "version": version, "previous": previous, "fetched_bytes": fetched_bytes,
@@ -635,8 +652,8 @@ fn keygen(prefix: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e} (an existing key is not overwritten)", secret.display()))?;
     std::fs::write(&public, signature::public_key_text(&key.verifying_key()))
         .map_err(|e| format!("cannot write {}: {e}", public.display()))?;
-    println!("secret key: {} (the hub's signing_key; keep it private)", secret.display());
-    println!("public key: {} (weightcast pull --trust {})", public.display(), public.display());
+    say!("secret key: {} (the hub's signing_key; keep it private)", secret.display());
+    say!("public key: {} (weightcast pull --trust {})", public.display(), public.display());
     Ok(())
 }
 
@@ -654,7 +671,7 @@ fn verify(dest: &std::path::Path, trust: &[String]) -> Result<(), String> {
         }
         None => String::new(),
     };
-    println!("verified: model {} version {}, {} tensors match{signed}", v.model, v.version, v.tensors);
+    say!("verified: model {} version {}, {} tensors match{signed}", v.model, v.version, v.tensors);
     Ok(())
 }
 
@@ -729,6 +746,7 @@ fn stop_on_signal() -> Result<smol::channel::Receiver<()>, String> {
 }
 
 fn inspect(path: &std::path::Path) -> Result<(), String> {
+    let path = &model_file(path);
     let model = OnnxModel::open(path).map_err(|e| match e {
         weightcast::onnx::OnnxError::Tensor { .. } => format!("{}: {e}", path.display()),
         other => other.to_string(),

@@ -29,7 +29,7 @@ pub struct Pushed {
     pub uploaded: usize,
     /// Bytes uploaded, the manifest included.
     pub uploaded_bytes: u64,
-    /// Bytes of every blob in the artifact.
+    /// Bytes of the artifact: every blob and the manifest.
     pub artifact_bytes: u64,
 }
 
@@ -154,6 +154,7 @@ pub async fn push(
         return Err(PushError::Model(problem));
     }
     report.uploaded_bytes += body.len() as u64;
+    report.artifact_bytes += body.len() as u64;
     report.digest = registry.put_manifest(tag, body).await?;
     Ok(report)
 }

@@ -690,7 +690,7 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
         })?;
     check_space(dest.root(), &offer, &contents)?;
     let (fetched, tensor_bytes) =
-        fetch_tensors(client, &source, &offer, &needed, &dest.root().join(".partial")).await?;
+        fetch_tensors(client, &source, &offer, &needed, &dest.root().join(PARTIAL_DIR)).await?;
     let tmp = write_version(&dest, &offer, &contents, &fetched, current_dir, current_st.as_ref())?;
     let fetched_bytes = offer.wire_bytes + contents.wire_bytes + tensor_bytes;
     let outcome = Outcome::Updated {
@@ -753,11 +753,17 @@ async fn check_and_switch(
     state.rejected.clear();
     dest.save_state(state)?;
     dest.prune(opts.keep);
+    // Resume state of the downloads this version needed: done with.
+    let _ = std::fs::remove_dir_all(dest.root().join(PARTIAL_DIR));
     if let Some(cmd) = &opts.exec {
         run_command(cmd, &dir).await.map_err(UpdateError::Exec)?;
     }
     Ok(updated)
 }
+
+/// The folder under a destination holding tensors being fetched, kept
+/// across rounds so a cut download resumes.
+const PARTIAL_DIR: &str = ".partial";
 
 /// Tensors at least this large are fetched one by one, uncompressed (a byte
 /// range of a zstd stream cannot be decoded alone), into a partial file that a

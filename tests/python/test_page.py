@@ -224,4 +224,4 @@ def test_weightcast_diff_between_files_and_pulled_versions(serve, tmp_path):
         time.sleep(0.1)
     assert pull(f"{s.url}/v1/models/m", tmp_path / "dev")[0] == 0
     r = subprocess.run([str(binary()), "diff", first, tmp_path / "dev"], capture_output=True, text=True)
-    assert r.returncode == 0 and "changed   head.weight" in r.stdout and "1 tensors differ, 3 unchanged" in r.stdout, r
+    assert r.returncode == 0 and "changed   head.weight" in r.stdout and "1 tensor differs, 3 unchanged" in r.stdout, r
