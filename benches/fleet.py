@@ -109,6 +109,18 @@ class Hub:
         self.proc.wait()
 
 
+def first_and_change(proxy, url, dest, publish_change):
+    """One device's first pull through `proxy`, then its pull after
+    `publish_change()`: seconds, bytes and requests of each."""
+    s, _ = pull(url, dest)
+    first = dict(s=s, bytes=proxy.bytes_for("/"), requests=len(proxy.paths()))
+    publish_change()
+    proxy.reset()
+    s, res = pull(url, dest)
+    change = dict(s=s, bytes=proxy.bytes_for("/"), requests=len(proxy.paths()), tensors_fetched=res["tensors_fetched"])
+    return first, change
+
+
 def registry_vs_hub(tmp, v1, v2):
     out = {}
     reg = Registry(tmp)
@@ -118,14 +130,13 @@ def registry_vs_hub(tmp, v1, v2):
         out["push_first"] = dict(s=s, summary=text.strip())
         proxy = Proxy(reg.port)
         url = f"oci://127.0.0.1:{proxy.port}/fleet/model:prod"
-        s, _ = pull(url, tmp / "reg-device")
-        out["registry_pull_first"] = dict(s=s, bytes=proxy.bytes_for("/"), requests=len(proxy.paths()))
-        s, text = run("push", v2, target, "--plain-http")
-        out["push_change"] = dict(s=s, summary=text.strip())
-        proxy.reset()
-        s, res = pull(url, tmp / "reg-device")
-        out["registry_pull_change"] = dict(s=s, bytes=proxy.bytes_for("/"), requests=len(proxy.paths()),
-                                           tensors_fetched=res["tensors_fetched"])
+
+        def publish_change():
+            s, text = run("push", v2, target, "--plain-http")
+            out["push_change"] = dict(s=s, summary=text.strip())
+
+        out["registry_pull_first"], out["registry_pull_change"] = first_and_change(
+            proxy, url, tmp / "reg-device", publish_change)
     finally:
         reg.stop()
     served = tmp / "hub" / "model.onnx"
@@ -135,13 +146,8 @@ def registry_vs_hub(tmp, v1, v2):
     try:
         proxy = Proxy(hub.port)
         url = f"{proxy.url}/v1/models/model"
-        s, _ = pull(url, tmp / "hub-device")
-        out["hub_pull_first"] = dict(s=s, bytes=proxy.bytes_for("/"), requests=len(proxy.paths()))
-        republish(hub, served, v2)
-        proxy.reset()
-        s, res = pull(url, tmp / "hub-device")
-        out["hub_pull_change"] = dict(s=s, bytes=proxy.bytes_for("/"), requests=len(proxy.paths()),
-                                      tensors_fetched=res["tensors_fetched"])
+        out["hub_pull_first"], out["hub_pull_change"] = first_and_change(
+            proxy, url, tmp / "hub-device", lambda: republish(hub, served, v2))
     finally:
         hub.stop()
     return out
