@@ -119,10 +119,17 @@ def downloader(url, stop_at, manifests, results):
             time.sleep(0.2)
             continue
         version = r.headers.get("X-Weightcast-Model-Version")
+        # The manifest watcher polls every 50 ms; a download of a version
+        # published a moment ago can finish before it has seen that version.
+        waited = time.monotonic()
+        while version not in manifests and time.monotonic() - waited < 10:
+            time.sleep(0.05)
         digests = manifests.get(version)
-        ok = digests is not None and all(
-            hashlib.sha256(data).hexdigest() == digests.get(name) for name, data in records(r.content))
-        results.append(("ok" if ok else "MISMATCH", version))
+        if digests is None:
+            results.append(("MISMATCH", f"{version}: never advertised by the manifest"))
+            continue
+        wrong = [name for name, data in records(r.content) if hashlib.sha256(data).hexdigest() != digests.get(name)]
+        results.append(("MISMATCH", f"{version}: {wrong} differ from its manifest") if wrong else ("ok", version))
 
 
 def records(body):
@@ -246,7 +253,8 @@ def main():
         "pollers": pollers_n, "downloaders": downloads, "model_mb": mb, "seconds": seconds,
         "answers_by_status": statuses, "poller_connection_errors": errors,
         "downloads_verified": verified, "downloads_503": sum(1 for r, _ in results if r == "503"),
-        "downloads_mismatched": len(mismatched), "download_errors": download_errors[:5],
+        "downloads_mismatched": len(mismatched), "mismatches": [why for _, why in mismatched][:5],
+        "download_errors": download_errors[:5],
         "versions_seen": len(manifests), "server_alive": alive,
         "peak_rss_mib": peak["rss_mib"], "peak_open_fds": peak["fds"], "runtime": a.runtime,
         "model_mib": round(served.stat().st_size / (1 << 20), 1),
