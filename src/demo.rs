@@ -176,9 +176,16 @@ pub fn write(path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    if path.is_dir() {
+        let hint = path.join("demo.onnx");
+        return Err(std::io::Error::other(format!("it is a folder; give a file name, e.g. {}", hint.display())));
+    }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, model_bytes())?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, model_bytes()).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Where `weightcast serve` puts the demo model when given none.

@@ -640,6 +640,13 @@ fn keygen(prefix: &std::path::Path) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     use weightcast::wire::signature;
+    if prefix.is_dir() || prefix.as_os_str().to_string_lossy().ends_with('/') {
+        let dir = prefix.display().to_string();
+        let dir = dir.trim_end_matches('/');
+        return Err(format!(
+            "{dir}/ is a folder; give the two files' path prefix, e.g. {dir}/hub (writes {dir}/hub.key and {dir}/hub.pub)"
+        ));
+    }
     let key = signature::generate().map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
     let with = |ext: &str| std::path::PathBuf::from(format!("{}.{ext}", prefix.display()));
     let (secret, public) = (with("key"), with("pub"));

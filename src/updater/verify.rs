@@ -34,12 +34,26 @@ pub struct Verified {
 pub enum VerifyError {
     #[error("no current version in {0} (has `weightcast pull` installed one there?)")]
     NoCurrent(String),
-    #[error("{0}")]
-    Check(#[from] UpdateError),
+    #[error("{path} is unusable: {problem}")]
+    Manifest { path: String, problem: String },
+    #[error("its manifest is not trusted: {0}")]
+    Untrusted(#[from] crate::wire::signature::SignatureError),
+    #[error("{path} is not the graph its manifest names: {problem}")]
+    Graph { path: String, problem: String },
     #[error("tensor '{name}': {problem}")]
     Tensor { name: String, problem: String },
     #[error("{0}")]
     Disk(#[from] std::io::Error),
+}
+
+/// The problem an update check found, without the update's words around it
+/// ("the hub's manifest", "the current version is kept"): `verify` reads
+/// what a device holds, offline.
+fn held(e: UpdateError) -> String {
+    match e {
+        UpdateError::Manifest { problem } | UpdateError::Graph { problem } => problem,
+        other => other.to_string(),
+    }
 }
 
 /// Hex sha256 of a file's bytes `[from, from + len)` (all of it when `len` is None).
@@ -53,20 +67,24 @@ fn file_digest(path: &Path, from: u64, len: Option<u64>) -> std::io::Result<Stri
 pub fn verify(dest: &Path, trust: &[VerifyingKey]) -> Result<Verified, VerifyError> {
     let dest = Dest::existing(dest)?;
     let (_, dir) = dest.current().ok_or_else(|| VerifyError::NoCurrent(dest.root().display().to_string()))?;
+    let manifest_path = dir.join(MANIFEST_FILE).display().to_string();
+    let unusable = |problem: String| VerifyError::Manifest { path: manifest_path.clone(), problem };
     let body = std::fs::read(dir.join(MANIFEST_FILE))?;
-    let manifest = Manifest::decode(body.as_slice())
-        .map_err(|e| UpdateError::Manifest { problem: format!("{MANIFEST_FILE} does not decode: {e}") })?;
-    verify_manifest(&manifest)?;
+    let manifest =
+        Manifest::decode(body.as_slice()).map_err(|e| unusable(format!("not a weightcast.v1.Manifest: {e}")))?;
+    verify_manifest(&manifest).map_err(|e| unusable(held(e)))?;
     if !trust.is_empty() {
-        crate::wire::signature::check(&manifest, trust, 0, None).map_err(UpdateError::from)?;
+        crate::wire::signature::check(&manifest, trust, 0, None)?;
     }
     let digests: std::collections::HashMap<&str, &str> =
         manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
     let mismatch = |name: &str, problem: &str| VerifyError::Tensor { name: name.into(), problem: problem.into() };
     let tensors = if dir.join(GRAPH_FILE).is_file() {
         let graph = std::fs::read(dir.join(GRAPH_FILE))?;
-        let held = verify_graph(&manifest, &graph)?;
-        for (name, location) in &held {
+        let graph_path = dir.join(GRAPH_FILE).display().to_string();
+        let locations =
+            verify_graph(&manifest, &graph).map_err(|e| VerifyError::Graph { path: graph_path, problem: held(e) })?;
+        for (name, location) in &locations {
             let digest = file_digest(&dir.join(location), 0, None)
                 .map_err(|e| mismatch(name, &format!("cannot read {location}: {e}")))?;
             if digests.get(name.as_str()) != Some(&digest.as_str()) {

@@ -161,3 +161,19 @@ def test_inspect_takes_a_version_folder_like_diff(hub, tmp_path):
     assert pull(hub.model_url, dest).returncode == 0
     by_folder, by_file = run("inspect", dest / "current"), run("inspect", dest / "current" / "model.onnx")
     assert by_folder.returncode == 0 and by_folder.stdout == by_file.stdout and by_folder.stdout, by_folder.stderr
+
+
+def test_keygen_given_a_folder_says_to_name_the_files(tmp_path):
+    """`keygen dir/` wrote the hidden files dir/.key and dir/.pub."""
+    for given in (tmp_path, f"{tmp_path}/", f"{tmp_path}/new/"):
+        r = run("keygen", given)
+        assert r.returncode == 1 and "is a folder" in r.stderr and f"{str(tmp_path).rstrip('/')}" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_given_a_folder_leaves_nothing_behind(tmp_path):
+    """`demo DIR` left a 3 MB DIR.tmpPID beside the folder."""
+    (tmp_path / "dir").mkdir()
+    r = run("demo", tmp_path / "dir")
+    assert r.returncode == 1 and f"give a file name, e.g. {tmp_path / 'dir' / 'demo.onnx'}" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"] and not any((tmp_path / "dir").iterdir())

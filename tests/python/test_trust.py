@@ -269,7 +269,16 @@ def test_a_device_verifies_what_it_holds_offline(serve, tmp_path, fmt):
     r = run("--trust", public)
     assert r.returncode == 0 and "verified" in r.stdout and "2 tensors match" in r.stdout, r.stdout + r.stderr
     r = run("--trust", other_pub)
-    assert r.returncode == 1 and "not among the trusted keys" in r.stderr
+    assert r.returncode == 1 and "its manifest is not trusted" in r.stderr and "not among the trusted keys" in r.stderr
+    # verify reads what the device holds: no hub, nothing "kept" (#15's note).
+    assert "hub's" not in r.stderr and "kept" not in r.stderr, r.stderr
+    manifest = dest / "current" / "manifest.pb"
+    held = manifest.read_bytes()
+    os.chmod(manifest, 0o644)
+    manifest.write_bytes(b"\xff" * 16)
+    r = run()
+    assert r.returncode == 1 and f"{manifest.resolve()} is unusable: not a weightcast.v1.Manifest" in r.stderr, r.stderr
+    manifest.write_bytes(held)
     # One flipped byte in a tensor's file.
     current = dest / "current"
     target = next((current / "tensors").iterdir()) if fmt == "onnx" else current / "model.safetensors"
