@@ -85,13 +85,13 @@ impl Metrics {
             (
                 "weightcast_cache_hits_total",
                 "counter",
-                "Derived bytes (casts, zstd frames, documents) found cached.",
+                "Derived blobs (casts, zstd frames, documents) a response used from the cache, each counted once.",
                 counts.hits.load(Relaxed),
             ),
             (
                 "weightcast_cache_misses_total",
                 "counter",
-                "Derived bytes looked for and not cached.",
+                "Derived blobs computed because they were not cached.",
                 counts.misses.load(Relaxed),
             ),
             (

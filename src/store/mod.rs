@@ -823,12 +823,15 @@ pub enum Found {
     Disk(usize),
 }
 
-/// What the cache did since start (for `/metrics`).
+/// What the cache did since start (for `/metrics`). Each blob a response
+/// uses counts once: a hit when it comes from the cache, a miss when it is
+/// computed — not once per method that looked (planning a response looks
+/// first on the executor, then reads or computes on the blocking pool).
 #[derive(Debug, Default)]
 pub struct CacheCounts {
-    /// Lookups that found their bytes.
+    /// Blobs used from the cache (a blob read in parts counts at its start).
     pub hits: std::sync::atomic::AtomicU64,
-    /// Lookups that did not.
+    /// Blobs computed because they were not cached.
     pub misses: std::sync::atomic::AtomicU64,
     /// Blobs dropped to stay within the budget.
     pub evictions: std::sync::atomic::AtomicU64,
@@ -906,6 +909,7 @@ impl Cache {
                 m.remove(&key);
             }
         }
+        self.count(!computed_here);
         result
     }
 
@@ -930,8 +934,20 @@ impl Cache {
     /// earlier run counts only once checked, which [`Cache::get`] (on the
     /// blocking pool) does; until then the response computes that chunk
     /// when it gets there, through the cache.
+    ///
+    /// Counts a hit for bytes in memory (used as they are); a disk blob
+    /// counts when read, a blob not found when computed or found later.
     pub fn lookup(&self, key: &CacheKey) -> Option<Found> {
-        self.find(key, false)
+        let found = self.find(key, false);
+        if let Some(Found::Memory(_)) = found {
+            self.count(true);
+        }
+        found
+    }
+
+    fn count(&self, hit: bool) {
+        let counter = if hit { &self.counts.hits } else { &self.counts.misses };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn find(&self, key: &CacheKey, check_disk: bool) -> Option<Found> {
@@ -944,28 +960,32 @@ impl Cache {
         });
         drop(inner);
         let on_disk = |d: &disk::Disk| if check_disk { d.len(key) } else { d.known_len(key) };
-        let found = found.or_else(|| self.disk.as_ref().and_then(on_disk).map(|n| Found::Disk(n as usize)));
-        let counter = if found.is_some() { &self.counts.hits } else { &self.counts.misses };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        found
+        found.or_else(|| self.disk.as_ref().and_then(on_disk).map(|n| Found::Disk(n as usize)))
     }
 
     /// The blob under `key`, whole, if cached (read from disk if there, a
     /// file left by an earlier run checked first; call from a blocking thread).
     pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
-        match self.find(key, true)? {
+        let found = match self.find(key, true)? {
             Found::Memory(b) => Some(b),
             Found::Disk(n) => self.read_disk(key, 0..n),
-        }
+        }?;
+        self.count(true);
+        Some(found)
     }
 
     /// Bytes `range` of the blob under `key`, if cached: a disk blob is read
     /// for that range only.
     pub fn get_range(&self, key: &CacheKey, range: std::ops::Range<usize>) -> Option<Bytes> {
-        match self.find(key, true)? {
+        let start = range.start;
+        let found = match self.find(key, true)? {
             Found::Memory(b) => (range.end <= b.len()).then(|| b.slice(range)),
             Found::Disk(_) => self.read_disk(key, range),
+        }?;
+        if start == 0 {
+            self.count(true);
         }
+        Some(found)
     }
 
     fn read_disk(&self, key: &CacheKey, range: std::ops::Range<usize>) -> Option<Bytes> {
@@ -1057,6 +1077,36 @@ mod tests {
         assert_eq!(c.used(), 8);
         c.put(key(4), Bytes::from(vec![0u8; 11]));
         assert!(c.get(&key(4)).is_none(), "larger than the whole budget: not kept");
+    }
+
+    #[test]
+    fn each_blob_a_response_uses_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::with_disk(1 << 20, dir.path()).unwrap();
+        use std::sync::atomic::Ordering::SeqCst;
+        let counts = |c: &Cache| (c.counts().hits.load(SeqCst), c.counts().misses.load(SeqCst));
+        // Not cached: the lookup that plans the response counts nothing, the
+        // computation one miss.
+        assert!(c.lookup(&key(1)).is_none());
+        c.get_or_compute(key(1), || Ok(Bytes::from_static(b"small"))).unwrap();
+        assert_eq!(counts(&c), (0, 1));
+        // In memory: the lookup is the use.
+        assert!(matches!(c.lookup(&key(1)), Some(Found::Memory(_))));
+        assert_eq!(counts(&c), (1, 1));
+        // On disk, read in parts: one hit, at the blob's start.
+        let big = Bytes::from(vec![7u8; disk::DISK_FROM * 2]);
+        c.get_or_compute(key(2), || Ok(big.clone())).unwrap();
+        assert_eq!(counts(&c), (1, 2));
+        assert!(matches!(c.lookup(&key(2)), Some(Found::Disk(_))));
+        for at in (0..big.len()).step_by(1000) {
+            assert!(c.get_range(&key(2), at..(at + 1000).min(big.len())).is_some());
+        }
+        assert_eq!(counts(&c), (2, 2));
+        // Left by an earlier run: checked and counted when read.
+        let again = Cache::with_disk(1 << 20, dir.path()).unwrap();
+        assert!(again.lookup(&key(2)).is_none(), "not checked on the executor");
+        assert_eq!(again.get_or_compute(key(2), || Err("computed again".into())).unwrap(), big);
+        assert_eq!(counts(&again), (1, 0));
     }
 
     #[test]

@@ -186,3 +186,45 @@ def test_a_reload_under_load_never_holds_three_versions(serve, tmp_path):
     stuck.close()
     assert wait_for(lambda: served_version() not in (v1, v2)), "once version 1 is released, version 3 loads"
     assert wait_for(lambda: metric(s, "weightcast_model_versions_held", "m") == 1)
+
+
+def test_cache_counts_each_blob_once_also_after_a_restart(serve, tmp_path):
+    """A frame a response uses is one hit, or one miss when computed: a
+    restart that finds the frames in its cache folder computes nothing (no
+    miss), and a frame read from disk counts once, not once per look."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path = tmp_path / "big.onnx"
+    t = numpy_helper.from_array(np.random.default_rng(1).standard_normal(3_000_000).astype(np.float32), "w")
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], [t])), str(path))
+    config = tmp_path / "weightcast.toml"
+    config.write_text(f'cache_dir = "{tmp_path / "cache"}"\n')
+
+    def counts(s):
+        families = {f.name: f for f in text_string_to_metric_families(s.get("/metrics").text)}
+        return tuple(int(families[f"weightcast_cache_{k}"].samples[0].value) for k in ("hits", "misses"))
+
+    def prepared(s):  # the default `prepare` runs in the background after load
+        deadline = time.monotonic() + 30
+        while "prepared" not in s.logs():
+            assert time.monotonic() < deadline, s.logs()
+            time.sleep(0.05)
+        return s
+
+    zstd = {"Accept-Encoding": "zstd"}
+    first = prepared(serve("--runtime", "none", "--config", config, path))
+    hits, computed = counts(first)
+    assert computed >= 1, "the zstd frames are prepared at load"
+    assert first.get("/v1/models/big/weights", headers=zstd).status_code == 200
+    used = counts(first)[0] - hits
+    assert (used, counts(first)[1]) == (4, computed), "served from the 4 prepared frames, each one hit"
+    first.stop()
+    again = prepared(serve("--runtime", "none", "--config", config, path))
+    # The tensor's frames (three windows of 4 MiB) were in the cache folder;
+    # only the small frame of the record's header, kept in memory, is made
+    # again.
+    before = counts(again)
+    assert (computed, before[1]) == (4, 1), before
+    body = again.get("/v1/models/big/weights", headers=zstd)
+    assert body.status_code == 200 and len(body.content) > 12_000_000
+    assert counts(again) == (before[0] + used, 1), "the same frames, each one hit"
