@@ -1009,10 +1009,17 @@ async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, 
         last_modified(&mut r, &model);
         return Ok(r);
     }
-    let m = model.clone();
-    let body =
-        model_document(&model, "graph".into(), ask.encoding, state.options.zstd_level, move || Ok(m.graph().to_vec()))
-            .await?;
+    let body = match ask.encoding {
+        // The graph is in memory already (a view of the model's map).
+        Encoding::Identity => model.graph().clone(),
+        Encoding::Zstd => {
+            let m = model.clone();
+            model_document(&model, "graph".into(), ask.encoding, state.options.zstd_level, move || {
+                Ok(m.graph().to_vec())
+            })
+            .await?
+        }
+    };
     let mut r = Response::new(StatusCode::Ok);
     ask.headers(&mut r, &etag, format);
     r.insert_header("Content-Type", "application/octet-stream");
@@ -1023,8 +1030,10 @@ async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, 
     Ok(r)
 }
 
-/// A whole-model document (manifest, graph) in one encoding: from the cache,
-/// or rendered and compressed once, on the blocking pool, and kept.
+/// A whole-model document (manifest, zstd graph) in one encoding: from the
+/// cache's memory at once; else read from its disk, or rendered and
+/// compressed once (concurrent requests wait for that one), on the blocking
+/// pool, never on the executor's threads.
 async fn model_document(
     model: &Arc<Model>,
     variant: String,
@@ -1033,24 +1042,24 @@ async fn model_document(
     render: impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static,
 ) -> Result<bytes::Bytes, ApiError> {
     let key = model.cache_key(WHOLE_MODEL, format!("{variant}-{}", encoding.name()));
-    if let Some(body) = model.cache().get(&key) {
+    if let Some(crate::store::Found::Memory(body)) = model.cache().lookup(&key) {
         return Ok(body);
     }
-    let body = smol::unblock(move || {
-        let raw = render()?;
-        match encoding {
-            Encoding::Identity => Ok(raw),
-            Encoding::Zstd => encode::zstd_frame(&raw, level).map_err(|e| e.to_string()),
-        }
+    let m = model.clone();
+    smol::unblock(move || {
+        m.cache().get_or_compute(key, || {
+            let raw = render()?;
+            match encoding {
+                Encoding::Identity => Ok(raw.into()),
+                Encoding::Zstd => encode::zstd_frame(&raw, level).map(Into::into).map_err(|e| e.to_string()),
+            }
+        })
     })
     .await
     .map_err(|e| {
         tracing::error!("internal error: {e}");
         ApiError::new(StatusCode::InternalServerError, "internal error", e)
-    })?;
-    let body = bytes::Bytes::from(body);
-    model.cache().put(key, body.clone());
-    Ok(body)
+    })
 }
 
 /// A body that is already in memory, sent without another copy.
