@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,7 +19,32 @@ pub(super) use crate::encode::{Chunk, Compute};
 enum Slot {
     Ready(Bytes),
     Later(Option<usize>, Compute),
-    Running(Option<usize>, smol::Task<io::Result<Bytes>>),
+    Running(Option<usize>, Pin<Box<dyn Future<Output = io::Result<Bytes>> + Send + Sync>>),
+}
+
+/// Chunk jobs running at once, across all responses. A job holds its input
+/// and output in memory while it runs — up to 4 MiB of tensor data and its
+/// zstd frame for a one-frame answer — so without a bound, clients asking
+/// at once for many distinct bodies made the server hold that much per job
+/// (64 clients asking for distinct `names=` selections: 473 MiB peak, from
+/// 47). Twice the cores keeps them busy while some jobs read cache files;
+/// jobs wait for a permit as futures, not as blocked threads.
+static JOBS: LazyLock<Arc<async_lock::Semaphore>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Arc::new(async_lock::Semaphore::new(2 * cores))
+});
+
+/// `job` on the blocking pool once a permit is free; the permit goes with
+/// the job, so it is held until the job ends even if the response is dropped.
+fn run_job(job: Compute) -> Pin<Box<dyn Future<Output = io::Result<Bytes>> + Send + Sync>> {
+    Box::pin(async move {
+        let permit = JOBS.acquire_arc().await;
+        smol::unblock(move || {
+            let _permit = permit;
+            job()
+        })
+        .await
+    })
 }
 
 /// The body's length, if every chunk's length is known now.
@@ -121,7 +146,7 @@ impl ChunkReader {
         if let Some(slot) = self.queue.get_mut(at) {
             if matches!(slot, Slot::Later(..)) {
                 if let Slot::Later(expect, job) = std::mem::replace(slot, Slot::Ready(Bytes::new())) {
-                    *slot = Slot::Running(expect, smol::unblock(job));
+                    *slot = Slot::Running(expect, run_job(job));
                 }
             }
         }
@@ -141,7 +166,7 @@ impl AsyncBufRead for ChunkReader {
                     this.current = std::mem::take(b);
                     this.queue.pop_front();
                 }
-                Some(Slot::Running(expect, task)) => match Pin::new(task).poll(cx) {
+                Some(Slot::Running(expect, task)) => match task.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(b)) if expect.is_some_and(|n| n != b.len()) => {
                         tracing::error!("response chunk is {} bytes, {expect:?} were announced", b.len());
