@@ -83,7 +83,7 @@ def test_many_distinct_bodies_at_once_are_computed_a_few_at_a_time(corpus, serve
     assert r.stdout.split() == ["200"] * 400, r.stderr[-2000:]
     jobs = 2 * os.cpu_count()
     print(f"threads {threads_before} -> {peak[0]}, RSS {rss_before} -> {peak[1]} MiB")
-    assert peak[0] <= threads_before + jobs + 2, f"{peak[0]} threads: chunk jobs are not bounded by {jobs}"
+    assert peak[0] <= threads_before + jobs + 4, f"{peak[0]} threads: chunk jobs are not bounded by {jobs}"
     # Debug build, measured: 155 to 204 MiB more after, 307 to 347 before
     # (the cache's 64 MiB budget, and frames on their way to the sockets).
     assert peak[1] - rss_before <= 280, f"RSS {rss_before} -> {peak[1]} MiB"
