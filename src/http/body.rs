@@ -219,6 +219,39 @@ mod tests {
     use futures_lite::AsyncReadExt;
 
     #[test]
+    fn chunk_jobs_of_all_responses_run_a_few_at_a_time() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let job = |k: u8| -> Chunk {
+            let (running, most) = (running.clone(), most.clone());
+            Chunk::Later(Box::new(move || {
+                most.fetch_max(running.fetch_add(1, SeqCst) + 1, SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                running.fetch_sub(1, SeqCst);
+                Ok(Bytes::from(vec![k; 3]))
+            }))
+        };
+        // 32 responses of 4 computed chunks each, read at once: each reader
+        // alone would start two jobs at a time, 64 in all (32 were seen at
+        // once without the bound).
+        let readers: Vec<_> = (0..32u8)
+            .map(|r| {
+                let mut reader = ChunkReader::new((0..4).map(|k| job(r ^ k)).collect());
+                smol::spawn(async move {
+                    let mut out = Vec::new();
+                    reader.read_to_end(&mut out).await.map(|_| out)
+                })
+            })
+            .collect();
+        for (r, task) in readers.into_iter().enumerate() {
+            let want: Vec<u8> = (0..4u8).flat_map(|k| [r as u8 ^ k; 3]).collect();
+            assert_eq!(smol::block_on(task).unwrap(), want);
+        }
+        let permits = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert!(most.load(SeqCst) <= permits, "{} jobs at once, {permits} permits", most.load(SeqCst));
+    }
+
+    #[test]
     fn ready_and_computed_chunks_come_out_in_order() {
         let chunks = vec![
             Chunk::Ready(Bytes::from_static(b"ab")),
