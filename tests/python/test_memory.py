@@ -90,6 +90,6 @@ def test_many_distinct_bodies_at_once_are_computed_a_few_at_a_time(corpus, serve
     print(f"threads {threads_before} -> {peak[0]}, RSS {rss_before} -> {peak[1]} MiB")
     # The design's bound: the cache's budget, at most one frame (4 MiB) per
     # connection on its way to the socket, and the jobs' buffers. Debug
-    # build, measured: 112 to 183 MiB more after, 307 to 347 before.
+    # build, measured: 111 to 181 MiB more after, 307 to 347 before.
     jobs = 2 * (os.cpu_count() or 2)
     assert peak[1] - rss_before <= 64 + 100 * 4 + jobs * 12, f"RSS {rss_before} -> {peak[1]} MiB"
