@@ -495,7 +495,7 @@ async fn route(state: Arc<State>, req: Request) -> Result<Response, ApiError> {
         ["v1", "models", model, "changes"] => {
             negotiate::query(pairs, &[]).map_err(bad_request)?;
             let model = find_model(&state, model)?;
-            model_changes(&state, &ask, &model)
+            model_changes(&state, &ask, model).await
         }
         ["v1", "models", model] => {
             let q = negotiate::query(pairs, &["format", "dtype"]).map_err(bad_request)?;
@@ -553,21 +553,16 @@ fn page(ask: &Ask) -> Response {
     r
 }
 
-/// `/v1/models/{m}/stats`: each tensor's statistics, computed once per
-/// version on the blocking pool.
+/// `/v1/models/{m}/stats`: each tensor's statistics, computed and rendered
+/// once per version on the blocking pool.
 async fn model_stats(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, ApiError> {
-    let etag = ask.etag(model.version(), "stats", Format::Json);
-    if ask.not_modified(&etag) {
-        return Ok(ask.not_modified_response(&etag, Format::Json));
-    }
     let m = model.clone();
-    let body = smol::unblock(move || encode::inspect::stats(&m, &m.stats())).await;
-    ask.document(model.version(), "stats", Format::Json, body, state.options.zstd_level)
+    version_document(state, ask, &model, "stats".into(), move || Ok(encode::inspect::stats(&m, &m.stats()))).await
 }
 
 /// `/v1/models/{m}/changes`: what changed from the version this one
 /// replaced; 404 until the model's file has been replaced once.
-fn model_changes(state: &State, ask: &Ask, model: &Model) -> Result<Response, ApiError> {
+async fn model_changes(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, ApiError> {
     let Some(changes) = model.changes() else {
         let detail = format!(
             "this server has served only one version of '{}' so far (or is still comparing): \
@@ -576,9 +571,29 @@ fn model_changes(state: &State, ask: &Ask, model: &Model) -> Result<Response, Ap
         );
         return Err(ApiError::new(StatusCode::NotFound, "no earlier version", detail));
     };
-    let body = encode::inspect::changes(model, &changes);
     let resource = format!("changes|{}", changes.from_version);
-    ask.document(model.version(), &resource, Format::Json, body, state.options.zstd_level)
+    let m = model.clone();
+    version_document(state, ask, &model, resource, move || Ok(encode::inspect::changes(&m, &changes))).await
+}
+
+/// A JSON document about one version of a model (its `resource`), rendered
+/// and compressed once ([`model_document`]), with its ETag.
+async fn version_document(
+    state: &State,
+    ask: &Ask,
+    model: &Arc<Model>,
+    resource: String,
+    render: impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let etag = ask.etag(model.version(), &resource, Format::Json);
+    if ask.not_modified(&etag) {
+        return Ok(ask.not_modified_response(&etag, Format::Json));
+    }
+    let body = model_document(model, resource, ask.encoding, state.options.zstd_level, render).await?;
+    let mut r = Response::new(StatusCode::Ok);
+    ask.headers(&mut r, &etag, Format::Json);
+    set_bytes(&mut r, body);
+    Ok(r)
 }
 
 fn healthz() -> Response {
