@@ -60,11 +60,36 @@ enum Command {
     /// one layer per tensor, named by its sha256; blobs the registry holds are
     /// not uploaded again.
     Push(PushArgs),
-    /// Point `current` back at the previous version (never forward).
+    /// Point `current` back at the newest committed version installed
+    /// before it (never forward); the version left is recorded failed and
+    /// not installed again until `weightcast retry`.
     Rollback {
         /// The folder `weightcast pull --dest` keeps.
         #[arg(long)]
         dest: PathBuf,
+        /// Shell command run after the switch ($WEIGHTCAST_DIR is the
+        /// version now current), as pull's --exec.
+        #[arg(long)]
+        exec: Option<String>,
+    },
+    /// What a device holds: current and its state (committed, on trial),
+    /// kept versions, failed versions with their reasons, the last round.
+    Status {
+        /// The folder `weightcast pull --dest` keeps.
+        #[arg(long)]
+        dest: PathBuf,
+        /// One JSON object on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget that a version failed on this device (its check, its health
+    /// command, a rollback): the next round of `pull` may install it again.
+    Retry {
+        /// The folder `weightcast pull --dest` keeps.
+        #[arg(long)]
+        dest: PathBuf,
+        /// The version, as `weightcast status` names it.
+        version: String,
     },
     /// Check, offline, the version a device holds: the manifest's version
     /// formula and signature, the graph's and every tensor file's digest.
@@ -148,9 +173,13 @@ fn main() -> ExitCode {
         Command::Inspect { model } => inspect(&model),
         Command::Pull(args) => return pull(args),
         Command::Push(args) => push(args),
-        Command::Rollback { dest } => {
-            weightcast::updater::rollback(&dest).map(|v| say!("current is now {v}")).map_err(|e| e.to_string())
-        }
+        Command::Rollback { dest, exec } => weightcast::updater::rollback(&dest, exec.as_deref())
+            .map(|v| say!("current is now {v}"))
+            .map_err(|e| e.to_string()),
+        Command::Status { dest, json } => status(&dest, json),
+        Command::Retry { dest, version } => weightcast::updater::retry(&dest, &version)
+            .map(|()| say!("{version} may be installed again at the next round"))
+            .map_err(|e| e.to_string()),
         Command::Demo { out } => demo::write(&out).map_err(|e| format!("cannot write {}: {e}", out.display())),
         Command::Keygen { prefix } => keygen(&prefix),
         Command::Diff { a, b, json } => diff(&a, &b, json),
@@ -259,7 +288,8 @@ struct PushArgs {
     /// Where to publish it: oci://HOST[:PORT]/REPOSITORY[:TAG] (HTTPS, or
     /// plain HTTP with --plain-http).
     target: String,
-    /// The model's name in its manifest [default: the file stem].
+    /// The model's name in its manifest [default: the repository's last
+    /// segment, the name `pull oci://…` expects].
     #[arg(long)]
     name: Option<String>,
     /// Sign the manifest with this secret key (from `weightcast keygen`).
@@ -316,7 +346,8 @@ fn push(a: PushArgs) -> Result<(), String> {
     let reference = oci::Reference::parse(&a.target, a.client.plain_http)?;
     let client = client_for(&a.target, None, &a.client)?;
     let key = a.signing_key.as_deref().map(secret_key).transpose()?;
-    let named = [(a.name.clone(), a.model.clone())];
+    let name = a.name.clone().unwrap_or_else(|| reference.model_name().to_string());
+    let named = [(Some(name), a.model.clone())];
     let spec = store::specs(&named).map_err(|e| e.to_string())?.remove(0);
     let started = std::time::Instant::now();
     let model = store::load(&spec, None, std::sync::Arc::new(Cache::new(64 << 20))).map_err(|e| e.to_string())?;
@@ -368,9 +399,25 @@ struct PullArgs {
     /// by path: graph, shape inference, every tensor), or a shell command ($WEIGHTCAST_DIR is the new folder).
     #[arg(long)]
     check: Option<String>,
-    /// Shell command run after a switch ($WEIGHTCAST_DIR is the new folder).
+    /// Shell command run after a switch, and after each rollback
+    /// ($WEIGHTCAST_DIR is the version now current).
     #[arg(long)]
     exec: Option<String>,
+    /// Shell command that says the device is healthy on a new version (exit
+    /// 0), run after the switch and --exec ($WEIGHTCAST_DIR is the new
+    /// folder), tried again until --probation runs out; if it never passes,
+    /// `current` goes back to the last committed version and the new one is
+    /// recorded failed.
+    #[arg(long)]
+    health: Option<String>,
+    /// How long --health may take to pass.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    probation: std::time::Duration,
+    /// The model this device pulls: a manifest of another model is refused
+    /// [default: the name after /v1/models/ in a hub URL, the repository's
+    /// last segment in an oci:// one].
+    #[arg(long)]
+    model: Option<String>,
     /// File holding a bearer token for the hub.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -412,7 +459,15 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         Some("ort") => {
             let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
             let options = cfg.runtime.clone();
-            Check::Load(std::sync::Arc::new(move |model| Ok(runtime::check_model(&search, &options, model)?)))
+            Check::Load(std::sync::Arc::new(move |model| {
+                runtime::check_model(&search, &options, model).map_err(|e| match e {
+                    // The library, not the version: fix the device, try again.
+                    runtime::RuntimeError::NotFound { .. } | runtime::RuntimeError::Load { .. } => {
+                        updater::CheckFailure::Device(e.to_string())
+                    }
+                    other => updater::CheckFailure::Version(other.to_string()),
+                })
+            }))
         }
         Some(cmd) => Check::Command(cmd.to_string()),
     };
@@ -435,8 +490,15 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
     let trust = a.trust.iter().map(|t| public_key(t)).collect::<Result<Vec<_>, _>>()?;
     let client = client_for(&a.url, token, &a.client)?;
     let plain_http = a.client.plain_http;
+    let model = match a.model.clone().or_else(|| updater::model_of(&url)) {
+        Some(model) => model,
+        None => return Err(format!("cannot tell the model's name from {url}: give --model NAME")),
+    };
     let opts = Options {
         url,
+        model,
+        health: a.health.clone(),
+        probation: a.probation,
         dest: a.dest.clone(),
         keep: a.keep.into(),
         check,
@@ -524,6 +586,11 @@ fn report(
         Ok(Outcome::Rejected { version, reason }) => {
             tracing::error!(version = short(version), "rejected: {reason}");
             (2, None, serde_json::json!({"status": "rejected", "version": version, "reason": reason}))
+        }
+        Ok(Outcome::RolledBack { version, to, reason }) => {
+            let to_text = to.as_deref().map_or("nothing (no committed version was kept)".to_string(), |v| short(v).to_string());
+            tracing::error!(version = short(version), "rolled back to {to_text}: {reason}");
+            (2, None, serde_json::json!({"status": "rolled back", "version": version, "to": to, "reason": reason}))
         }
         Err(e) => {
             tracing::error!(ms, "update failed: {e}");
@@ -661,6 +728,16 @@ fn keygen(prefix: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", public.display()))?;
     say!("secret key: {} (the hub's signing_key; keep it private)", secret.display());
     say!("public key: {} (weightcast pull --trust {})", public.display(), public.display());
+    Ok(())
+}
+
+/// `weightcast status --dest DIR [--json]`.
+fn status(dest: &std::path::Path, json: bool) -> Result<(), String> {
+    let status = weightcast::updater::status(dest).map_err(|e| e.to_string())?;
+    match json {
+        true => say!("{}", serde_json::to_string(&status).map_err(|e| e.to_string())?),
+        false => say!("{}", status.to_string().trim_end()),
+    }
     Ok(())
 }
 

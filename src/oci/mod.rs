@@ -60,6 +60,13 @@ pub struct Reference {
 }
 
 impl Reference {
+    /// The repository's last segment (`detector` in `team/detector`): the
+    /// model's name, unless `push --name` or `pull --model` says otherwise,
+    /// so a tag cannot silently carry another model.
+    pub fn model_name(&self) -> &str {
+        self.repository.rsplit('/').next().unwrap_or(&self.repository)
+    }
+
     /// Parses `oci://…`. The tag defaults to `latest`. The registry speaks
     /// HTTPS, or plain HTTP when `plain_http` (as `oras --plain-http`).
     pub fn parse(url: &str, plain_http: bool) -> Result<Reference, String> {

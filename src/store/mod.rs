@@ -352,29 +352,8 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
     let started = std::time::Instant::now();
     let mut onnx =
         OnnxModel::open(&spec.path).map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
-    let (session, runtime) = match sessions {
-        None => (
-            None,
-            RuntimeInfo {
-                engine: "none",
-                inputs: onnx.info.inputs.clone(),
-                outputs: onnx.info.outputs.clone(),
-                ..Default::default()
-            },
-        ),
-        Some(sessions) => {
-            let s = open_session(spec, &mut onnx, sessions)?;
-            let info = RuntimeInfo {
-                engine: "ort",
-                requested: s.requested.iter().map(|p| p.name().to_string()).collect(),
-                active: s.active.iter().map(|p| p.name().to_string()).collect(),
-                inputs: s.inputs.clone(),
-                outputs: s.outputs.clone(),
-                warmed_up: s.warmed_up,
-            };
-            (s.is_open().then_some(s), info)
-        }
-    };
+    // Digests and the version first: the session's TensorRT engine cache is
+    // kept per version (its key ignores the weights' values).
     let metas = digests(&onnx.tensors);
     let index: HashMap<String, usize> = onnx.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let graph = crate::onnx::graph::externalize(&onnx.bytes, wire::tensor_file, |name| {
@@ -387,6 +366,29 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
     .map_err(|source| LoadError::Graph { model: spec.name.clone(), source })?;
     let graph_sha256: [u8; 32] = Sha256::digest(&graph).into();
     let stored = Arc::new(View::new(&onnx.tensors, metas, &graph_sha256));
+    let (session, runtime) = match sessions {
+        None => (
+            None,
+            RuntimeInfo {
+                engine: "none",
+                inputs: onnx.info.inputs.clone(),
+                outputs: onnx.info.outputs.clone(),
+                ..Default::default()
+            },
+        ),
+        Some(sessions) => {
+            let s = open_session(spec, &mut onnx, sessions, &stored.version)?;
+            let info = RuntimeInfo {
+                engine: "ort",
+                requested: s.requested.iter().map(|p| p.name().to_string()).collect(),
+                active: s.active.iter().map(|p| p.name().to_string()).collect(),
+                inputs: s.inputs.clone(),
+                outputs: s.outputs.clone(),
+                warmed_up: s.warmed_up,
+            };
+            (s.is_open().then_some(s), info)
+        }
+    };
     Ok(Model {
         name: spec.name.clone(),
         path: spec.path.clone(),
@@ -423,7 +425,17 @@ fn record_changes(old: &Model, new: &Model) {
 /// first aligned (`OnnxModel::align_tensors`), then ONNX Runtime gets the
 /// graph with the main graph's large tensors as placeholders and those
 /// tensors' bytes in place (`Runtime::open_shared`).
-fn open_session(spec: &ModelSpec, onnx: &mut OnnxModel, sessions: &Sessions) -> Result<OpenSession, LoadError> {
+///
+/// A configured TensorRT `engine_cache_path` becomes `PATH/<model>/<version>`:
+/// TensorRT's cache key hashes the graph's names, not the weights' values,
+/// so a shared folder would run the old weights' engine after a
+/// weights-only update.
+fn open_session(
+    spec: &ModelSpec,
+    onnx: &mut OnnxModel,
+    sessions: &Sessions,
+    version: &str,
+) -> Result<OpenSession, LoadError> {
     let dir = spec.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     onnx.align_tensors(dir).map_err(|source| LoadError::Onnx { model: spec.name.clone(), source })?;
     let index: HashMap<&str, &crate::onnx::Tensor> = onnx.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -442,7 +454,12 @@ fn open_session(spec: &ModelSpec, onnx: &mut OnnxModel, sessions: &Sessions) -> 
         })
         .collect();
     let runtime_error = |source| LoadError::Runtime { model: spec.name.clone(), source };
-    sessions.runtime.open_shared(&graph, shared, &sessions.options).map_err(runtime_error)
+    let mut options = sessions.options.clone();
+    if let Some(path) = &options.tensorrt.engine_cache_path {
+        let per_version = std::path::Path::new(path).join(&spec.name).join(version);
+        options.tensorrt.engine_cache_path = Some(per_version.display().to_string());
+    }
+    sessions.runtime.open_shared(&graph, shared, &options).map_err(runtime_error)
 }
 
 /// Digests of every tensor, spread over the available cores.

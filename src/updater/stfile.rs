@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::onnx::DataType;
 use crate::wire::{self, proto::Manifest};
 
-use super::Fetched;
+use super::fetch::Fetched;
 
 /// The safetensors crate's own bound on a header (`MAX_HEADER_SIZE`).
 const HEADER_LIMIT: u64 = 100_000_000;
@@ -56,6 +56,7 @@ impl Current {
     }
 
     /// Whether it holds tensor `name`.
+    #[cfg(test)]
     pub(super) fn holds(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
@@ -63,6 +64,27 @@ impl Current {
     /// Where tensor `name`'s bytes lie in the file: (offset, length).
     pub(super) fn range(&self, name: &str) -> Option<(u64, u64)> {
         self.index.get(name).map(|r| (self.data_start + r.start, r.end - r.start))
+    }
+
+    /// Whether tensor `name`'s bytes here have sha256 `digest` (read a MiB
+    /// at a time): bytes that rotted on disk are fetched again, not copied.
+    pub(super) fn matches(&self, name: &str, digest: &str) -> bool {
+        use sha2::Digest;
+        use std::os::unix::fs::FileExt;
+        let Some((mut at, len)) = self.range(name) else { return false };
+        let end = at + len;
+        let (mut hasher, mut buf) = (sha2::Sha256::new(), vec![0u8; 1 << 20]);
+        while at < end {
+            let want = buf.len().min((end - at) as usize);
+            match self.file.read_at(&mut buf[..want], at) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    at += n as u64;
+                }
+            }
+        }
+        hex::encode(hasher.finalize()) == digest
     }
 
     fn len(&self, name: &str) -> Option<u64> {

@@ -58,14 +58,14 @@ fn held(e: UpdateError) -> String {
 
 /// Hex sha256 of a file's bytes `[from, from + len)` (all of it when `len` is None).
 fn file_digest(path: &Path, from: u64, len: Option<u64>) -> std::io::Result<String> {
-    Ok(hex::encode(super::hash_range(path, from, len)?.finalize()))
+    Ok(hex::encode(super::fetch::hash_range(path, from, len)?.finalize()))
 }
 
 /// Verifies the current version under `dest`; with `trust` keys, also that
 /// its manifest is signed by one of them (expiry is reported, not enforced:
 /// a device offline for long still holds authentic weights).
 pub fn verify(dest: &Path, trust: &[VerifyingKey]) -> Result<Verified, VerifyError> {
-    let dest = Dest::existing(dest)?;
+    let dest = Dest::reading(dest)?;
     let (_, dir) = dest.current().ok_or_else(|| VerifyError::NoCurrent(dest.root().display().to_string()))?;
     let manifest_path = dir.join(MANIFEST_FILE).display().to_string();
     let unusable = |problem: String| VerifyError::Manifest { path: manifest_path.clone(), problem };

@@ -1,5 +1,6 @@
 """A TCP proxy for HTTP/1.1 tests: counts the response bytes per request path
-and injects faults (cut the body, flip a byte, answer 503, stall, throttle)."""
+and injects faults (cut the body, flip a byte, answer 503, stall, throttle,
+answer one path with another's: `rewrite`)."""
 
 import socket
 import threading
@@ -18,6 +19,7 @@ class Proxy:
         self.faults = []  # (path substring, kind, arg), each used once
         self.throttle = None  # (bytes per step, seconds per step)
         self.log = []  # (path, response bytes, request head)
+        self.rewrite = {}  # path prefix -> the prefix asked upstream instead (logged under the path asked)
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -58,6 +60,10 @@ class Proxy:
                     return
                 head += chunk
             path = head.split(b" ", 2)[1].decode()
+            for old, new in list(self.rewrite.items()):
+                if path.startswith(old):
+                    head = head.replace(f" {old}".encode(), f" {new}".encode(), 1)
+                    break
             fault = None
             with self.lock:
                 for i, (part, kind, arg) in enumerate(self.faults):

@@ -133,3 +133,38 @@ def version(manifest):
         h.update(struct.pack("<Q", len(t["dims"])) + b"".join(struct.pack("<q", d) for d in t["dims"]))
         h.update(bytes.fromhex(t["sha256"]))
     return h.hexdigest()
+
+
+def load_pulled(model_path):
+    """A pulled version's model with its external data read in: what
+    `onnx.load` would give, but without its refusal of hard-linked files
+    (`pull` stores a tensor unchanged between versions once, hard-linked
+    into each; onnx 1.23 takes a second link for an attack, ONNX Runtime
+    opens them). Each location must stay inside the model's folder."""
+    from pathlib import Path
+
+    base = Path(model_path).resolve().parent
+    model = onnx.load(str(model_path), load_external_data=False)
+
+    def read_in(graph):
+        for t in graph.initializer:
+            if t.data_location != TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in t.external_data}
+            path = (base / info["location"]).resolve()
+            assert base in path.parents, f"{info['location']} lies outside {base}"
+            offset, length = int(info.get("offset", 0)), info.get("length")
+            with open(path, "rb") as f:
+                f.seek(offset)
+                t.raw_data = f.read(int(length)) if length is not None else f.read()
+            del t.external_data[:]
+            t.data_location = TensorProto.DEFAULT
+        for node in graph.node:
+            for a in node.attribute:
+                if a.g.ByteSize():
+                    read_in(a.g)
+                for g in a.graphs:
+                    read_in(g)
+
+    read_in(model.graph)
+    return model

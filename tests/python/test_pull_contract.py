@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import binary
-from reference import version
+from reference import version, load_pulled
 from test_corpus import corpus  # noqa: F401  (the fixture)
 
 
@@ -53,7 +53,7 @@ def test_tensor_names_cannot_collide_with_the_version_files(serve, tmp_path, nam
     dest = tmp_path / "device"
     rc, out, err = pull(f"{server.url}/v1/models/m", dest)
     assert rc == 0 and out["status"] == "updated", (out, err)
-    installed = onnx.load(str(dest / "current" / "model.onnx"))  # external data loaded by onnx
+    installed = load_pulled(dest / "current" / "model.onnx")  # external data read in
     got = {t.name: numpy_helper.to_array(t) for t in installed.graph.initializer}
     want = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
     assert sorted(got) == sorted(want)
@@ -299,7 +299,7 @@ def test_a_large_tensor_is_pulled_without_holding_it_in_memory(serve, tmp_path, 
     assert code == 0 and out["status"] == "updated", out
     assert peak < 48_000, f"peak RSS {peak} KiB for a 96 MB tensor"
     if output == "onnx":
-        got = numpy_helper.to_array(onnx.load(str(dest / "current" / "model.onnx")).graph.initializer[0])
+        got = numpy_helper.to_array(load_pulled(dest / "current" / "model.onnx").graph.initializer[0])
     else:
         from safetensors.numpy import load_file
         got = load_file(str(dest / "current" / "model.safetensors"))["big"]

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 import gen_models
 from conftest import binary
 from proxy import Proxy
-from reference import version
+from reference import version, load_pulled
 
 
 class Hub:
@@ -92,7 +92,7 @@ def assert_complete(dest, versions):
     cur = dest / "current"
     version = os.readlink(cur).split("/")[-1]
     assert version in versions, version
-    m = onnx.load(str(cur / "model.onnx"))  # loads the external data too
+    m = load_pulled(cur / "model.onnx")  # the external data read in
     assert len(m.graph.initializer) == 4
     outputs(cur / "model.onnx")
     return version
@@ -240,7 +240,7 @@ def test_a_large_tensor_cut_mid_way_is_resumed_with_range(serve, tmp_path):
     assert f"range: bytes={have}-" in head.lower() and 'if-range: "sha256:' in head.lower(), head
     resumed = proxy.bytes_for("/v1/blobs/sha256/")
     assert resumed < 9_200_000 - 3_000_000, f"only the rest crossed the wire: {resumed}"
-    got = onnx.load(str(dest / "current" / "model.onnx"))
+    got = load_pulled(dest / "current" / "model.onnx")
     assert np.array_equal(numpy_helper.to_array(got.graph.initializer[0]), numpy_helper.to_array(big))
     assert not list((dest / ".partial").rglob("*.raw")), "the partial file is gone once complete"
 
