@@ -17,7 +17,7 @@ ALLOWED = {
     "runtime": {"onnx"},
     "store": {"onnx", "runtime", "wire"},
     "encode": {"onnx", "store", "wire"},
-    "publish": {"encode", "store"},
+    "prepare": {"encode", "store"},
     "http": {"encode", "onnx", "store", "wire"},
     "net": set(),
     "oci": {"net", "wire"},

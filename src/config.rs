@@ -133,6 +133,33 @@ pub enum Invalid {
     Prepare(#[from] crate::encode::UnknownPrepare),
 }
 
+/// A duration that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("'{text}' {problem} (e.g. 30s, 5m)")]
+pub struct DurationError {
+    text: String,
+    problem: &'static str,
+}
+
+/// "30s", "5m", "250ms", "1h", or a number of seconds; more than zero.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
+    let s = text.trim();
+    let bad = |problem| DurationError { text: s.to_string(), problem };
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: f64 = num.parse().map_err(|_| bad("is not a duration"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad("has an unknown unit (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(bad("is not a duration above zero"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 impl Config {
     /// The `prepare` entries, parsed.
     pub fn prepared(&self) -> Result<Vec<crate::encode::Prepared>, crate::encode::UnknownPrepare> {
@@ -176,6 +203,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_units_and_refuse_zero_and_nonsense() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration(" 7 ").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["0s", "-1s", "", "s", "5d", "1e400", "nan"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("5d").unwrap_err().to_string().contains("unknown unit"));
+    }
 
     #[test]
     fn example_config_parses() {

@@ -17,7 +17,7 @@
 //!   byte-bounded cache of derived bytes.
 //! - [`encode`]: a selection of tensors as the bytes of a response (formats,
 //!   zstd, casts), streamed in chunks.
-//! - [`publish`]: prepares encodings in the background and reloads replaced
+//! - [`prepare`]: prepares encodings in the background and reloads replaced
 //!   model files.
 //! - [`http`]: routes, negotiation, errors, the connection loop.
 //!
@@ -47,7 +47,7 @@ pub mod http;
 pub mod net;
 pub mod oci;
 pub mod onnx;
-pub mod publish;
+pub mod prepare;
 pub mod push;
 pub mod runtime;
 pub mod store;

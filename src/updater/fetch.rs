@@ -230,7 +230,8 @@ pub(super) fn hash_range(path: &Path, from: u64, len: Option<u64>) -> std::io::R
 }
 
 /// Characters escaped in a tensor name inside `?names=` (commas separate names).
-pub(super) const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
+pub(super) const QUERY: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
 
 /// Name lists short enough for one request line each.
 pub(super) fn batches(names: &[String]) -> Vec<Vec<String>> {

@@ -53,7 +53,12 @@ pub(super) async fn gate(opts: &Options, dest: &Dest, version: &str) -> Result<O
         Verdict::Failed(why) => {
             let reason = format!("health: {why}");
             let to = back_to_last_good(opts, dest, version).await?;
-            let failure = Failure { version: version.to_string(), reason: reason.clone(), cause: Cause::Health, at_ms: unix_ms() };
+            let failure = Failure {
+                version: version.to_string(),
+                reason: reason.clone(),
+                cause: Cause::Health,
+                at_ms: unix_ms(),
+            };
             dest.record_failure(Some(&kept.dir), &failure)?;
             let mut state = dest.state();
             state.etag = None;

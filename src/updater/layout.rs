@@ -298,7 +298,7 @@ impl Dest {
             .flatten()
             .filter_map(|e| record::read::<Failure>(&e.path().join(FAILURE_FILE)))
             .collect();
-        out.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+        out.sort_by_key(|f| std::cmp::Reverse(f.at_ms));
         out
     }
 
@@ -337,7 +337,7 @@ impl Dest {
                 Some(Kept { version, dir, record })
             })
             .collect();
-        v.sort_by(|a, b| (b.record.seq, b.record.installed_at_ms).cmp(&(a.record.seq, a.record.installed_at_ms)));
+        v.sort_by_key(|k| std::cmp::Reverse((k.record.seq, k.record.installed_at_ms)));
         v
     }
 
@@ -392,7 +392,8 @@ impl Dest {
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| {
                 let path = e.path().join(super::MANIFEST_FILE);
-                let meta = fs::symlink_metadata(&path).ok().filter(|m| m.is_file() && m.len() <= super::MANIFEST_LIMIT)?;
+                let meta =
+                    fs::symlink_metadata(&path).ok().filter(|m| m.is_file() && m.len() <= super::MANIFEST_LIMIT)?;
                 let _ = meta;
                 crate::wire::proto::Manifest::decode(fs::read(path).ok()?.as_slice()).ok()
             })

@@ -164,9 +164,9 @@ impl Outcome {
     fn version(&self) -> Option<&str> {
         match self {
             Outcome::Current { version } => version.as_deref(),
-            Outcome::Updated { version, .. } | Outcome::Rejected { version, .. } | Outcome::RolledBack { version, .. } => {
-                Some(version)
-            }
+            Outcome::Updated { version, .. }
+            | Outcome::Rejected { version, .. }
+            | Outcome::RolledBack { version, .. } => Some(version),
         }
     }
 }
@@ -259,7 +259,8 @@ fn remember(dest: &Dest, result: &Result<Outcome, UpdateError>) {
         Err(e) => ("failed".to_string(), None, Some(e.to_string())),
     };
     let mut state = dest.state();
-    let same = state.last_round.as_ref().is_some_and(|r| r.status == status && r.version == version && r.error == error);
+    let same =
+        state.last_round.as_ref().is_some_and(|r| r.status == status && r.version == version && r.error == error);
     if !same {
         state.last_round = Some(record::LastRound { status, version, error, at_ms: unix_ms() });
         if let Err(e) = dest.save_state(&state) {
@@ -303,7 +304,10 @@ async fn locked_round(opts: &Options, client: &Client, dest: &Dest) -> Result<Ou
         let Some((current, _)) = current else {
             // Nothing installed: not "current", which would exit 0.
             let retry = format!("weightcast retry --dest {} {version}", dest.root().display());
-            let reason = format!("it failed before ({}) and nothing is installed; `{retry}` lets the next round try it again", failed.reason);
+            let reason = format!(
+                "it failed before ({}) and nothing is installed; `{retry}` lets the next round try it again",
+                failed.reason
+            );
             return Ok(Outcome::Rejected { version, reason });
         };
         tracing::info!(version = %crate::wire::short(&version), "the hub still offers a version that failed here ({}); keeping the current one", failed.reason);
@@ -391,7 +395,12 @@ async fn check_and_switch(
             return Err(UpdateError::Device { what: "--check".into(), problem });
         }
         Err(CheckFailure::Version(reason)) => {
-            let failure = Failure { version: version.clone(), reason: format!("check: {reason}"), cause: Cause::Check, at_ms: unix_ms() };
+            let failure = Failure {
+                version: version.clone(),
+                reason: format!("check: {reason}"),
+                cause: Cause::Check,
+                at_ms: unix_ms(),
+            };
             let aside = dest.record_failure(Some(&tmp), &failure)?;
             let kept = if dest.current().is_some() { "keeping the current one" } else { "nothing is installed" };
             tracing::error!(version = %version, path = %aside.display(), "new version failed its check; {kept}: {reason}");
@@ -416,4 +425,3 @@ async fn check_and_switch(
     dest.prune(opts.keep);
     Ok(updated)
 }
-

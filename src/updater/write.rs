@@ -75,9 +75,9 @@ pub(super) async fn reusable(opts: &Options, dest: &Dest, manifest: &Manifest, h
         for name in held {
             let Some((digest, nbytes)) = want.get(&name) else { continue };
             let candidates = by_digest.get(digest).map(Vec::as_slice).unwrap_or_default();
-            let found = candidates.iter().find(|path| {
-                *checked.entry(path.to_path_buf()).or_insert_with(|| holds_bytes(path, digest, *nbytes))
-            });
+            let found = candidates
+                .iter()
+                .find(|path| *checked.entry(path.to_path_buf()).or_insert_with(|| holds_bytes(path, digest, *nbytes)));
             if let Some(path) = found {
                 files.insert(name, path.clone());
             }
@@ -173,7 +173,9 @@ pub(super) fn write_version(
                         }
                         (None, Some(from)) if contents.linkable.contains(name) => link_or_copy(from, &path)?,
                         (None, Some(from)) => copy(from, &path)?,
-                        (None, None) => return Err(std::io::Error::other(format!("tensor '{name}' neither fetched nor held"))),
+                        (None, None) => {
+                            return Err(std::io::Error::other(format!("tensor '{name}' neither fetched nor held")))
+                        }
                     }
                     fs::set_permissions(&path, fs::Permissions::from_mode(0o444))?;
                 }

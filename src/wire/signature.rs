@@ -97,6 +97,49 @@ pub enum KeyError {
     Malformed { what: String },
     #[error("{what}: not a valid Ed25519 public key")]
     Invalid { what: String },
+    #[error("{path} is a public key (keygen's .pub); signing needs the secret key: {secret}")]
+    PublicAsSecret { path: String, secret: String },
+    #[error(
+        "--trust {path} is a secret key (keygen's .key): it stays on the hub; devices trust the public key: {public}"
+    )]
+    SecretAsPublic { path: String, public: String },
+    #[error("cannot read signing_key {path}: {source}")]
+    Unreadable { path: String, source: std::io::Error },
+    #[error("--trust {arg}: cannot read it as a file ({source}), and it is not 64 hex digits")]
+    NeitherFileNorKey { arg: String, source: std::io::Error },
+}
+
+/// The hub's secret key, from the file the config names.
+///
+/// Both key files hold 64 hex digits, so the files `keygen` names tell them
+/// apart: a `.pub` given as the secret key is refused (signing with it would
+/// make every device refuse the manifests). A key file others may read is
+/// warned about.
+pub fn read_secret_key(path: &std::path::Path) -> Result<SigningKey, KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.extension().is_some_and(|e| e == "pub") {
+        let secret = path.with_extension("key").display().to_string();
+        return Err(KeyError::PublicAsSecret { path: path.display().to_string(), secret });
+    }
+    let unreadable = |source| KeyError::Unreadable { path: path.display().to_string(), source };
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        tracing::warn!(path = %path.display(), "the signing key is readable by other users; chmod 600 it");
+    }
+    parse_secret(&text, &path.display().to_string())
+}
+
+/// A trusted public key (`--trust`): a `.pub` file's contents, or the hex itself.
+pub fn read_trusted_key(arg: &str) -> Result<VerifyingKey, KeyError> {
+    if let Some(prefix) = arg.strip_suffix(".key") {
+        return Err(KeyError::SecretAsPublic { path: arg.to_string(), public: format!("{prefix}.pub") });
+    }
+    let text = match std::fs::read_to_string(arg) {
+        Ok(text) => text,
+        Err(_) if arg.len() == 64 => arg.to_string(),
+        Err(source) => return Err(KeyError::NeitherFileNorKey { arg: arg.to_string(), source }),
+    };
+    parse_public(&text, &format!("--trust {arg}"))
 }
 
 fn key_bytes(text: &str, what: &str) -> Result<[u8; 32], KeyError> {

@@ -1,0 +1,168 @@
+//! `weightcast pull`: the loop of rounds, and what each round tells (a log
+//! line, a JSON line for `--json`, an exit code for `--once`).
+
+use std::process::ExitCode;
+
+use weightcast::config::Config;
+use weightcast::runtime::{self, LibrarySearch};
+
+use weightcast::wire::signature::read_trusted_key;
+
+use crate::cli::PullArgs;
+use crate::client::client_for;
+
+/// What `weightcast pull` was told, checked: the updater's options and its client.
+fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast::net::Client), String> {
+    use weightcast::updater::{self, Check, Options};
+    let url = http_types::Url::parse(&a.url).map_err(|e| format!("bad URL '{}': {e}", a.url))?;
+    let cfg = match &a.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let check = match a.check.as_deref() {
+        None => Check::None,
+        Some("ort") => {
+            let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
+            let options = cfg.runtime.clone();
+            Check::Load(std::sync::Arc::new(move |model| {
+                runtime::check_model(&search, &options, model).map_err(|e| match e {
+                    // The library, not the version: fix the device, try again.
+                    runtime::RuntimeError::NotFound { .. } | runtime::RuntimeError::Load { .. } => {
+                        updater::CheckFailure::Device(e.to_string())
+                    }
+                    other => updater::CheckFailure::Version(other.to_string()),
+                })
+            }))
+        }
+        Some(cmd) => Check::Command(cmd.to_string()),
+    };
+    let token = match &a.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?.trim().to_string(),
+        ),
+        None => None,
+    };
+    let output = if a.format == "safetensors" { updater::Output::Safetensors } else { updater::Output::Onnx };
+    if output == updater::Output::Onnx && a.dtype.is_some() {
+        return Err("--dtype needs --format safetensors: an ONNX graph declares its initializers' types".into());
+    }
+    if output == updater::Output::Safetensors && matches!(check, Check::Load(..)) {
+        return Err("--check ort loads model.onnx; with --format safetensors use --check CMD".into());
+    }
+    if url.scheme() == "oci" && a.dtype.is_some() {
+        return Err("--dtype: a registry holds the weights as pushed (push a cast model instead)".into());
+    }
+    let trust =
+        a.trust.iter().map(|t| read_trusted_key(t)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let client = client_for(&a.url, token, &a.client)?;
+    let plain_http = a.client.plain_http;
+    let model = match a.model.clone().or_else(|| updater::model_of(&url)) {
+        Some(model) => model,
+        None => return Err(format!("cannot tell the model's name from {url}: give --model NAME")),
+    };
+    let opts = Options {
+        url,
+        model,
+        health: a.health.clone(),
+        probation: a.probation,
+        dest: a.dest.clone(),
+        keep: a.keep.into(),
+        check,
+        exec: a.exec.clone(),
+        output,
+        dtype: a.dtype,
+        trust,
+        plain_http,
+    };
+    Ok((opts, client))
+}
+
+pub(crate) fn pull(a: PullArgs) -> ExitCode {
+    use weightcast::updater;
+    let (opts, client) = match pull_setup(&a) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("weightcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failures = 0u32;
+    loop {
+        let started = std::time::Instant::now();
+        let result = smol::block_on(updater::round(&opts, &client));
+        let report = report(&result, started.elapsed().as_millis() as u64, a.exit_no_change.unwrap_or(0));
+        if a.json {
+            // A log shipper that went away does not stop the device's updates.
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{}", report.json);
+        }
+        if a.once {
+            return ExitCode::from(report.code);
+        }
+        failures = if result.is_ok() { 0 } else { failures + 1 };
+        std::thread::sleep(updater::next_wait(a.interval, 0.1, failures, report.retry_after));
+    }
+}
+
+/// What a round of `pull` tells: logged once, and as a JSON line for `--json`.
+struct Report {
+    code: u8,
+    retry_after: Option<std::time::Duration>,
+    json: serde_json::Value,
+}
+
+fn report(
+    result: &Result<weightcast::updater::Outcome, weightcast::updater::UpdateError>,
+    ms: u64,
+    no_change: u8,
+) -> Report {
+    use weightcast::updater::Outcome;
+    use weightcast::wire::short;
+    let (code, retry_after, json) = match result {
+        Ok(Outcome::Current { version }) => {
+            tracing::info!(version = version.as_deref().map(short), ms, "no change");
+            (no_change, None, serde_json::json!({"status": "current", "version": version, "ms": ms}))
+        }
+        Ok(Outcome::Updated {
+            version,
+            previous,
+            fetched_bytes,
+            model_bytes,
+            tensors_fetched,
+            tensor_files,
+            tensors_total,
+        }) => {
+            let in_graph = tensors_total.saturating_sub(*tensor_files);
+            match previous {
+                None => tracing::info!(version = short(version), ms, "installed: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_total} tensors: {tensor_files} in tensor files, {in_graph} inside the graph)"),
+                Some(p) => {
+                    let copied = match tensor_files.saturating_sub(*tensors_fetched) {
+                        0 => String::new(),
+                        n => format!(", the other {n} copied from the current version"),
+                    };
+                    tracing::info!(version = short(version), ms, "updated from {}: fetched {fetched_bytes} bytes for a {model_bytes}-byte model ({tensors_fetched} of {tensor_files} tensor files fetched{copied}; {in_graph} tensors inside the graph)", short(p));
+                }
+            }
+            let json = serde_json::json!({
+                "status": "updated", "version": version, "previous": previous, "fetched_bytes": fetched_bytes,
+                "model_bytes": model_bytes, "tensors_fetched": tensors_fetched, "tensor_files": tensor_files,
+                "tensors_total": tensors_total, "ms": ms});
+            (0, None, json)
+        }
+        Ok(Outcome::Rejected { version, reason }) => {
+            tracing::error!(version = short(version), "rejected: {reason}");
+            (2, None, serde_json::json!({"status": "rejected", "version": version, "reason": reason}))
+        }
+        Ok(Outcome::RolledBack { version, to, reason }) => {
+            let to_text =
+                to.as_deref().map_or("nothing (no committed version was kept)".to_string(), |v| short(v).to_string());
+            tracing::error!(version = short(version), "rolled back to {to_text}: {reason}");
+            (2, None, serde_json::json!({"status": "rolled back", "version": version, "to": to, "reason": reason}))
+        }
+        Err(e) => {
+            tracing::error!(ms, "update failed: {e}");
+            (1, e.retry_after(), serde_json::json!({"status": "failed", "error": e.to_string(), "ms": ms}))
+        }
+    };
+    Report { code, retry_after, json }
+}

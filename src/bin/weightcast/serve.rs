@@ -1,0 +1,113 @@
+//! `weightcast serve`: the config and flags wired into a running server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use weightcast::config::Config;
+use weightcast::demo;
+use weightcast::http::{self, ServeOptions};
+use weightcast::prepare::Preparation;
+use weightcast::runtime::{self, LibrarySearch, Runtime};
+use weightcast::store::{self, Cache, Store};
+
+/// Why `serve` cannot listen on `addr`, and what to do.
+fn cannot_listen(addr: &str, e: std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let hint = match e.kind() {
+        ErrorKind::AddrInUse => "another process listens there: stop it, or choose another port with --listen",
+        ErrorKind::AddrNotAvailable => "no network interface of this machine has that address",
+        ErrorKind::PermissionDenied => "ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a higher port",
+        _ => "give HOST:PORT: 127.0.0.1:8080 for this machine only, 0.0.0.0:8080 for the network",
+    };
+    let e = e.to_string();
+    let e = e.split(" (os error").next().unwrap_or(&e);
+    format!("cannot listen on {addr}: {e}; {hint}")
+}
+
+/// How often model files are checked for replacement.
+const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub(crate) fn serve(
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    engine: Option<String>,
+    ort_lib: Option<PathBuf>,
+    models: Vec<PathBuf>,
+) -> Result<(), String> {
+    let mut cfg = match &config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(e) = engine {
+        cfg.runtime.engine = if e == "none" { runtime::Engine::None } else { runtime::Engine::Ort };
+    }
+    let mut named: Vec<(Option<String>, PathBuf)> =
+        cfg.models.iter().map(|m| (m.name.clone(), m.path.clone())).collect();
+    named.extend(models.into_iter().map(|p| (None, p)));
+    if named.is_empty() {
+        let path = demo::default_path();
+        demo::write(&path).map_err(|e| format!("cannot write the demo model to {}: {e}", path.display()))?;
+        tracing::info!(path = %path.display(), "no model given: serving the built-in demo model");
+        named.push((Some("demo".into()), path));
+    }
+    let specs = store::specs(&named).map_err(|e| e.to_string())?;
+    // Keys and tokens first: a mistake there must not wait for the models to load.
+    let tokens = cfg.tokens_file.as_deref().map(http::Tokens::load).transpose()?;
+    let tls = cfg.tls.as_ref().map(|t| http::ServerTls::load(&t.cert, &t.key)).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let signer = match &cfg.signing_key {
+        None => None,
+        Some(path) => Some(weightcast::http::ManifestSigner {
+            key: weightcast::wire::signature::read_secret_key(path).map_err(|e| e.to_string())?,
+            validity_ms: cfg.manifest_validity_hours.max(1).saturating_mul(3_600_000),
+        }),
+    };
+    let sessions = match cfg.runtime.engine {
+        runtime::Engine::None => None,
+        runtime::Engine::Ort => {
+            let rt = Runtime::load(&LibrarySearch { flag: ort_lib, config: cfg.runtime.ort_lib.clone() })
+                .map_err(|e| e.to_string())?;
+            Some(store::Sessions { runtime: rt, options: cfg.runtime.clone() })
+        }
+    };
+    let prepared = cfg.prepared().map_err(|e| e.to_string())?;
+    let cache = Arc::new(match cfg.cache_folder() {
+        None => Cache::new(cfg.cache_bytes),
+        Some(dir) => Cache::with_disk(cfg.cache_bytes, &dir).unwrap_or_else(|e| {
+            tracing::warn!(dir = %dir.display(), "cannot use the cache folder; derived data stays in memory: {e}");
+            Cache::new(cfg.cache_bytes)
+        }),
+    });
+    // Before loading models: a taken port is told at once, not after minutes of loading.
+    let listener = std::net::TcpListener::bind(cfg.listen.as_str()).map_err(|e| cannot_listen(&cfg.listen, e))?;
+    let store = Store::load(&specs, sessions, cache.clone());
+    let cors = http::Cors { origins: cfg.cors_origins.clone() };
+    let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer, cors };
+    let mut state = http::State::new(store, options, tokens);
+    state.tls = tls;
+    let state = Arc::new(state);
+    // Encodings are prepared in the background and replaced model files
+    // reloaded, while requests are served (`publish`).
+    let watched = state.clone();
+    let preparation = Preparation { what: prepared, zstd_level: cfg.zstd_level, cache };
+    std::thread::spawn(move || preparation.watch(&watched.store, RELOAD_CHECK));
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // On stdout, for scripts and tests that start us on port 0.
+    println!("weightcast listening on {scheme}://{addr}");
+    tracing::info!("listening on {scheme}://{addr}");
+    let open_files = http::raise_open_files_limit();
+    let max_connections = cfg.max_connections.unwrap_or_else(|| http::default_max_connections(open_files));
+    tracing::info!(open_files, max_connections, "connection limits");
+    // systemd `Type=notify`: ready once the models are loaded and the socket
+    // listens (a no-op without $NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot tell systemd we are ready: {e}");
+    }
+    http::run(listener, state, max_connections, crate::process::stop_on_signal()?)
+        .map_err(|e| format!("server stopped: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
