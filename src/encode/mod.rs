@@ -200,7 +200,7 @@ impl Selection {
         if let Some(planes) = self.model.cache().get_range(&key, range.clone()) {
             return planes;
         }
-        if len as u64 <= self.model.cache().budget() / 8 {
+        if self.model.cache().holds_whole(len as u64) {
             return self.bytes(i).slice(range);
         }
         let rotate = bytegroup::rotated(self.meta(i).dtype);

@@ -391,11 +391,7 @@ pub async fn respond(state: &Arc<State>, req: Request) -> Response {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => e.into_response(),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = crate::store::panic_message(panic.as_ref());
             tracing::error!(%method, %path, "handler panicked: {what}");
             ApiError::new(
                 StatusCode::InternalServerError,

@@ -8,11 +8,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-type Stamp = Option<(u64, u64, Option<std::time::SystemTime>)>;
+type Stamp = Option<crate::store::FileStamp>;
 
 fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    paths.iter().map(|p| std::fs::metadata(p).ok().map(|m| (m.ino(), m.len(), m.modified().ok()))).collect()
+    paths.iter().map(|p| crate::store::stamp(p)).collect()
 }
 
 /// How often the files are looked at, at most.

@@ -143,7 +143,4 @@ pub(super) fn write<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     super::layout::sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Now, in ms since the Unix epoch.
-pub(super) fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub(super) use crate::wire::unix_ms;

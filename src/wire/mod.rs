@@ -150,6 +150,11 @@ pub fn short(version: &str) -> &str {
     version.get(..16).unwrap_or(version)
 }
 
+/// Now, in ms since the Unix epoch (publication times, records).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
