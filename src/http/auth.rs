@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use http_types::StatusCode;
+
+use super::error::ApiError;
 use super::reloading::Reloading;
 
 /// The models a token may read.
@@ -116,6 +119,39 @@ impl Tokens {
         }
         found.ok_or(Refusal::Invalid)
     }
+}
+
+/// What the request's token may read: everything where no tokens are
+/// configured; else its grant, or the `401`.
+pub(super) fn scope(state: &super::State, req: &http_types::Request) -> Result<Scope, ApiError> {
+    match &state.tokens {
+        None => Ok(Scope::All),
+        Some(tokens) => tokens.scope(req.header("Authorization").map(|v| v.as_str())).map_err(unauthorized),
+    }
+}
+
+/// The `403` unless `scope` may read `model`.
+pub(super) fn may_read(scope: &Scope, model: &str) -> Result<(), ApiError> {
+    match scope.may_read(model) {
+        true => Ok(()),
+        false => {
+            Err(ApiError::new(StatusCode::Forbidden, "forbidden", format!("this token may not read model '{model}'")))
+        }
+    }
+}
+
+/// The `401` of a request without a usable token, with its challenge.
+fn unauthorized(refusal: Refusal) -> ApiError {
+    let (detail, challenge) = match refusal {
+        Refusal::Missing => {
+            ("this server needs a token: send `Authorization: Bearer TOKEN`", r#"Bearer realm="weightcast""#)
+        }
+        Refusal::Invalid => (
+            "the token is not valid here (expired, revoked or mistyped)",
+            r#"Bearer realm="weightcast", error="invalid_token""#,
+        ),
+    };
+    ApiError::new(StatusCode::Unauthorized, "unauthorized", detail).with_header("WWW-Authenticate", challenge)
 }
 
 #[cfg(test)]

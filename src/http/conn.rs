@@ -98,8 +98,8 @@ async fn deadline<T>(limit: Duration, fut: impl std::future::Future<Output = io:
 pub(super) async fn busy(stream: smol::net::TcpStream) -> io::Result<()> {
     let mut stream = stream;
     let detail = "the server holds as many connections as it may; retry in a second";
-    let mut response = ApiError::new(StatusCode::ServiceUnavailable, "busy", detail).into_response();
-    response.insert_header("Retry-After", "1");
+    let response =
+        ApiError::new(StatusCode::ServiceUnavailable, "busy", detail).with_header("Retry-After", "1").into_response();
     deadline(Duration::from_secs(5), write(&mut stream, &mut Pace::new(), Method::Get, response, true, false)).await?;
     let mut reader = stream.clone();
     linger(&mut stream, &mut reader).await

@@ -144,16 +144,7 @@ pub(super) async fn fetch_large(
     bar: &indicatif::ProgressBar,
 ) -> Result<(PathBuf, u64), UpdateError> {
     let name = info.name.as_str();
-    std::fs::create_dir_all(dir)?;
-    let stem = wire::tensor_file(name);
-    let stem = stem.trim_start_matches(wire::TENSOR_DIR).trim_start_matches('/');
-    let part = dir.join(format!("{stem}.raw"));
-    let tag_file = dir.join(format!("{stem}.etag"));
-    let tag = std::fs::read_to_string(&tag_file).ok();
-    let have = match (&tag, std::fs::metadata(&part)) {
-        (Some(_), Ok(m)) if m.len() <= info.nbytes => m.len(),
-        _ => 0,
-    };
+    let Partial { part, tag_file, tag, have } = partial(dir, info)?;
     let range = format!("bytes={have}-");
     let mut headers = vec![("Accept", "application/octet-stream"), ("Accept-Encoding", "identity")];
     let mut prefix = Sha256::new();
@@ -200,17 +191,58 @@ pub(super) async fn fetch_large(
     }
     // Complete now, valid or not: a bad body is not resumed but fetched anew.
     let _ = std::fs::remove_file(&tag_file);
-    let len = std::fs::metadata(&part)?.len();
-    let digest = hex::encode(hasher.into_inner().finalize());
-    if len != info.nbytes || digest != info.sha256 {
-        let _ = std::fs::remove_file(&part);
-        let problem = match len == info.nbytes {
-            true => "its bytes' sha256 is not the manifest's".to_string(),
-            false => format!("{len} bytes came, the manifest says {}", info.nbytes),
-        };
-        return Err(tensor_error(name, problem));
-    }
+    verify_download(&part, info, hasher.into_inner())?;
     Ok((part, reply.wire_bytes as u64))
+}
+
+/// A large tensor's partial download: its file, the file holding the ETag
+/// it came with, and the bytes held (resumed from there).
+struct Partial {
+    part: PathBuf,
+    tag_file: PathBuf,
+    tag: Option<String>,
+    have: u64,
+}
+
+/// What an earlier round left of a tensor's download in `dir`. A link where
+/// the folder or its files should be is removed, never followed: a link
+/// planted under `--dest` must not make us write elsewhere.
+fn partial(dir: &Path, info: &crate::wire::proto::TensorInfo) -> std::io::Result<Partial> {
+    let is_link = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link(dir) {
+        std::fs::remove_file(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let stem = wire::tensor_file(&info.name);
+    let stem = stem.trim_start_matches(wire::TENSOR_DIR).trim_start_matches('/');
+    let (part, tag_file) = (dir.join(format!("{stem}.raw")), dir.join(format!("{stem}.etag")));
+    for file in [&part, &tag_file] {
+        if is_link(file) {
+            std::fs::remove_file(file)?;
+        }
+    }
+    let tag = std::fs::read_to_string(&tag_file).ok();
+    let have = match (&tag, std::fs::metadata(&part)) {
+        (Some(_), Ok(m)) if m.len() <= info.nbytes => m.len(),
+        _ => 0,
+    };
+    Ok(Partial { part, tag_file, tag, have })
+}
+
+/// A complete download is the tensor the manifest names (length and
+/// sha256), or it is removed and the round fails.
+fn verify_download(part: &Path, info: &crate::wire::proto::TensorInfo, hasher: Sha256) -> Result<(), UpdateError> {
+    let len = std::fs::metadata(part)?.len();
+    let digest = hex::encode(hasher.finalize());
+    if len == info.nbytes && digest == info.sha256 {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(part);
+    let problem = match len == info.nbytes {
+        true => "its bytes' sha256 is not the manifest's".to_string(),
+        false => format!("{len} bytes came, the manifest says {}", info.nbytes),
+    };
+    Err(tensor_error(&info.name, problem))
 }
 
 /// sha256 state after bytes `[from, from + len)` of `path` (to its end

@@ -44,16 +44,7 @@ pub(crate) fn serve(
     if let Some(e) = engine {
         cfg.runtime.engine = if e == "none" { runtime::Engine::None } else { runtime::Engine::Ort };
     }
-    let mut named: Vec<(Option<String>, PathBuf)> =
-        cfg.models.iter().map(|m| (m.name.clone(), m.path.clone())).collect();
-    named.extend(models.into_iter().map(|p| (None, p)));
-    if named.is_empty() {
-        let path = demo::default_path();
-        demo::write(&path).map_err(|e| format!("cannot write the demo model to {}: {e}", path.display()))?;
-        tracing::info!(path = %path.display(), "no model given: serving the built-in demo model");
-        named.push((Some("demo".into()), path));
-    }
-    let specs = store::specs(&named).map_err(|e| e.to_string())?;
+    let specs = store::specs(&model_files(&cfg, models)?).map_err(|e| e.to_string())?;
     // Keys and tokens first: a mistake there must not wait for the models to load.
     let tokens = cfg.tokens_file.as_deref().map(http::Tokens::load).transpose()?;
     let tls = cfg.tls.as_ref().map(|t| http::ServerTls::load(&t.cert, &t.key)).transpose()?;
@@ -65,22 +56,9 @@ pub(crate) fn serve(
             validity_ms: cfg.manifest_validity_hours.max(1).saturating_mul(3_600_000),
         }),
     };
-    let sessions = match cfg.runtime.engine {
-        runtime::Engine::None => None,
-        runtime::Engine::Ort => {
-            let rt = Runtime::load(&LibrarySearch { flag: ort_lib, config: cfg.runtime.ort_lib.clone() })
-                .map_err(|e| e.to_string())?;
-            Some(store::Sessions { runtime: rt, options: cfg.runtime.clone() })
-        }
-    };
+    let sessions = sessions(&cfg, ort_lib)?;
     let prepared = cfg.prepared().map_err(|e| e.to_string())?;
-    let cache = Arc::new(match cfg.cache_folder() {
-        None => Cache::new(cfg.cache_bytes),
-        Some(dir) => Cache::with_disk(cfg.cache_bytes, &dir).unwrap_or_else(|e| {
-            tracing::warn!(dir = %dir.display(), "cannot use the cache folder; derived data stays in memory: {e}");
-            Cache::new(cfg.cache_bytes)
-        }),
-    });
+    let cache = cache(&cfg);
     // Before loading models: a taken port is told at once, not after minutes of loading.
     let listener = std::net::TcpListener::bind(cfg.listen.as_str()).map_err(|e| cannot_listen(&cfg.listen, e))?;
     let store = Store::load(&specs, sessions, cache.clone());
@@ -90,7 +68,7 @@ pub(crate) fn serve(
     state.tls = tls;
     let state = Arc::new(state);
     // Encodings are prepared in the background and replaced model files
-    // reloaded, while requests are served (`publish`).
+    // reloaded, while requests are served (`prepare`).
     let watched = state.clone();
     let preparation = Preparation { what: prepared, zstd_level: cfg.zstd_level, cache };
     std::thread::spawn(move || preparation.watch(&watched.store, RELOAD_CHECK));
@@ -110,4 +88,42 @@ pub(crate) fn serve(
         .map_err(|e| format!("server stopped: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The config's models and those named on the command line; the built-in
+/// demo model (written to a file) where there are none.
+fn model_files(cfg: &Config, models: Vec<PathBuf>) -> Result<Vec<(Option<String>, PathBuf)>, String> {
+    let mut named: Vec<(Option<String>, PathBuf)> =
+        cfg.models.iter().map(|m| (m.name.clone(), m.path.clone())).collect();
+    named.extend(models.into_iter().map(|p| (None, p)));
+    if named.is_empty() {
+        let path = demo::default_path();
+        demo::write(&path).map_err(|e| format!("cannot write the demo model to {}: {e}", path.display()))?;
+        tracing::info!(path = %path.display(), "no model given: serving the built-in demo model");
+        named.push((Some("demo".into()), path));
+    }
+    Ok(named)
+}
+
+/// ONNX Runtime, loaded where the engine is "ort" (the default).
+fn sessions(cfg: &Config, ort_lib: Option<PathBuf>) -> Result<Option<store::Sessions>, String> {
+    match cfg.runtime.engine {
+        runtime::Engine::None => Ok(None),
+        runtime::Engine::Ort => {
+            let rt = Runtime::load(&LibrarySearch { flag: ort_lib, config: cfg.runtime.ort_lib.clone() })
+                .map_err(|e| e.to_string())?;
+            Ok(Some(store::Sessions { runtime: rt, options: cfg.runtime.clone() }))
+        }
+    }
+}
+
+/// The cache of derived bytes, with its folder on disk where one is usable.
+fn cache(cfg: &Config) -> Arc<Cache> {
+    Arc::new(match cfg.cache_folder() {
+        None => Cache::new(cfg.cache_bytes),
+        Some(dir) => Cache::with_disk(cfg.cache_bytes, &dir).unwrap_or_else(|e| {
+            tracing::warn!(dir = %dir.display(), "cannot use the cache folder; derived data stays in memory: {e}");
+            Cache::new(cfg.cache_bytes)
+        }),
+    })
 }
