@@ -40,7 +40,7 @@ def main():
     for path in sorted(SRC.rglob("*.rs")):
         rel = path.relative_to(SRC)
         module = rel.parts[0].removesuffix(".rs")
-        if module not in ALLOWED:  # lib.rs, main.rs
+        if module not in ALLOWED:  # lib.rs, the binary (src/bin)
             continue
         code = path.read_text().split("#[cfg(test)]")[0]
         for used in sorted(used_modules(code) - {module} - ALLOWED[module]):

@@ -31,6 +31,13 @@
 //!
 //! Beside them: [`config`] (the TOML file) and [`demo`] (the built-in demo
 //! model).
+//!
+//! Each module is a folder of rooms with one job each, named in its own
+//! opening comment (`http`: server, routes, documents, tensors, conditional,
+//! …; `store`: model, load, reload, cache; `updater`: source, fetch, write,
+//! layout, record, health, rollback, status, …). The `weightcast` binary
+//! (`src/bin/weightcast/`) parses the command line and dispatches: one file
+//! per command, the work here. `scripts/check-layers.py` keeps the layers.
 
 // Tensor bytes are little-endian on the wire and in ONNX files, and are
 // served from memory as they lie: a big-endian host would need a byte swap

@@ -130,3 +130,23 @@ pub async fn respond(state: &Arc<State>, req: Request) -> Response {
     tracing::debug!(%method, %path, status = u16::from(response.status()), us = started.elapsed().as_micros() as u64, "request");
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_lasts_between_half_and_all_of_its_validity() {
+        let signer = ManifestSigner { key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]), validity_ms: 1000 };
+        assert_eq!(signer.period(0), 0);
+        assert_eq!(signer.period(499), 0);
+        assert_eq!(signer.period(500), 1, "a new period every half validity");
+        for now in [0, 250, 499, 500, 999, 12_345] {
+            let mut m = crate::wire::proto::Manifest { model: "m".into(), version: "v".into(), ..Default::default() };
+            signer.sign(&mut m, signer.period(now));
+            let left = m.expires_at_ms - now;
+            assert!((500..=1000).contains(&left), "at {now}: {left} ms left");
+            assert!(crate::wire::signature::check(&m, &[signer.key.verifying_key()], now, None).is_ok());
+        }
+    }
+}

@@ -28,12 +28,24 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Why a credentials file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct CredentialsError {
+    path: String,
+    problem: String,
+}
+
 impl Credentials {
     /// A file holding `USER:PASSWORD` (`--registry-credentials`).
-    pub fn from_file(path: &Path) -> Result<Credentials, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Credentials, CredentialsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CredentialsError {
+            path: path.display().to_string(),
+            problem: format!("cannot read it: {e}"),
+        })?;
         let line = text.lines().next().unwrap_or_default();
-        Credentials::from_pair(line).ok_or_else(|| format!("{}: expected one line USER:PASSWORD", path.display()))
+        let problem = "expected one line USER:PASSWORD".to_string();
+        Credentials::from_pair(line).ok_or_else(|| CredentialsError { path: path.display().to_string(), problem })
     }
 
     fn from_pair(pair: &str) -> Option<Credentials> {

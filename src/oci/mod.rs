@@ -27,7 +27,7 @@
 mod auth;
 mod registry;
 
-pub use auth::{Credentials, RegistryAuth};
+pub use auth::{Credentials, CredentialsError, RegistryAuth};
 pub use registry::{Registry, RegistryError, RegistryManifest};
 
 /// The artifact's `artifactType`.
@@ -59,6 +59,15 @@ pub struct Reference {
     pub reference: String,
 }
 
+/// Why an `oci://` reference could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("'{url}': {problem}{}", if *.example { "; give one like oci://registry.example:5000/team/detector:v1" } else { "" })]
+pub struct ReferenceError {
+    url: String,
+    problem: String,
+    example: bool,
+}
+
 impl Reference {
     /// The repository's last segment (`detector` in `team/detector`): the
     /// model's name, unless `push --name` or `pull --model` says otherwise,
@@ -69,9 +78,11 @@ impl Reference {
 
     /// Parses `oci://…`. The tag defaults to `latest`. The registry speaks
     /// HTTPS, or plain HTTP when `plain_http` (as `oras --plain-http`).
-    pub fn parse(url: &str, plain_http: bool) -> Result<Reference, String> {
-        let rest = url.strip_prefix("oci://").ok_or_else(|| format!("'{url}' does not start with oci://"))?;
-        let bad = |why: &str| format!("'{url}': {why}; give one like oci://registry.example:5000/team/detector:v1");
+    pub fn parse(url: &str, plain_http: bool) -> Result<Reference, ReferenceError> {
+        let error =
+            |problem: &str, example| ReferenceError { url: url.to_string(), problem: problem.to_string(), example };
+        let rest = url.strip_prefix("oci://").ok_or_else(|| error("does not start with oci://", false))?;
+        let bad = |why: &str| error(why, true);
         if !rest.contains('/') {
             return Err(bad("no repository"));
         }

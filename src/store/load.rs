@@ -49,10 +49,7 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
     let metas = digests(&onnx.tensors);
     let index: HashMap<String, usize> = onnx.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let graph = crate::onnx::graph::externalize(&onnx.bytes, wire::tensor_file, |name| {
-        index.get(name).map(|&i| match &onnx.tensors[i].data {
-            TensorData::Bytes(b) => b.clone(),
-            TensorData::Strings(_) => Bytes::new(),
-        })
+        index.get(name).map(|&i| onnx.tensors[i].data.clone().bytes())
     })
     .map(Bytes::from)
     .map_err(|source| LoadError::Graph { model: spec.name.clone(), source })?;

@@ -51,9 +51,37 @@ impl std::fmt::Debug for Check {
     }
 }
 
+/// What a manifest or a graph says against itself: the problem alone, in
+/// words that fit both an update (the hub's answer) and `verify` (what a
+/// device holds), each of which says whose it is.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant and field is told by its #[error] message
+pub enum Inconsistent {
+    #[error("{0}")]
+    Manifest(String),
+    #[error("{0}")]
+    Graph(String),
+    #[error("tensor '{name}': {problem}")]
+    Tensor { name: String, problem: String },
+}
+
+impl From<Inconsistent> for UpdateError {
+    fn from(e: Inconsistent) -> UpdateError {
+        match e {
+            Inconsistent::Manifest(problem) => UpdateError::Manifest { problem },
+            Inconsistent::Graph(problem) => UpdateError::Graph { problem },
+            Inconsistent::Tensor { name, problem } => UpdateError::Tensor { name, problem },
+        }
+    }
+}
+
+fn in_tensor(name: &str, problem: impl Into<String>) -> Inconsistent {
+    Inconsistent::Tensor { name: name.to_string(), problem: problem.into() }
+}
+
 /// Checks a manifest's `version` against its graph digest and tensor list.
-pub fn verify_manifest(m: &Manifest) -> Result<(), UpdateError> {
-    let problem = |problem: String| UpdateError::Manifest { problem };
+pub fn verify_manifest(m: &Manifest) -> Result<(), Inconsistent> {
+    let problem = Inconsistent::Manifest;
     let graph = sha256_hex(&m.graph_sha256)
         .ok_or_else(|| problem("no valid graph_sha256 (is the hub older than this updater?)".into()))?;
     let mut rows = Vec::with_capacity(m.tensors.len());
@@ -80,27 +108,26 @@ pub(super) fn sha256_hex(hex: &str) -> Option<[u8; 32]> {
 /// tensors are the manifest's, byte for byte; each external one lies at
 /// exactly `wire::tensor_file(name)` (a hub must not make us write outside
 /// the version's tensor folder, nor over another file). Returns those.
-pub(crate) fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<Vec<(String, String)>, UpdateError> {
+pub(crate) fn verify_graph(manifest: &Manifest, graph: &[u8]) -> Result<Vec<(String, String)>, Inconsistent> {
     if graph.len() as u64 != manifest.graph_bytes || hex::encode(Sha256::digest(graph)) != manifest.graph_sha256 {
         let (got, want) = (graph.len(), manifest.graph_bytes);
         let problem = format!("{got} bytes whose sha256 is not graph_sha256 ({want} bytes expected)");
-        return Err(UpdateError::Graph { problem });
+        return Err(Inconsistent::Graph(problem));
     }
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
     let parts = crate::onnx::graph_parts(bytes::Bytes::copy_from_slice(graph))
-        .map_err(|e| UpdateError::Graph { problem: e.to_string() })?;
+        .map_err(|e| Inconsistent::Graph(e.to_string()))?;
     for t in &parts.inline {
-        let want = digests
-            .get(t.name.as_str())
-            .ok_or_else(|| tensor_error(&t.name, "in the graph but not in the manifest"))?;
+        let want =
+            digests.get(t.name.as_str()).ok_or_else(|| in_tensor(&t.name, "in the graph but not in the manifest"))?;
         if hex::encode(wire::digest(&t.data)) != *want {
-            return Err(tensor_error(&t.name, "inline tensor in the graph whose sha256 is not the manifest's"));
+            return Err(in_tensor(&t.name, "inline tensor in the graph whose sha256 is not the manifest's"));
         }
     }
     for (name, location) in &parts.external {
         if *location != wire::tensor_file(name) {
             let want = wire::tensor_file(name);
-            return Err(tensor_error(name, format!("the graph puts it at '{location}', not at '{want}'")));
+            return Err(in_tensor(name, format!("the graph puts it at '{location}', not at '{want}'")));
         }
     }
     Ok(parts.external)

@@ -11,7 +11,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::check::{record_bound, verify_tensor};
-use super::source::{artifact_blob, expect_ok, retry_after, same_model, Offer, Source};
+use super::source::{expect_ok, retry_after, same_model, Hub, Offer, Source, QUERY};
 use super::{tensor_error, UpdateError};
 use crate::net::{self as client, Client};
 use crate::onnx::DataType;
@@ -39,16 +39,16 @@ pub(super) async fn fetch_tensors(
     let digests: HashMap<&str, &str> = manifest.tensors.iter().map(|t| (t.name.as_str(), t.sha256.as_str())).collect();
     let infos: HashMap<&str, &crate::wire::proto::TensorInfo> =
         manifest.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-    let bound = |name: &str| infos.get(name).map_or(0, |t| record_bound(t));
+    let bound = |batch: &[String]| batch.iter().map(|n| infos.get(n.as_str()).map_or(0, |t| record_bound(t))).sum();
     let size = |name: &str| infos.get(name).map_or(0, |t| t.nbytes);
     // Tensors with a blob URL (not STRING) from BY_DIGEST on come by digest,
     // one by one: a cache between hub and devices keeps each one; the small
     // rest in batches. Without a blob URL (an older hub), from RESUME_FROM on
     // through the tensor route.
     // From a registry, every tensor is a blob.
-    let registry = matches!(source, Source::Registry { .. });
+    let hub = source.hub();
     let (large, small): (Vec<String>, Vec<String>) = needed.iter().cloned().partition(|n| {
-        registry
+        hub.is_none()
             || infos.get(n.as_str()).is_some_and(|t| {
                 let by_digest = !t.blob.is_empty() && t.nbytes >= BY_DIGEST;
                 t.dtype != DataType::String as i32 && (by_digest || t.nbytes >= RESUME_FROM)
@@ -61,29 +61,16 @@ pub(super) async fn fetch_tensors(
     for name in &large {
         let info = infos.get(name.as_str()).ok_or_else(|| tensor_error(name, "not in the manifest"))?;
         let dir = partial.join(&manifest.version);
-        let (client, url, model_version) = match source {
-            Source::Hub(hub) => {
-                (client, hub.tensor_url(info)?, (info.blob.is_empty()).then_some(offer.model_version.as_str()))
-            }
-            Source::Registry { registry, .. } => (registry.client(), artifact_blob(registry, offer, info)?, None),
-        };
+        let (client, url, model_version) = source.single(client, offer, info)?;
         let (file, wire) = fetch_large(client, &url, model_version, info, &dir, &bar).await?;
         wire_bytes += wire;
         fetched.insert(name.clone(), Fetched::File(file));
     }
-    for batch in batches(&small) {
-        let Source::Hub(hub) = source else {
-            return Err(tensor_error(&batch[0], "a registry has no batch route"));
-        };
-        let names: Vec<String> =
-            batch.iter().map(|n| format!("names={}", percent_encoding::utf8_percent_encode(n, QUERY))).collect();
-        let url = hub.url(&format!("/weights?{}", names.join("&")), true)?;
-        let limit = batch.iter().map(|n| bound(n)).sum();
-        let r = client.get(&url, &[("Accept", "application/x-protobuf")], limit).await?;
-        expect_ok(&url, &r)?;
-        same_model(&r, &offer.model_version)?;
-        wire_bytes += r.wire_bytes as u64;
-        for (name, data) in assemble(&r.body)? {
+    // From a registry, `small` is empty: every tensor is a blob.
+    for (hub, batch) in hub.iter().flat_map(|hub| batches(&small).into_iter().map(move |batch| (*hub, batch))) {
+        let (tensors, wire) = fetch_batch(client, hub, offer, &batch, bound(&batch)).await?;
+        wire_bytes += wire;
+        for (name, data) in tensors {
             verify_tensor(&digests, &name, &data)?;
             bar.inc(data.len() as u64);
             fetched.insert(name, Fetched::Bytes(data));
@@ -195,6 +182,24 @@ pub(super) async fn fetch_large(
     Ok((part, reply.wire_bytes as u64))
 }
 
+/// One batch of small tensors (`/weights?names=…`), as protobuf records of
+/// at most `limit` bytes in all; the bytes that crossed the wire.
+async fn fetch_batch(
+    client: &Client,
+    hub: &Hub,
+    offer: &Offer,
+    batch: &[String],
+    limit: u64,
+) -> Result<(Vec<(String, Vec<u8>)>, u64), UpdateError> {
+    let names: Vec<String> =
+        batch.iter().map(|n| format!("names={}", percent_encoding::utf8_percent_encode(n, QUERY))).collect();
+    let url = hub.url(&format!("/weights?{}", names.join("&")), true)?;
+    let r = client.get(&url, &[("Accept", "application/x-protobuf")], limit).await?;
+    expect_ok(&url, &r)?;
+    same_model(&r, &offer.model_version)?;
+    Ok((assemble(&r.body)?, r.wire_bytes as u64))
+}
+
 /// A large tensor's partial download: its file, the file holding the ETag
 /// it came with, and the bytes held (resumed from there).
 struct Partial {
@@ -260,10 +265,6 @@ pub(super) fn hash_range(path: &Path, from: u64, len: Option<u64>) -> std::io::R
         }
     }
 }
-
-/// Characters escaped in a tensor name inside `?names=` (commas separate names).
-pub(super) const QUERY: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
 
 /// Name lists short enough for one request line each.
 pub(super) fn batches(names: &[String]) -> Vec<Vec<String>> {

@@ -27,11 +27,11 @@
 //! folder's contents. Those are refused; links inside them are removed as
 //! links (`remove_dir_all` does not follow them) or not opened (`O_NOFOLLOW`).
 
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
+use super::durable::{context, sync_dir};
 use super::lock::Lock;
 use super::record::{self, Failure, SavedState, VersionRecord, VersionState};
 
@@ -46,27 +46,6 @@ pub(super) struct Kept {
     pub(super) version: String,
     pub(super) dir: PathBuf,
     pub(super) record: VersionRecord,
-}
-
-fn context(what: &str, path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-}
-
-/// Writes a new file and fsyncs it; a link at `path` is not followed.
-pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = File::options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| context("cannot create", path, e))?;
-    f.write_all(bytes).map_err(|e| context("cannot write", path, e))?;
-    f.sync_all().map_err(|e| context("cannot sync", path, e))
-}
-
-pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(path).and_then(|d| d.sync_all()).map_err(|e| context("cannot sync", path, e))
 }
 
 /// Whether `path` is a symbolic link (not followed).

@@ -17,6 +17,7 @@
 
 mod check;
 mod command;
+mod durable;
 mod fetch;
 mod health;
 mod layout;
@@ -30,7 +31,7 @@ mod stfile;
 mod verify;
 mod write;
 
-pub use check::{verify_manifest, Check, CheckFailure, LoadCheck};
+pub use check::{verify_manifest, Check, CheckFailure, Inconsistent, LoadCheck};
 pub use record::{Cause, Failure, LastRound, VersionState};
 pub use rollback::{retry, rollback, RetryError, RollbackError};
 pub use schedule::{next_wait, MAX_BACKOFF};

@@ -138,9 +138,9 @@ pub(super) fn write<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let _ = fs::remove_file(&tmp); // a link planted there is removed, not followed
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    super::layout::write_synced(&tmp, &bytes)?;
+    super::durable::write_synced(&tmp, &bytes)?;
     fs::rename(&tmp, path).map_err(|e| io::Error::new(e.kind(), format!("cannot save {}: {e}", path.display())))?;
-    super::layout::sync_dir(path.parent().unwrap_or(Path::new(".")))
+    super::durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 pub(super) use crate::wire::unix_ms;

@@ -9,7 +9,6 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::check::{verify_graph, verify_manifest};
-use super::fetch::QUERY;
 use super::{tensor_error, Options, Output, UpdateError, GRAPH_FILE, MANIFEST_LIMIT};
 use crate::net::{self as client, Client};
 use crate::onnx::DataType;
@@ -93,6 +92,10 @@ impl Hub {
     }
 }
 
+/// Characters escaped in a tensor name inside `?names=` (commas separate names).
+pub(super) const QUERY: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
+
 /// Where versions come from: a hub's model URL, or an OCI registry's tag.
 pub(super) enum Source {
     Hub(Hub),
@@ -105,7 +108,7 @@ impl Source {
             return Ok(Source::Hub(Hub::new(opts)));
         }
         let r = crate::oci::Reference::parse(opts.url.as_str(), opts.plain_http)
-            .map_err(|problem| UpdateError::BadUrl { url: opts.url.to_string(), problem })?;
+            .map_err(|e| UpdateError::BadUrl { url: opts.url.to_string(), problem: e.to_string() })?;
         Ok(Source::Registry { registry: crate::oci::Registry::new(&r, client.clone()), reference: r.reference })
     }
 
@@ -114,6 +117,51 @@ impl Source {
         match self {
             Source::Hub(hub) => fetch_manifest(client, hub, etag).await,
             Source::Registry { registry, reference } => fetch_artifact(registry, reference, etag).await,
+        }
+    }
+
+    /// The hub, where small tensors come in batches (`/weights?names=`); a
+    /// registry serves blobs only.
+    pub(super) fn hub(&self) -> Option<&Hub> {
+        match self {
+            Source::Hub(hub) => Some(hub),
+            Source::Registry { .. } => None,
+        }
+    }
+
+    /// Where a tensor fetched alone comes from: the client to ask, its URL,
+    /// and the stored version its answer must name (`None`: a blob, checked
+    /// by its digest alone).
+    pub(super) fn single<'a>(
+        &'a self,
+        client: &'a Client,
+        offer: &'a Offer,
+        info: &crate::wire::proto::TensorInfo,
+    ) -> Result<(&'a Client, Url, Option<&'a str>), UpdateError> {
+        match self {
+            Source::Hub(hub) => {
+                let version = info.blob.is_empty().then_some(offer.model_version.as_str());
+                Ok((client, hub.tensor_url(info)?, version))
+            }
+            Source::Registry { registry, .. } => Ok((registry.client(), artifact_blob(registry, offer, info)?, None)),
+        }
+    }
+
+    /// The offered version's graph, and the bytes that crossed the wire.
+    async fn graph(&self, client: &Client, offer: &Offer) -> Result<(Vec<u8>, u64), UpdateError> {
+        match self {
+            Source::Registry { registry, .. } => {
+                let digest = crate::oci::digest_of(&offer.manifest.graph_sha256);
+                let reply = registry.blob(&digest, offer.manifest.graph_bytes).await?;
+                Ok((reply.body, reply.wire_bytes as u64))
+            }
+            Source::Hub(hub) => {
+                let url = hub.url("/graph", false)?;
+                let reply = client.get(&url, &[], offer.manifest.graph_bytes).await?;
+                expect_ok(&url, &reply)?;
+                same_model(&reply, &offer.model_version)?;
+                Ok((reply.body, reply.wire_bytes as u64))
+            }
         }
     }
 
@@ -256,20 +304,7 @@ async fn contents(
     let local = current.and_then(|dir| std::fs::read(dir.join(GRAPH_FILE)).ok());
     let (graph, wire_bytes) = match local.filter(|g| hex::encode(Sha256::digest(g)) == manifest.graph_sha256) {
         Some(graph) => (graph, 0),
-        None => match source {
-            Source::Registry { registry, .. } => {
-                let digest = crate::oci::digest_of(&manifest.graph_sha256);
-                let reply = registry.blob(&digest, offer.manifest.graph_bytes).await?;
-                (reply.body, reply.wire_bytes as u64)
-            }
-            Source::Hub(hub) => {
-                let url = hub.url("/graph", false)?;
-                let reply = client.get(&url, &[], offer.manifest.graph_bytes).await?;
-                expect_ok(&url, &reply)?;
-                same_model(&reply, &offer.model_version)?;
-                (reply.body, reply.wire_bytes as u64)
-            }
-        },
+        None => source.graph(client, offer).await?,
     };
     let held = verify_graph(manifest, &graph)?;
     let linkable = crate::onnx::proto::ModelProto::decode(graph.as_slice())

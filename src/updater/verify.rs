@@ -10,7 +10,7 @@ use prost::Message;
 use sha2::Digest;
 
 use super::layout::Dest;
-use super::{verify_graph, verify_manifest, UpdateError, GRAPH_FILE, MANIFEST_FILE, SAFETENSORS_FILE};
+use super::{verify_graph, verify_manifest, GRAPH_FILE, MANIFEST_FILE, SAFETENSORS_FILE};
 use crate::wire::proto::Manifest;
 
 /// What a verified version is.
@@ -46,16 +46,6 @@ pub enum VerifyError {
     Disk(#[from] std::io::Error),
 }
 
-/// The problem an update check found, without the update's words around it
-/// ("the hub's manifest", "the current version is kept"): `verify` reads
-/// what a device holds, offline.
-fn held(e: UpdateError) -> String {
-    match e {
-        UpdateError::Manifest { problem } | UpdateError::Graph { problem } => problem,
-        other => other.to_string(),
-    }
-}
-
 /// Hex sha256 of a file's bytes `[from, from + len)` (all of it when `len` is None).
 fn file_digest(path: &Path, from: u64, len: Option<u64>) -> std::io::Result<String> {
     Ok(hex::encode(super::fetch::hash_range(path, from, len)?.finalize()))
@@ -72,7 +62,7 @@ pub fn verify(dest: &Path, trust: &[VerifyingKey]) -> Result<Verified, VerifyErr
     let body = std::fs::read(dir.join(MANIFEST_FILE))?;
     let manifest =
         Manifest::decode(body.as_slice()).map_err(|e| unusable(format!("not a weightcast.v1.Manifest: {e}")))?;
-    verify_manifest(&manifest).map_err(|e| unusable(held(e)))?;
+    verify_manifest(&manifest).map_err(|e| unusable(e.to_string()))?;
     if !trust.is_empty() {
         crate::wire::signature::check(&manifest, trust, 0, None)?;
     }
@@ -82,8 +72,8 @@ pub fn verify(dest: &Path, trust: &[VerifyingKey]) -> Result<Verified, VerifyErr
     let tensors = if dir.join(GRAPH_FILE).is_file() {
         let graph = std::fs::read(dir.join(GRAPH_FILE))?;
         let graph_path = dir.join(GRAPH_FILE).display().to_string();
-        let locations =
-            verify_graph(&manifest, &graph).map_err(|e| VerifyError::Graph { path: graph_path, problem: held(e) })?;
+        let locations = verify_graph(&manifest, &graph)
+            .map_err(|e| VerifyError::Graph { path: graph_path, problem: e.to_string() })?;
         for (name, location) in &locations {
             let digest = file_digest(&dir.join(location), 0, None)
                 .map_err(|e| mismatch(name, &format!("cannot read {location}: {e}")))?;

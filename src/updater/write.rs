@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use super::durable::write_synced;
 use super::fetch::{hash_range, Fetched};
-use super::layout::{write_synced, Dest};
+use super::layout::Dest;
 use super::source::{Contents, Offer};
 use super::{stfile, tensor_error, Options, Output, UpdateError};
 use super::{ENGINE_CACHE_DIR, GRAPH_FILE, MANIFEST_FILE, SAFETENSORS_FILE};

@@ -243,3 +243,36 @@ pub(crate) struct PullArgs {
     #[arg(long)]
     pub(crate) trust: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("weightcast").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn pull_flags_are_checked_before_anything_runs() {
+        let url = "http://hub:8080/v1/models/m";
+        assert!(parse(&["pull", url, "--dest", "d"]).is_ok());
+        assert!(parse(&["pull", url, "--dest", "d", "--exit-no-change", "3"]).is_err(), "needs --once");
+        assert!(parse(&["pull", url, "--dest", "d", "--keep", "0"]).is_err());
+        assert!(parse(&["pull", url, "--dest", "d", "--interval", "500ms"]).is_err(), "under a second");
+        assert!(parse(&["pull", url, "--dest", "d", "--probation", "0s"]).is_err());
+        let Command::Pull(a) =
+            parse(&["pull", url, "--dest", "d", "--probation", "3s", "--health", "true"]).unwrap().command
+        else {
+            panic!("not pull")
+        };
+        assert_eq!(a.probation, std::time::Duration::from_secs(3));
+        assert_eq!(a.health.as_deref(), Some("true"));
+    }
+
+    #[test]
+    fn folder_commands_need_a_dest() {
+        assert!(parse(&["status"]).is_err());
+        assert!(parse(&["retry", "--dest", "d"]).is_err(), "which version");
+        assert!(parse(&["rollback", "--dest", "d", "--exec", "true"]).is_ok());
+    }
+}

@@ -16,7 +16,7 @@ pub(crate) fn client_for(
     use weightcast::oci;
     let ca = args.ca.as_deref();
     let origin = match url.starts_with("oci://") {
-        true => oci::Reference::parse(url, args.plain_http)?.origin,
+        true => oci::Reference::parse(url, args.plain_http).map_err(|e| e.to_string())?.origin,
         false => url.to_string(),
     };
     let tls = match origin.split("://").next() {
@@ -40,7 +40,7 @@ pub(crate) fn client_for(
     }
     let host = origin.split("://").nth(1).unwrap_or_default().to_string();
     let credentials = match &args.registry_credentials {
-        Some(path) => Some(oci::Credentials::from_file(path)?),
+        Some(path) => Some(oci::Credentials::from_file(path).map_err(|e| e.to_string())?),
         None => oci::Credentials::from_docker_config(&host),
     };
     let auth = oci::RegistryAuth::new(&origin, credentials, plain.clone());

@@ -48,32 +48,26 @@ pub(crate) fn inspect(path: &Path) -> Result<(), String> {
         weightcast::onnx::OnnxError::Tensor { .. } => format!("{}: {e}", path.display()),
         other => other.to_string(),
     })?;
-    match print_tensors(&model) {
-        // `inspect m.onnx | head` closes the pipe early: that is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.map_err(|e| format!("cannot write to stdout: {e}")),
-    }
+    print_tensors(&model);
+    Ok(())
 }
 
 /// The table `inspect` prints; names with control characters are escaped,
 /// so a hostile name cannot move the cursor or recolour the terminal.
-fn print_tensors(model: &OnnxModel) -> std::io::Result<()> {
-    use std::io::Write;
+fn print_tensors(model: &OnnxModel) {
     let printable = |name: &str| -> String {
         name.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
     };
     let names: Vec<String> = model.tensors.iter().map(|t| printable(&t.name)).collect();
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).max(4);
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<width$}  {:<14}  {:<20}  {:>12}  storage", "name", "dtype", "shape", "bytes")?;
+    say!("{:<width$}  {:<14}  {:<20}  {:>12}  storage", "name", "dtype", "shape", "bytes");
     let mut total = 0;
     for (t, name) in model.tensors.iter().zip(&names) {
         let shape = format!("{:?}", t.dims);
         let storage =
             if t.constant { format!("{} (Constant)", t.storage.name()) } else { t.storage.name().to_string() };
-        writeln!(out, "{name:<width$}  {:<14}  {:<20}  {:>12}  {storage}", t.dtype.name(), shape, t.nbytes())?;
+        say!("{name:<width$}  {:<14}  {:<20}  {:>12}  {storage}", t.dtype.name(), shape, t.nbytes());
         total += t.nbytes();
     }
-    writeln!(out, "{} tensors, {total} bytes", model.tensors.len())?;
-    out.flush()
+    say!("{} tensors, {total} bytes", model.tensors.len());
 }

@@ -9,7 +9,7 @@ use crate::client::client_for;
 
 pub(crate) fn push(a: PushArgs) -> Result<(), String> {
     use weightcast::oci;
-    let reference = oci::Reference::parse(&a.target, a.client.plain_http)?;
+    let reference = oci::Reference::parse(&a.target, a.client.plain_http).map_err(|e| e.to_string())?;
     let client = client_for(&a.target, None, &a.client)?;
     let key = a.signing_key.as_deref().map(read_secret_key).transpose().map_err(|e| e.to_string())?;
     let name = a.name.clone().unwrap_or_else(|| reference.model_name().to_string());

@@ -192,23 +192,28 @@ impl Cache {
     /// The blob under `key`, whole, if cached (read from disk if there, a
     /// file left by an earlier run checked first; call from a blocking thread).
     pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
-        let found = match self.find(key, true)? {
-            Found::Memory(b) => Some(b),
-            Found::Disk(n) => self.read_disk(key, 0..n),
-        }?;
-        self.count(true);
-        Some(found)
+        self.read(key, None)
     }
 
     /// Bytes `range` of the blob under `key`, if cached: a disk blob is read
     /// for that range only.
     pub fn get_range(&self, key: &CacheKey, range: std::ops::Range<usize>) -> Option<Bytes> {
-        let start = range.start;
+        self.read(key, Some(range))
+    }
+
+    /// The one read path (memory, else disk). Counting rule, for every read
+    /// and for [`Cache::lookup`]: a read that begins at the blob's first byte
+    /// is one hit; a response reading a large blob a window at a time reads
+    /// its start once, so each blob a response uses counts once.
+    fn read(&self, key: &CacheKey, range: Option<std::ops::Range<usize>>) -> Option<Bytes> {
         let found = match self.find(key, true)? {
-            Found::Memory(b) => (range.end <= b.len()).then(|| b.slice(range)),
-            Found::Disk(_) => self.read_disk(key, range),
+            Found::Memory(b) => match &range {
+                None => Some(b),
+                Some(r) => (r.end <= b.len()).then(|| b.slice(r.clone())),
+            },
+            Found::Disk(n) => self.read_disk(key, range.clone().unwrap_or(0..n)),
         }?;
-        if start == 0 {
+        if range.as_ref().is_none_or(|r| r.start == 0) {
             self.count(true);
         }
         Some(found)
