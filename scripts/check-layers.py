@@ -23,7 +23,7 @@ ALLOWED = {
     "oci": {"net", "wire"},
     "updater": {"net", "oci", "onnx", "wire"},
     "push": {"encode", "oci", "onnx", "store", "wire"},
-    "config": {"runtime", "encode"},
+    "config": {"runtime", "encode", "store"},
     "demo": {"onnx"},
 }
 

@@ -27,6 +27,14 @@ pub struct Config {
     /// `$XDG_CACHE_HOME/weightcast/serve`, else `~/.cache/weightcast/serve`;
     /// `""`: memory only.
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes the cache folder may hold, least recently used files
+    /// removed first. Default: a tenth of its filesystem, at most 16 GiB
+    /// (any reader can make the hub derive new blobs: distinct `names=`
+    /// selections wrote 1.9 GB in 2,000 requests without a bound).
+    pub cache_dir_bytes: Option<u64>,
+    /// How long a changed model's files (graph and external data) must hold
+    /// still before it is reloaded, e.g. "2s" (the default).
+    pub reload_settle: Option<String>,
     /// Largest tensor payload one JSON response may carry.
     pub json_max_bytes: u64,
     /// Representations computed in the background right after load.
@@ -60,6 +68,8 @@ impl Default for Config {
             zstd_level: 3,
             cache_bytes: 64 << 20,
             cache_dir: None,
+            cache_dir_bytes: None,
+            reload_settle: None,
             json_max_bytes: 16 << 20,
             prepare: vec!["identity".into(), "zstd".into()],
             max_connections: None,
@@ -131,6 +141,8 @@ pub enum Invalid {
     ZstdLevel(i32),
     #[error(transparent)]
     Prepare(#[from] crate::encode::UnknownPrepare),
+    #[error("reload_settle: {0}")]
+    Settle(#[from] DurationError),
 }
 
 /// A duration that could not be read.
@@ -161,6 +173,11 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> 
 }
 
 impl Config {
+    /// `reload_settle`, parsed ([`crate::store::RELOAD_SETTLE`] if unset).
+    pub fn reload_settle(&self) -> Result<std::time::Duration, DurationError> {
+        self.reload_settle.as_deref().map_or(Ok(crate::store::RELOAD_SETTLE), parse_duration)
+    }
+
     /// The `prepare` entries, parsed.
     pub fn prepared(&self) -> Result<Vec<crate::encode::Prepared>, crate::encode::UnknownPrepare> {
         self.prepare.iter().map(|p| p.parse()).collect()
@@ -196,6 +213,7 @@ impl Config {
             return Err(Invalid::ZstdLevel(config.zstd_level));
         }
         config.prepared()?;
+        config.reload_settle()?;
         Ok(config)
     }
 }

@@ -121,7 +121,9 @@ mod tests {
         let path = dir.path().join("demo.onnx");
         crate::demo::write(&path).unwrap();
         let cache = Arc::new(Cache::new(64 << 20));
-        let store = Store::load(&specs(&[(None, path.clone())]).unwrap(), None, cache.clone());
+        let mut store = Store::load(&specs(&[(None, path.clone())]).unwrap(), None, cache.clone());
+        // A change is loaded at the first look after it held still this long.
+        store.set_reload_settle(std::time::Duration::ZERO);
         let prep = preparation(&cache);
         let first = store.get("demo").unwrap();
         let done = prep.prepare_one(&first, prep.what[0]);

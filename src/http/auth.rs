@@ -140,6 +140,18 @@ pub(super) fn may_read(scope: &Scope, model: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The `403` unless `scope` may read every model (`/metrics` names them all).
+pub(super) fn may_read_all(scope: &Scope) -> Result<(), ApiError> {
+    match scope {
+        Scope::All => Ok(()),
+        Scope::Models(_) => Err(ApiError::new(
+            StatusCode::Forbidden,
+            "forbidden",
+            "/metrics names every model: it needs a token that may read them all (MODELS `*` in the tokens file)",
+        )),
+    }
+}
+
 /// The `401` of a request without a usable token, with its challenge.
 fn unauthorized(refusal: Refusal) -> ApiError {
     let (detail, challenge) = match refusal {

@@ -12,7 +12,11 @@
 //! allows.
 //!
 //! Limits (nginx's defaults where it has one): a head of at most 16 KiB and
-//! 100 headers; 60 s to send a head (and between requests); request bodies
+//! 100 headers; 10 s to send the first request's head (nginx: 60 s,
+//! `client_header_timeout`), 60 s between requests (nginx's keep-alive: 75
+//! s) — and while it waits for a head a connection is idle: the first
+//! closed when `max_connections` are open and a new client comes
+//! (`slots`); request bodies
 //! (meaningless on GET/HEAD) of at most 64 KiB, read within 60 s; a
 //! response must leave at 1 MiB a minute or faster.
 
@@ -29,6 +33,8 @@ use super::{ApiError, State};
 
 /// How long a connection may sit between requests, or take to send a head.
 const IDLE: Duration = Duration::from_secs(60);
+/// How long a new connection may take to send its first request's head.
+const FIRST_HEAD: Duration = Duration::from_secs(10);
 /// How long a request body may take to arrive.
 const BODY_TIME: Duration = Duration::from_secs(60);
 /// A response must progress by [`WRITE_SLICE`] bytes in every this long.
@@ -51,21 +57,33 @@ pub(super) async fn serve(
     mut out: impl AsyncWrite + Unpin,
     state: Arc<State>,
     stop: smol::channel::Receiver<()>,
+    slot: &super::slots::Slot,
 ) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(MAX_HEAD, read);
     let mut pace = Pace::new();
+    let mut limit = FIRST_HEAD;
     loop {
-        // Between requests a stopping server closes the connection.
+        // Between requests a stopping server closes the connection, and so
+        // does one that needs the slot for a new client.
+        slot.idle();
         let stopping = async {
-            let _ = stop.recv().await;
+            let _ = stop
+                .recv()
+                .or(async {
+                    slot.evicted().await;
+                    Ok(())
+                })
+                .await;
             Ok(None)
         };
-        let head = match deadline(IDLE, read_head(&mut reader).or(stopping)).await {
+        let head = match deadline(limit, read_head(&mut reader).or(stopping)).await {
             Ok(Some(head)) => head,
             Ok(None) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(()),
             Err(e) => return Err(e),
         };
+        slot.busy();
+        limit = IDLE;
         let parsed = match head.and_then(|h| request(&h)) {
             Ok(parsed) => parsed,
             Err(refusal) => return refuse(&mut out, &mut reader, refusal).await,

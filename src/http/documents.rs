@@ -29,6 +29,21 @@ const PAGE: &str = include_str!("page.html");
 static PAGE_ETAG: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("\"page-{}\"", &hex::encode(Sha256::digest(PAGE.as_bytes()))[..16]));
 
+/// The page's Content-Security-Policy: its one script allowed by its
+/// sha256, no other script (no `'unsafe-inline'`: the policy must not rest
+/// on the page building its DOM with `textContent` only), and no framing by
+/// any site (`frame-ancestors 'none'`, and `X-Frame-Options` for older
+/// browsers).
+static PAGE_POLICY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use base64::Engine;
+    let script = PAGE.split_once("<script>").and_then(|(_, rest)| rest.split_once("</script>")).map_or("", |s| s.0);
+    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
+    format!(
+        "default-src 'none'; connect-src 'self'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+});
+
 pub(super) fn page(ask: &Ask) -> Response {
     let etag = PAGE_ETAG.as_str();
     // Sent as it is, in every encoding: its 304 carries only the ETag.
@@ -43,10 +58,8 @@ pub(super) fn page(ask: &Ask) -> Response {
     r.insert_header("ETag", etag);
     r.insert_header("Cache-Control", "no-cache");
     r.insert_header("X-Content-Type-Options", "nosniff");
-    r.insert_header(
-        "Content-Security-Policy",
-        "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
-    );
+    r.insert_header("Content-Security-Policy", PAGE_POLICY.as_str());
+    r.insert_header("X-Frame-Options", "DENY");
     r
 }
 
@@ -59,20 +72,30 @@ pub(super) fn healthz() -> Response {
 }
 
 /// `/readyz`: `200` when every configured model is loaded and serving,
-/// else `503` naming those that are not (`/healthz` only says the process
-/// answers).
-pub(super) fn readyz(state: &State) -> Response {
-    let failed: Vec<serde_json::Value> = state
+/// else `503`, with how many are not (`/healthz` only says the process
+/// answers). Which ones, and why, only to `seen` (a token that may read
+/// them, or everyone where tokens are off): an anonymous probe must not
+/// learn model names, file paths or parser errors.
+pub(super) fn readyz(state: &State, seen: Option<&Scope>) -> Response {
+    let failed: Vec<(String, String)> = state
         .store
         .entries()
         .into_iter()
         .filter_map(|e| match e {
-            crate::store::Entry::Failed { name, error } => Some(serde_json::json!({"model": name, "error": error})),
+            crate::store::Entry::Failed { name, error } => Some((name, error)),
             crate::store::Entry::Loaded(_) => None,
         })
         .collect();
+    let mut body = serde_json::json!({"ready": failed.is_empty(), "not_loaded_count": failed.len()});
+    if let Some(scope) = seen {
+        let told: Vec<serde_json::Value> = failed
+            .iter()
+            .filter(|(name, _)| scope.may_read(name))
+            .map(|(name, error)| serde_json::json!({"model": name, "error": error}))
+            .collect();
+        body["not_loaded"] = serde_json::Value::Array(told);
+    }
     let mut r = Response::new(if failed.is_empty() { StatusCode::Ok } else { StatusCode::ServiceUnavailable });
-    let body = serde_json::json!({"ready": failed.is_empty(), "not_loaded": failed});
     r.set_body(serde_json::to_vec(&body).unwrap_or_default());
     r.insert_header("Content-Type", "application/json");
     r.insert_header("Cache-Control", "no-store");

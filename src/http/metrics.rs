@@ -104,8 +104,14 @@ impl Metrics {
             (
                 "weightcast_cache_disk_bytes",
                 "gauge",
-                "Bytes of blobs in the cache folder (known since start).",
+                "Bytes of the cache folder's files (at most cache_dir_bytes).",
                 cache.disk_bytes(),
+            ),
+            (
+                "weightcast_cache_disk_evictions_total",
+                "counter",
+                "Files the cache folder removed to stay within cache_dir_bytes.",
+                cache.disk_evictions(),
             ),
             ("weightcast_cache_budget_bytes", "gauge", "The cache's budget.", cache.budget()),
         ] {

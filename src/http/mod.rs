@@ -19,6 +19,7 @@ mod negotiate;
 mod reloading;
 mod routes;
 mod server;
+mod slots;
 mod tensors;
 mod tls;
 
@@ -93,12 +94,13 @@ pub struct State {
     /// `[tls]`: connections speak TLS; `None`: plain HTTP.
     pub tls: Option<ServerTls>,
     metrics: metrics::Metrics,
+    slots: Arc<slots::Slots>,
 }
 
 impl State {
     /// What the handlers of a server of `store` see.
     pub fn new(store: Store, options: ServeOptions, tokens: Option<Tokens>) -> State {
-        State { store, options, tokens, tls: None, metrics: metrics::Metrics::default() }
+        State { store, options, tokens, tls: None, metrics: metrics::Metrics::default(), slots: Default::default() }
     }
 }
 

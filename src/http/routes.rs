@@ -156,8 +156,18 @@ pub(super) async fn dispatch(state: Arc<State>, req: Request, route: Option<Rout
     match route {
         Route::Page => Ok(documents::page(&ask)),
         Route::Healthz => Ok(documents::healthz()),
-        Route::Readyz => Ok(documents::readyz(state)),
-        Route::Metrics => Ok(documents::metrics(state)),
+        Route::Readyz => {
+            // Open to probes; what failed is told only to a token that may read it.
+            let seen = match &state.tokens {
+                None => Some(Scope::All),
+                Some(_) => auth::scope(state, &req).ok(),
+            };
+            Ok(documents::readyz(state, seen.as_ref()))
+        }
+        Route::Metrics => {
+            auth::may_read_all(&scope)?;
+            Ok(documents::metrics(state))
+        }
         // A browser opening the listing gets the page that shows it.
         Route::Models if q.format.is_none() && ask.wants_html() => Ok(documents::page(&ask)),
         Route::Models => documents::listing(state, &ask, &q, &scope).await,

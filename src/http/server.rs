@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 
+use super::slots::Slot;
 use super::{conn, State};
 
 /// Serves on `listener` with one executor thread per core (CPU-heavy work —
@@ -53,12 +54,17 @@ pub fn run(
 async fn handshake(
     acceptor: futures_rustls::TlsAcceptor,
     stream: smol::net::TcpStream,
+    slot: &Slot,
 ) -> io::Result<futures_rustls::server::TlsStream<smol::net::TcpStream>> {
     acceptor
         .accept(stream)
         .or(async {
             smol::Timer::after(HANDSHAKE_TIME).await;
             Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake took too long"))
+        })
+        .or(async {
+            slot.evicted().await;
+            Err(io::Error::other("closed before its handshake ended, to make room for a new client"))
         })
         .await
 }
@@ -124,15 +130,18 @@ async fn accept(
         };
         let _ = stream.set_nodelay(true);
         let guard = ConnectionGuard::take(&open);
+        // At the cap, the connection idle the longest makes room.
+        let admitted = guard.count <= max_connections || state.slots.evict_idle();
+        let slot = state.slots.open();
         let (state, stop) = (state.clone(), stop.clone());
         executor
             .spawn(async move {
-                let result = match (guard.count <= max_connections, &state.tls) {
-                    (true, None) => conn::serve(stream.clone(), stream, state, stop).await,
-                    (true, Some(tls)) => match handshake(tls.acceptor(), stream).await {
+                let result = match (admitted, &state.tls) {
+                    (true, None) => conn::serve(stream.clone(), stream, state, stop, &slot).await,
+                    (true, Some(tls)) => match handshake(tls.acceptor(), stream, &slot).await {
                         Ok(tls) => {
                             let (read, write) = futures_lite::io::split(tls);
-                            conn::serve(read, write, state, stop).await
+                            conn::serve(read, write, state, stop, &slot).await
                         }
                         Err(e) => Err(e),
                     },

@@ -26,7 +26,14 @@ pub struct Store {
     sessions: Option<Sessions>,
     cache: Arc<Cache>,
     load_failures: std::sync::atomic::AtomicU64,
+    /// How long a changed model's files must hold still before a reload.
+    settle: std::time::Duration,
 }
+
+/// The default settle time (`reload_settle`): a graph and its data file
+/// written one after the other in place, 0.8 s apart, were loaded whole
+/// already; 2.5 s apart they were served as a version that never existed.
+pub const RELOAD_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Store {
     /// Loads each model; one that fails is logged and listed with its error.
@@ -50,7 +57,7 @@ impl Store {
             .collect::<Vec<_>>();
         let failures =
             slots.iter().filter(|s| s.state.read().is_ok_and(|st| matches!(st.0, Entry::Failed { .. }))).count();
-        Store { slots, sessions, cache, load_failures: (failures as u64).into() }
+        Store { slots, sessions, cache, load_failures: (failures as u64).into(), settle: RELOAD_SETTLE }
     }
 
     /// Versions of each model alive now (serving, and the one replaced last
@@ -64,6 +71,11 @@ impl Store {
                 (slot.spec.name.clone(), serving + replaced)
             })
             .collect()
+    }
+
+    /// Sets how long a changed model's files must hold still before a reload.
+    pub fn set_reload_settle(&mut self, settle: std::time::Duration) {
+        self.settle = settle;
     }
 
     /// Loads that failed since start (at start and on reloads).
@@ -83,7 +95,7 @@ impl Store {
     pub fn refresh(&self) -> Vec<Arc<Model>> {
         let mut fresh = Vec::new();
         for slot in &self.slots {
-            let Some(now) = settled_change(slot) else { continue };
+            let Some(now) = settled_change(slot, self.settle) else { continue };
             if let Some(held) = slot.replaced.lock().ok().and_then(|r| r.upgrade()) {
                 tracing::info!(model = %slot.spec.name, version = %wire::short(held.version()),
                     "a new file waits until the responses still sending the version before the current one finish");
@@ -91,6 +103,12 @@ impl Store {
             }
             let entry = load_entry(&slot.spec, self.sessions.as_ref(), &self.cache);
             let now = refine(&slot.spec, &entry, now);
+            // Looked at again once the snapshot is taken: a file that changed
+            // during the load may have given a graph and data of two versions.
+            if stamps(&slot.spec, Some(&entry)) != now {
+                tracing::info!(model = %slot.spec.name, "its files changed while it loaded; loading again once they hold still");
+                continue;
+            }
             if matches!(entry, Entry::Failed { .. }) {
                 self.load_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -208,7 +226,7 @@ mod tests {
     #[test]
     fn each_blob_a_response_uses_counts_once() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Cache::with_disk(1 << 20, dir.path()).unwrap();
+        let c = Cache::with_disk(1 << 20, dir.path(), u64::MAX).unwrap();
         use std::sync::atomic::Ordering::SeqCst;
         let counts = |c: &Cache| (c.counts().hits.load(SeqCst), c.counts().misses.load(SeqCst));
         // Not cached: the lookup that plans the response counts nothing, the
@@ -229,7 +247,7 @@ mod tests {
         }
         assert_eq!(counts(&c), (2, 2));
         // Left by an earlier run: checked and counted when read.
-        let again = Cache::with_disk(1 << 20, dir.path()).unwrap();
+        let again = Cache::with_disk(1 << 20, dir.path(), u64::MAX).unwrap();
         assert!(again.lookup(&key(2)).is_none(), "not checked on the executor");
         assert_eq!(again.get_or_compute(key(2), || Err("computed again".into())).unwrap(), big);
         assert_eq!(counts(&again), (1, 0));

@@ -10,10 +10,11 @@ pub(super) struct Slot {
     pub(super) spec: ModelSpec,
     /// What serves, and the stamps of the files it was loaded from.
     pub(super) state: RwLock<(Entry, Stamps)>,
-    /// Stamps seen changed at the last look, not yet loaded: a change is
-    /// loaded once it holds still for one look (a graph and its data being
-    /// replaced one after the other are not loaded half-way).
-    pub(super) pending: Mutex<Option<Stamps>>,
+    /// Stamps seen changed, not yet loaded, and since when they hold still:
+    /// a change is loaded once every file of the model has held still for
+    /// the settle time (a graph and its data rewritten one after the other
+    /// are not loaded half-way).
+    pub(super) pending: Mutex<Option<(Stamps, std::time::Instant)>>,
     /// The version replaced last, while responses still hold it: no newer
     /// file is loaded until it is gone, so a model never holds three
     /// versions (the one serving, the one before, one loading).
@@ -97,7 +98,7 @@ pub(super) fn load_entry(spec: &ModelSpec, sessions: Option<&Sessions>, cache: &
 
 /// The slot's files' stamps if they changed and held still since the last
 /// look (then they are loaded); `None` otherwise.
-pub(super) fn settled_change(slot: &Slot) -> Option<Stamps> {
+pub(super) fn settled_change(slot: &Slot, settle: std::time::Duration) -> Option<Stamps> {
     let recorded = slot.state.read().ok()?;
     let now = stamps(&slot.spec, Some(&recorded.0));
     let changed = now != recorded.1;
@@ -107,12 +108,17 @@ pub(super) fn settled_change(slot: &Slot) -> Option<Stamps> {
         *pending = None;
         return None;
     }
-    if pending.as_ref() == Some(&now) {
-        *pending = None;
-        return Some(now);
+    match pending.as_ref() {
+        Some((seen, since)) if *seen == now && since.elapsed() >= settle => {
+            *pending = None;
+            Some(now)
+        }
+        Some((seen, _)) if *seen == now => None,
+        _ => {
+            *pending = Some((now, std::time::Instant::now()));
+            None
+        }
     }
-    *pending = Some(now);
-    None
 }
 
 /// Stamps taken before a load, completed with the external data files the

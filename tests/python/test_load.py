@@ -1,5 +1,5 @@
 """The short form of benches/load.py in the suite: 200 keep-alive pollers,
-2 full downloads of a 20 MB model for 12 s while it is republished three
+2 full downloads of a 20 MB model for 16 s while it is republished three
 times (once by an in-place copy), the server's open-files limit at 1,024:
 only 200/304/503, every download matches an advertised version, the server
 alive. The full run (1,000 pollers, 8 downloads, 100 MB, 60 s) is

@@ -106,3 +106,35 @@ def test_a_renewed_certificate_applies_without_a_restart(tls_hub, tmp_path):
     time.sleep(1.3)
     assert served_serial(url, ca_path) == 2002
     assert requests.get(f"{url}/healthz", verify=str(ca_path), timeout=10).status_code == 200
+
+
+def leaf_valid_until(tmp_path, ca_key, ca_cert, days):
+    """A leaf certificate whose validity ends `days` from now (negative: expired)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+
+
+@pytest.mark.parametrize("days, said", [(-2, "expired on"), (3, "expires on"), (200, None)])
+def test_a_certificate_that_expired_or_expires_within_14_days_is_told_at_start(serve, tmp_path, days, said):
+    """The hub used to serve an expired certificate without a word; clients
+    refuse it. It starts anyway (the file may be renewed while it runs), and
+    says so; a certificate with months left is not mentioned."""
+    ca_key, ca_cert, _ = ca(tmp_path, "test-ca")
+    leaf_valid_until(tmp_path, ca_key, ca_cert, days)
+    named_model(tmp_path / "m.onnx", ["w1", "w2"], n=4096)
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text('[tls]\ncert = "cert.pem"\nkey = "key.pem"\n[[models]]\npath = "m.onnx"\n')
+    s = serve("--runtime", "none", "--config", cfg)
+    logs = s.logs()
+    if said is None:
+        assert "TLS certificate" not in logs, logs
+    else:
+        assert said in logs and "TLS certificate" in logs and "renew" in logs, logs

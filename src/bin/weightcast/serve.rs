@@ -61,7 +61,8 @@ pub(crate) fn serve(
     let cache = cache(&cfg);
     // Before loading models: a taken port is told at once, not after minutes of loading.
     let listener = std::net::TcpListener::bind(cfg.listen.as_str()).map_err(|e| cannot_listen(&cfg.listen, e))?;
-    let store = Store::load(&specs, sessions, cache.clone());
+    let mut store = Store::load(&specs, sessions, cache.clone());
+    store.set_reload_settle(cfg.reload_settle().map_err(|e| e.to_string())?);
     let cors = http::Cors { origins: cfg.cors_origins.clone() };
     let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer, cors };
     let mut state = http::State::new(store, options, tokens);
@@ -121,9 +122,13 @@ fn sessions(cfg: &Config, ort_lib: Option<PathBuf>) -> Result<Option<store::Sess
 fn cache(cfg: &Config) -> Arc<Cache> {
     Arc::new(match cfg.cache_folder() {
         None => Cache::new(cfg.cache_bytes),
-        Some(dir) => Cache::with_disk(cfg.cache_bytes, &dir).unwrap_or_else(|e| {
-            tracing::warn!(dir = %dir.display(), "cannot use the cache folder; derived data stays in memory: {e}");
-            Cache::new(cfg.cache_bytes)
-        }),
+        Some(dir) => {
+            let dir_budget = cfg.cache_dir_bytes.unwrap_or_else(|| store::default_dir_budget(&dir));
+            tracing::info!(dir = %dir.display(), bytes = dir_budget, "cache folder");
+            Cache::with_disk(cfg.cache_bytes, &dir, dir_budget).unwrap_or_else(|e| {
+                tracing::warn!(dir = %dir.display(), "cannot use the cache folder; derived data stays in memory: {e}");
+                Cache::new(cfg.cache_bytes)
+            })
+        }
     })
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 
 mod disk;
-pub use disk::DISK_FROM;
+pub use disk::{default_budget as default_dir_budget, DISK_FROM};
 
 /// [`Model::cache_key`]'s `tensor` for bytes about the whole model.
 pub const WHOLE_MODEL: usize = usize::MAX;
@@ -85,8 +85,10 @@ impl Cache {
     /// A cache that keeps blobs of [`disk::DISK_FROM`] bytes or more in
     /// files under `dir` (mapped, not counted in `budget`), the rest in at
     /// most `budget` bytes of memory.
-    pub fn with_disk(budget: u64, dir: &std::path::Path) -> std::io::Result<Cache> {
-        Ok(Cache { disk: Some(disk::Disk::open(dir)?), ..Cache::new(budget) })
+    /// `dir_budget` bounds the folder ([`disk::default_budget`] where the
+    /// config names none).
+    pub fn with_disk(budget: u64, dir: &std::path::Path, dir_budget: u64) -> std::io::Result<Cache> {
+        Ok(Cache { disk: Some(disk::Disk::open(dir, dir_budget)?), ..Cache::new(budget) })
     }
 
     /// Whether large blobs go to disk (then the memory budget does not bound them).
@@ -94,9 +96,14 @@ impl Cache {
         self.disk.is_some()
     }
 
-    /// Bytes of blobs on disk that are mapped now.
+    /// Bytes of the cache folder's files now.
     pub fn disk_bytes(&self) -> u64 {
         self.disk.as_ref().map_or(0, |d| d.held_bytes())
+    }
+
+    /// Files the cache folder removed to keep its budget, since start.
+    pub fn disk_evictions(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.evictions())
     }
 
     /// Drops the disk blobs of `model` other than `version`'s (called once a
