@@ -172,6 +172,8 @@ def test_the_cache_folder_never_holds_more_than_its_budget_under_load(serve, tmp
     assert metric(text, "weightcast_cache_disk_bytes") <= budget
     evictions = metric(text, "weightcast_cache_disk_evictions_total")
     assert evictions is not None and evictions > 0, "weightcast_cache_disk_evictions_total counts the blobs dropped"
+    print(f"\ncache folder: at most {largest / MiB:.1f} MiB (budget {budget / MiB:.0f} MiB) over {len(combos)} "
+          f"requests in {took:.1f} s, {evictions:.0f} evictions")
 
 
 def test_a_blob_larger_than_the_folder_budget_is_sent_without_being_stored(serve, tmp_path, pb2):
@@ -308,6 +310,7 @@ def test_a_real_client_is_served_while_60_silent_connections_wait(serve, tmp_pat
             outcome = (type(e).__name__, str(e)[:200])
         took = time.monotonic() - started
         assert outcome == (200, "ok") and took < 5, f"after {took:.2f} s: {outcome}"
+        print(f"\na real client served in {took * 1000:.0f} ms beside 60 silent connections")
         assert s.proc.poll() is None
     finally:
         for c in silent:
