@@ -177,3 +177,24 @@ def test_demo_given_a_folder_leaves_nothing_behind(tmp_path):
     r = run("demo", tmp_path / "dir")
     assert r.returncode == 1 and f"give a file name, e.g. {tmp_path / 'dir' / 'demo.onnx'}" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"] and not any((tmp_path / "dir").iterdir())
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_quiet_poll_is_logged_once_an_hour_not_every_round(hub, tmp_path, verbose):
+    """Issue #25, part 5: "no change" at every 30 s poll was 2,880 info lines a
+    day per model. Now it is said once (then once an hour while nothing
+    changes), every round only with -v; the install is said at info."""
+    dest = tmp_path / "device"
+    extra = ["-v"] if verbose else []
+    p = subprocess.Popen([str(binary()), *extra, "pull", hub.model_url, "--dest", str(dest), "--interval", "1s"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "RUST_LOG"})
+    time.sleep(5)
+    p.terminate()
+    err = p.communicate(timeout=10)[1]
+    quiet = [line for line in err.splitlines() if "no change" in line]
+    assert any("installed" in line for line in err.splitlines()), err
+    if verbose:
+        assert len(quiet) >= 3, err
+    else:
+        assert len(quiet) == 1 and " INFO " in quiet[0], err

@@ -87,10 +87,12 @@ pub(crate) fn pull(a: PullArgs) -> ExitCode {
         }
     };
     let mut failures = 0u32;
+    let mut quiet = Quiet::default();
     loop {
         let started = std::time::Instant::now();
         let result = smol::block_on(updater::round(&opts, &client));
-        let report = report(&result, started.elapsed().as_millis() as u64, a.exit_no_change.unwrap_or(0));
+        let ms = started.elapsed().as_millis() as u64;
+        let report = report(&result, ms, a.exit_no_change.unwrap_or(0), &mut quiet);
         if a.json {
             // A log shipper that went away does not stop the device's updates.
             use std::io::Write;
@@ -101,6 +103,41 @@ pub(crate) fn pull(a: PullArgs) -> ExitCode {
         }
         failures = if result.is_ok() { 0 } else { failures + 1 };
         std::thread::sleep(updater::next_wait(a.interval, 0.1, failures, report.retry_after));
+    }
+}
+
+/// "No change" is the answer of almost every round: at 30 s, 2,880 info lines
+/// a day per model in journald. It is logged at debug each round, and at
+/// info at the first quiet round after anything else and once an hour while
+/// it lasts; every change of state is logged at info or above.
+#[derive(Default)]
+struct Quiet {
+    said_at: Option<std::time::Instant>,
+    rounds: u64,
+}
+
+impl Quiet {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    fn no_change(&mut self, version: Option<&str>, ms: u64) {
+        self.rounds += 1;
+        match self.said_at {
+            Some(at) if at.elapsed() < Quiet::EVERY => tracing::debug!(version, ms, "no change"),
+            _ => {
+                let rounds = std::mem::take(&mut self.rounds);
+                tracing::info!(
+                    version,
+                    ms,
+                    rounds,
+                    "no change (said once an hour while nothing changes; -v for every round)"
+                );
+                self.said_at = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    fn changed(&mut self) {
+        self.said_at = None;
     }
 }
 
@@ -115,12 +152,13 @@ fn report(
     result: &Result<weightcast::updater::Outcome, weightcast::updater::UpdateError>,
     ms: u64,
     no_change: u8,
+    quiet: &mut Quiet,
 ) -> Report {
     use weightcast::updater::Outcome;
     use weightcast::wire::short;
     let (code, retry_after, json) = match result {
         Ok(Outcome::Current { version }) => {
-            tracing::info!(version = version.as_deref().map(short), ms, "no change");
+            quiet.no_change(version.as_deref().map(short), ms);
             (no_change, None, serde_json::json!({"status": "current", "version": version, "ms": ms}))
         }
         Ok(Outcome::Updated {
@@ -164,5 +202,8 @@ fn report(
             (1, e.retry_after(), serde_json::json!({"status": "failed", "error": e.to_string(), "ms": ms}))
         }
     };
+    if !matches!(result, Ok(Outcome::Current { .. })) {
+        quiet.changed();
+    }
     Report { code, retry_after, json }
 }
