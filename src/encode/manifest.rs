@@ -21,6 +21,7 @@ fn target_name(d: DataType) -> &'static str {
 pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
     let rt = &model.runtime;
     let info = &model.info;
+    let stored = model.view(None);
     let value_info = |v: &crate::onnx::ValueInfo| proto::ValueInfo {
         name: v.name.clone(),
         dtype: v.dtype.clone(),
@@ -50,7 +51,8 @@ pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
             .tensors
             .iter()
             .zip(&view.tensors)
-            .map(|(t, m)| proto::TensorInfo {
+            .enumerate()
+            .map(|(i, (t, m))| proto::TensorInfo {
                 name: t.name.clone(),
                 dtype: m.dtype as i32,
                 dims: t.dims.clone(),
@@ -62,9 +64,14 @@ pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
                 storage: t.storage.name().to_string(),
                 blob: match (m.dtype, m.source_dtype) {
                     (DataType::String, _) => String::new(),
-                    (_, Some(_)) => {
-                        format!("/v1/blobs/sha256/{}?dtype={}", hex::encode(m.sha256), target_name(m.dtype))
-                    }
+                    // A cast blob names the stored tensor it comes from: the hub
+                    // finds it without casting every model it serves.
+                    (_, Some(_)) => format!(
+                        "/v1/blobs/sha256/{}?dtype={}&from={}",
+                        hex::encode(m.sha256),
+                        target_name(m.dtype),
+                        hex::encode(stored.tensors[i].sha256)
+                    ),
                     (_, None) => format!("/v1/blobs/sha256/{}", hex::encode(m.sha256)),
                 },
             })

@@ -79,6 +79,8 @@ pub(super) struct Query {
     pub(super) compress: bool,
     /// `codec=bytegroup`: protobuf tensor data in byte planes.
     pub(super) bytegroup: bool,
+    /// `from=`: a cast blob's stored digest (the tensor it was cast from).
+    pub(super) from: Option<String>,
 }
 
 /// Why a query string was refused (a `400`).
@@ -131,6 +133,7 @@ pub(super) fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Qu
             }
             // Split by the route, which knows the names.
             "names" => q.names.get_or_insert_with(Vec::new).push(value),
+            "from" => q.from = Some(value),
             // `allowed` names only the parameters above.
             _ => return Err(QueryError::NoneTaken { key }),
         }

@@ -109,7 +109,7 @@ impl Route {
             Route::Manifest { .. } => &["format", "dtype"],
             Route::Weights { .. } => &["format", "dtype", "names", "compress", "codec"],
             Route::Tensor { .. } => &["format", "dtype", "compress", "codec"],
-            Route::Blob { .. } => &["dtype"],
+            Route::Blob { .. } => &["dtype", "from"],
             _ => &[],
         }
     }

@@ -66,13 +66,26 @@ pub(super) async fn blob(
     scope: &Scope,
 ) -> Result<Response, ApiError> {
     let not_found = || not_found("unknown blob", format!("no tensor served has sha256 {digest}"));
-    let want: [u8; 32] = hex::decode(digest).ok().and_then(|d| d.try_into().ok()).ok_or_else(not_found)?;
+    let digest_of = |hex_digest: &str| -> Option<[u8; 32]> { hex::decode(hex_digest).ok()?.try_into().ok() };
+    let want = digest_of(digest).ok_or_else(not_found)?;
+    let models: Vec<Arc<Model>> = state.store.models().into_iter().filter(|m| scope.may_read(&m.name)).collect();
+    // Only views already computed are searched; a cast view is computed for
+    // the one model that holds the tensor it was cast `from` (the manifest's
+    // blob URL names it): a request for an unknown digest costs no cast.
     let mut found = None;
-    for model in state.store.models().into_iter().filter(|m| scope.may_read(&m.name)) {
-        let view = view(&model, q.dtype).await;
+    for model in &models {
+        let Some(view) = model.view_ready(q.dtype) else { continue };
         if let Some(i) = view.tensors.iter().position(|t| t.sha256 == want) {
-            found = Some((model, view, i));
+            found = Some((model.clone(), view, i));
             break;
+        }
+    }
+    if let (None, Some(_), Some(source)) = (&found, q.dtype, q.from.as_deref().and_then(digest_of)) {
+        let holder =
+            models.iter().find(|m| m.view_ready(None).is_some_and(|v| v.tensors.iter().any(|t| t.sha256 == source)));
+        if let Some(model) = holder {
+            let view = view(model, q.dtype).await;
+            found = view.tensors.iter().position(|t| t.sha256 == want).map(|i| (model.clone(), view, i));
         }
     }
     let (model, view, i) = found.ok_or_else(not_found)?;

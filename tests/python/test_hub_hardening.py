@@ -535,3 +535,27 @@ def test_a_folder_link_swapped_to_a_new_version_is_served_whole(serve, tmp_path,
     watcher.stop()
     assert not watcher.mixed, f"mixed answers: {watcher.mixed[:3]}"
     assert served_b, f"v2 not served within 10 s: {watcher.seen[-3:]}"
+
+
+def test_a_cast_blob_is_found_through_the_tensor_it_comes_from_not_by_casting_every_model(serve, tmp_path):
+    """Part 7: `?dtype=` blob lookups cast every model they scanned. A cast
+    blob's URL in the manifest now names its stored tensor (`from=`): the hub
+    casts that one model. Without `from`, only views already cast are
+    searched, so a digest nobody published costs no cast."""
+    for name, seed in (("a", 1), ("b", 2)):
+        many_tensor_model(tmp_path / f"{name}.onnx", 2, 1 << 15, seed=seed)
+    s = serve("--runtime", "none", tmp_path / "a.onnx", tmp_path / "b.onnx")
+    stored = s.get("/v1/models/b?format=json").json()["tensors"][0]
+    cast = s.get("/v1/models/b?format=json&dtype=f16").json()["tensors"][0]
+    assert cast["blob"] == f"/v1/blobs/sha256/{cast['sha256']}?dtype=f16&from={stored['sha256']}", cast["blob"]
+    want = np.frombuffer(s.get(f"/v1/blobs/sha256/{stored['sha256']}").content, np.float32).astype(np.float16)
+    # A fresh server: no view of b is cast yet.
+    s2 = serve("--runtime", "none", tmp_path / "a.onnx", tmp_path / "b.onnx")
+    bare = s2.get(f"/v1/blobs/sha256/{cast['sha256']}?dtype=f16")
+    assert bare.status_code == 404, "without from=, an uncast view is not cast to look for a digest"
+    r = s2.get(cast["blob"])
+    assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == cast["sha256"], r.status_code
+    assert np.frombuffer(r.content, np.float16).tobytes() == want.tobytes()
+    assert s2.get(f"/v1/blobs/sha256/{cast['sha256']}?dtype=f16").status_code == 200, "now b's f16 view is cast"
+    unknown = "0" * 64
+    assert s2.get(f"/v1/blobs/sha256/{unknown}?dtype=bf16&from={unknown}").status_code == 404
