@@ -55,9 +55,19 @@ impl Metrics {
         family(o, "weightcast_body_bytes_total", "counter", "Response body bytes written, by Content-Encoding.");
         sample(o, "weightcast_body_bytes_total", "encoding=\"identity\"", self.body_bytes_identity.load(Relaxed));
         sample(o, "weightcast_body_bytes_total", "encoding=\"zstd\"", self.body_bytes_zstd.load(Relaxed));
+        for (name, kind, help, value) in self.scalars(store) {
+            family(o, name, kind, help);
+            sample(o, name, "", value);
+        }
+        models(o, store);
+        out
+    }
+
+    /// The families of one unlabelled sample: connections, loads, the cache.
+    fn scalars(&self, store: &Store) -> [(&'static str, &'static str, &'static str, u64); 11] {
         let cache = store.cache();
         let counts = cache.counts();
-        for (name, kind, help, value) in [
+        [
             (
                 "weightcast_connections_open",
                 "gauge",
@@ -114,36 +124,35 @@ impl Metrics {
                 cache.disk_evictions(),
             ),
             ("weightcast_cache_budget_bytes", "gauge", "The cache's budget.", cache.budget()),
-        ] {
-            family(o, name, kind, help);
-            sample(o, name, "", value);
+        ]
+    }
+}
+
+/// The families labelled by model: load state, versions held, load time.
+fn models(o: &mut String, store: &Store) {
+    let entries = store.entries();
+    family(o, "weightcast_model_loaded", "gauge", "1 if the model serves, 0 if it failed to load.");
+    for entry in &entries {
+        let (name, loaded) = match entry {
+            Entry::Loaded(m) => (m.name.as_str(), 1),
+            Entry::Failed { name, .. } => (name.as_str(), 0),
+        };
+        sample(o, "weightcast_model_loaded", &format!("model=\"{name}\""), loaded);
+    }
+    family(
+        o,
+        "weightcast_model_versions_held",
+        "gauge",
+        "Versions of the model alive: serving, and replaced but still sending.",
+    );
+    for (name, held) in store.versions_held() {
+        sample(o, "weightcast_model_versions_held", &format!("model=\"{name}\""), held as u64);
+    }
+    family(o, "weightcast_model_load_seconds", "gauge", "How long the serving version of a model took to load.");
+    for entry in &entries {
+        if let Entry::Loaded(m) = entry {
+            let _ = writeln!(o, "weightcast_model_load_seconds{{model=\"{}\"}} {:.3}", m.name, m.load_ms as f64 / 1e3);
         }
-        let entries = store.entries();
-        family(o, "weightcast_model_loaded", "gauge", "1 if the model serves, 0 if it failed to load.");
-        for entry in &entries {
-            let (name, loaded) = match entry {
-                Entry::Loaded(m) => (m.name.as_str(), 1),
-                Entry::Failed { name, .. } => (name.as_str(), 0),
-            };
-            sample(o, "weightcast_model_loaded", &format!("model=\"{name}\""), loaded);
-        }
-        family(
-            o,
-            "weightcast_model_versions_held",
-            "gauge",
-            "Versions of the model alive: serving, and replaced but still sending.",
-        );
-        for (name, held) in store.versions_held() {
-            sample(o, "weightcast_model_versions_held", &format!("model=\"{name}\""), held as u64);
-        }
-        family(o, "weightcast_model_load_seconds", "gauge", "How long the serving version of a model took to load.");
-        for entry in &entries {
-            if let Entry::Loaded(m) = entry {
-                let _ =
-                    writeln!(o, "weightcast_model_load_seconds{{model=\"{}\"}} {:.3}", m.name, m.load_ms as f64 / 1e3);
-            }
-        }
-        out
     }
 }
 
