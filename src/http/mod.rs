@@ -50,11 +50,29 @@ pub struct ServeOptions {
     pub signer: Option<ManifestSigner>,
     /// Browser pages of other origins allowed to call the API.
     pub cors: Cors,
+    /// Called every so often from the executor that answers requests (a
+    /// service manager's watchdog): if the executor wedges, it stops.
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// A beat, and how often it is due.
+#[derive(Clone)]
+pub struct Heartbeat {
+    /// Time between beats.
+    pub every: std::time::Duration,
+    /// What a beat does (systemd: `WATCHDOG=1`).
+    pub beat: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeat").field("every", &self.every).finish_non_exhaustive()
+    }
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { zstd_level: 3, json_max_bytes: 16 << 20, signer: None, cors: Cors::default() }
+        ServeOptions { zstd_level: 3, json_max_bytes: 16 << 20, signer: None, cors: Cors::default(), heartbeat: None }
     }
 }
 

@@ -30,6 +30,16 @@ pub fn run(
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))?;
     }
     let listener = smol::net::TcpListener::try_from(listener)?;
+    if let Some(heartbeat) = state.options.heartbeat.clone() {
+        executor
+            .spawn(async move {
+                loop {
+                    (heartbeat.beat)();
+                    smol::Timer::after(heartbeat.every).await;
+                }
+            })
+            .detach();
+    }
     let open = state.metrics.connections_open.clone();
     let accepting = accept(listener, state, executor.clone(), max_connections, open.clone(), stop.clone());
     smol::block_on(executor.run(accepting.or(async {

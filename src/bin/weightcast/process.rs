@@ -1,5 +1,6 @@
 //! What the process sets up around a command: the allocator's arenas, the
-//! log, and a stop on SIGTERM/SIGINT.
+//! log, a stop on SIGTERM/SIGINT, and what systemd is told (`Type=notify`:
+//! ready, status, watchdog pings, stopping).
 
 /// Logs on stderr, at info (debug with `-v`; RUST_LOG overrides), as text
 /// or one JSON object per line.
@@ -48,4 +49,53 @@ pub(crate) fn stop_on_signal() -> Result<smol::channel::Receiver<()>, String> {
         }
     });
     Ok(rx)
+}
+
+/// Tells systemd (where `$NOTIFY_SOCKET` is set; a no-op elsewhere).
+pub(crate) fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// The watchdog's ping at half of systemd's `WatchdogSec=` (its
+/// `$WATCHDOG_USEC`), if the unit asks for one: run from the loop that does
+/// the work, so a wedged loop stops the pings and systemd restarts us.
+pub(crate) fn watchdog() -> Option<weightcast::http::Heartbeat> {
+    let every = sd_notify::watchdog_enabled()? / 2;
+    let beat = std::sync::Arc::new(|| notify(&[sd_notify::NotifyState::Watchdog]));
+    Some(weightcast::http::Heartbeat { every, beat })
+}
+
+/// Ends `pull` at the first SIGTERM or SIGINT, telling systemd it stops: a
+/// round may be cut anywhere (a version is installed by renames, partial
+/// downloads resume, leftovers are removed at the next start).
+pub(crate) fn exit_on_signal() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot handle SIGTERM/SIGINT: {e}"))?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+            tracing::info!(signal = name, "asked to stop");
+            notify(&[sd_notify::NotifyState::Stopping]);
+            std::process::exit(0);
+        }
+    });
+    Ok(())
+}
+
+/// `work`, with the watchdog's pings while it runs (none without one).
+pub(crate) async fn beating<T>(
+    work: impl std::future::Future<Output = T>,
+    heartbeat: Option<&weightcast::http::Heartbeat>,
+) -> T {
+    let Some(heartbeat) = heartbeat else { return work.await };
+    let pings = async {
+        loop {
+            (heartbeat.beat)();
+            smol::Timer::after(heartbeat.every).await;
+        }
+    };
+    futures_lite::future::or(work, pings).await
 }

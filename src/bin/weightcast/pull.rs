@@ -86,13 +86,19 @@ pub(crate) fn pull(a: PullArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = crate::process::exit_on_signal() {
+        eprintln!("weightcast: {e}");
+        return ExitCode::FAILURE;
+    }
+    let heartbeat = crate::process::watchdog();
     let mut failures = 0u32;
     let mut quiet = Quiet::default();
-    loop {
+    for round in 0u64.. {
         let started = std::time::Instant::now();
-        let result = smol::block_on(updater::round(&opts, &client));
+        let result = smol::block_on(crate::process::beating(updater::round(&opts, &client), heartbeat.as_ref()));
         let ms = started.elapsed().as_millis() as u64;
         let report = report(&result, ms, a.exit_no_change.unwrap_or(0), &mut quiet);
+        tell_systemd(round == 0, &opts.dest, &result);
         if a.json {
             // A log shipper that went away does not stop the device's updates.
             use std::io::Write;
@@ -102,8 +108,34 @@ pub(crate) fn pull(a: PullArgs) -> ExitCode {
             return ExitCode::from(report.code);
         }
         failures = if result.is_ok() { 0 } else { failures + 1 };
-        std::thread::sleep(updater::next_wait(a.interval, 0.1, failures, report.retry_after));
+        let wait = updater::next_wait(a.interval, 0.1, failures, report.retry_after);
+        smol::block_on(crate::process::beating(smol::Timer::after(wait), heartbeat.as_ref()));
     }
+    ExitCode::SUCCESS
+}
+
+/// systemd (`Type=notify`): ready once the first round is done, whatever
+/// its outcome (a hub down at boot must not fail the unit: the next round
+/// retries), and a status line naming what the device holds.
+fn tell_systemd(
+    first: bool,
+    dest: &std::path::Path,
+    result: &Result<weightcast::updater::Outcome, weightcast::updater::UpdateError>,
+) {
+    let held = weightcast::updater::status(dest).ok();
+    let current = held.as_ref().and_then(|s| {
+        s.current.as_deref().map(|v| format!("{} ({})", weightcast::wire::short(v), s.state.unwrap_or("?")))
+    });
+    let last = match result {
+        Ok(outcome) => outcome.status().to_string(),
+        Err(_) => "failed".to_string(),
+    };
+    let status = format!("current {}; last round: {last}", current.as_deref().unwrap_or("none"));
+    let mut states = vec![sd_notify::NotifyState::Status(&status)];
+    if first {
+        states.push(sd_notify::NotifyState::Ready);
+    }
+    crate::process::notify(&states);
 }
 
 /// "No change" is the answer of almost every round: at 30 s, 2,880 info lines

@@ -64,7 +64,9 @@ pub(crate) fn serve(
     let mut store = Store::load(&specs, sessions, cache.clone());
     store.set_reload_settle(cfg.reload_settle().map_err(|e| e.to_string())?);
     let cors = http::Cors { origins: cfg.cors_origins.clone() };
-    let options = ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer, cors };
+    let heartbeat = crate::process::watchdog();
+    let options =
+        ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer, cors, heartbeat };
     let mut state = http::State::new(store, options, tokens);
     state.tls = tls;
     let state = Arc::new(state);
@@ -82,9 +84,10 @@ pub(crate) fn serve(
     tracing::info!(open_files, max_connections, "connection limits");
     // systemd `Type=notify`: ready once the models are loaded and the socket
     // listens (a no-op without $NOTIFY_SOCKET).
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::warn!("cannot tell systemd we are ready: {e}");
-    }
+    let entries = state.store.entries();
+    let failed = entries.iter().filter(|e| matches!(e, store::Entry::Failed { .. })).count();
+    let status = format!("serving {} of {} models on {scheme}://{addr}", entries.len() - failed, entries.len());
+    crate::process::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
     http::run(listener, state, max_connections, crate::process::stop_on_signal()?)
         .map_err(|e| format!("server stopped: {e}"))?;
     tracing::info!("stopped");
