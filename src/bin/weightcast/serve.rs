@@ -84,9 +84,13 @@ pub(crate) fn serve(
     tracing::info!(open_files, max_connections, "connection limits");
     // systemd `Type=notify`: ready once the models are loaded and the socket
     // listens (a no-op without $NOTIFY_SOCKET).
-    let entries = state.store.entries();
-    let failed = entries.iter().filter(|e| matches!(e, store::Entry::Failed { .. })).count();
-    let status = format!("serving {} of {} models on {scheme}://{addr}", entries.len() - failed, entries.len());
+    // Counted, not kept: a model held here would never be released, and a
+    // replaced version still held blocks the next reload.
+    let (total, failed) = {
+        let entries = state.store.entries();
+        (entries.len(), entries.iter().filter(|e| matches!(e, store::Entry::Failed { .. })).count())
+    };
+    let status = format!("serving {} of {total} models on {scheme}://{addr}", total - failed);
     crate::process::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
     http::run(listener, state, max_connections, crate::process::stop_on_signal()?)
         .map_err(|e| format!("server stopped: {e}"))?;
