@@ -642,3 +642,40 @@ def test_two_versions_differing_in_one_tensor_take_one_model_plus_that_tensor_on
         assert (d / "status.json").is_file() and (d / "manifest.pb").is_file()
         runs_like(d, model, h.files[v])
 
+
+
+def test_a_probation_cut_by_a_restart_is_taken_up_again_and_three_cuts_fail_the_version(hub, tmp_path):
+    """An operator's day: the device restarts (kill -9) while a new version is
+    on trial. The next round runs the health check again before anything
+    else; a version whose probation is cut three times fails (it may be what
+    crashes the device) and the last committed one is current again."""
+    dest = tmp_path / "device"
+    install(hub.url, dest)
+
+    def cut_probation(version):
+        p = subprocess.Popen([str(binary()), "pull", hub.url, "--dest", str(dest), "--once", "--timeout", "3s",
+                              "--health", "sleep 30", "--probation", "60s"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not (os.path.lexists(dest / "current") and current(dest) == version):
+            assert time.monotonic() < deadline, f"{version} was not switched to"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+    v2 = hub.publish(bump="w1")
+    cut_probation(v2)
+    st = status(dest)
+    assert st["current"] == v2 and st["state"] == "trial", st
+    rc, out, err = pull(hub.url, dest, "--health", "true")
+    assert rc == 0 and out["status"] == "current" and out["version"] == v2, (rc, out, err)
+    assert status(dest)["state"] == "committed"
+
+    v3 = hub.publish(bump="b1")
+    for _ in range(3):
+        cut_probation(v3)
+    rc, out, err = pull(hub.url, dest, "--health", "true")
+    assert rc == 2 and out["status"] == "rolled back" and out["to"] == v2, (rc, out, err)
+    assert "probation cut short 3 times" in out["reason"], out
+    assert current(dest) == v2 and failure(dest, v3)["cause"] == "health"

@@ -104,7 +104,13 @@ def many_tensor_model(path, count, floats, seed=0):
     rng = np.random.default_rng(seed)
     arrays = {f"t{k:02d}": rng.standard_normal(floats).astype(np.float32) for k in range(count)}
     inits = [numpy_helper.from_array(a, name) for name, a in arrays.items()]
-    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], inits)), str(path))
+    # A graph ONNX Runtime 1.31 opens (IR 9, opset 17): each tensor an output.
+    nodes = [helper.make_node("Identity", [name], [f"{name}_out"]) for name in arrays]
+    outputs = [helper.make_tensor_value_info(f"{name}_out", onnx.TensorProto.FLOAT, [floats]) for name in arrays]
+    m = helper.make_model(helper.make_graph(nodes, "g", [], outputs, inits),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, str(path))
     return arrays
 
 
@@ -127,7 +133,7 @@ def test_the_cache_folder_never_holds_more_than_its_budget_under_load(serve, tmp
     cache, cfg = cache_config(tmp_path, budget, tmp_path / "m.onnx")
     sampler = Sampler(cache)
     sampler.start()  # from before the start: the frames prepared at load count too
-    s = serve("--runtime", "none", "--config", cfg)
+    s = serve("--config", cfg)  # the default configuration: ONNX Runtime on
 
     rnd = random.Random(23)
     combos = sorted({tuple(sorted(rnd.sample(sorted(arrays), 3))) for _ in range(400)})[:320]
@@ -296,7 +302,7 @@ def test_a_real_client_is_served_while_60_silent_connections_wait(serve, tmp_pat
         leaf(tmp_path, ca_key, ca_cert, 1001)
         text += f'[tls]\ncert = "{tmp_path / "cert.pem"}"\nkey = "{tmp_path / "key.pem"}"\n'
     cfg.write_text(text + f'[[models]]\npath = "{tmp_path / "m.onnx"}"\n')
-    s = serve("--runtime", "none", "--config", cfg)
+    s = serve("--config", cfg)  # the default configuration: ONNX Runtime on
     port = port_of(s)
     silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(60)]
     try:

@@ -122,6 +122,9 @@ fn tell_systemd(
     dest: &std::path::Path,
     result: &Result<weightcast::updater::Outcome, weightcast::updater::UpdateError>,
 ) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return; // not under systemd: the folder is not read every poll for nothing
+    }
     let held = weightcast::updater::status(dest).ok();
     let current = held.as_ref().and_then(|s| {
         s.current.as_deref().map(|v| format!("{} ({})", weightcast::wire::short(v), s.state.unwrap_or("?")))

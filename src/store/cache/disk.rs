@@ -46,12 +46,14 @@ pub fn default_budget(dir: &Path) -> u64 {
     (size / 10).clamp(256 << 20, 16 << 30)
 }
 
-/// One file of the folder: its size and when it was last used (the tier's
-/// own clock, not the wall's).
-#[derive(Clone, Copy)]
+/// One file of the folder: its size, when it was last used (the tier's own
+/// clock, not the wall's), and the blob it holds once known (so an eviction
+/// forgets it without hashing every known key's path).
+#[derive(Clone)]
 struct Usage {
     size: u64,
     used: u64,
+    key: Option<CacheKey>,
 }
 
 /// What the folder holds, counted.
@@ -82,7 +84,7 @@ impl Tier {
     fn add(&mut self, path: PathBuf, size: u64) {
         self.forget(&path);
         self.clock += 1;
-        self.files.insert(path.clone(), Usage { size, used: self.clock });
+        self.files.insert(path.clone(), Usage { size, used: self.clock, key: None });
         self.order.insert(self.clock, path);
         self.bytes += size;
     }
@@ -91,7 +93,18 @@ impl Tier {
         let u = self.files.remove(path)?;
         self.order.remove(&u.used);
         self.bytes -= u.size;
+        if let Some(key) = &u.key {
+            self.held.remove(key);
+        }
         Some(u)
+    }
+
+    /// Knows `key`'s blob, `len` bytes, in the file at `path`.
+    fn hold(&mut self, key: &CacheKey, path: &Path, len: u64) {
+        self.held.insert(key.clone(), len);
+        if let Some(u) = self.files.get_mut(path) {
+            u.key = Some(key.clone());
+        }
     }
 }
 
@@ -149,12 +162,9 @@ impl Disk {
     /// Removes the least recently used files until `more` bytes fit.
     fn make_room(&self, tier: &mut Tier, more: u64) {
         while tier.bytes + more > self.budget {
-            let Some((_, oldest)) = tier.order.pop_first() else { break };
-            if let Some(u) = tier.files.remove(&oldest) {
-                tier.bytes -= u.size;
-            }
+            let Some((_, oldest)) = tier.order.first_key_value().map(|(u, p)| (*u, p.clone())) else { break };
+            tier.forget(&oldest);
             let _ = std::fs::remove_file(&oldest);
-            tier.held.retain(|k, _| self.path(k) != oldest);
             self.evictions.fetch_add(1, Relaxed);
         }
     }
@@ -192,7 +202,7 @@ impl Disk {
         match n {
             // Counted at start (or evicted since: then it is gone).
             Some(n) if tier.files.contains_key(&path) => {
-                tier.held.insert(key.clone(), n);
+                tier.hold(key, &path, n);
                 tier.touch(&path);
                 Some(n)
             }
@@ -234,7 +244,7 @@ impl Disk {
         let Ok(mut tier) = self.tier.lock() else { return false };
         match written {
             Ok(()) => {
-                tier.held.insert(key.clone(), bytes.len() as u64);
+                tier.hold(key, &path, bytes.len() as u64);
                 true
             }
             Err(e) => {
