@@ -28,7 +28,7 @@ pub fn model(data: &[u8]) {
 
 /// A request head, as the server parses it.
 pub fn request_head(data: &[u8]) {
-    let _ = crate::http::conn::request(data);
+    let _ = crate::http::conn::request(data, None);
 }
 
 /// A `Bundle` body, as `weightcast pull` joins its records.

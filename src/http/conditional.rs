@@ -54,16 +54,12 @@ impl Ask {
     /// (`If-None-Match`; with `model`, also `If-Modified-Since` against when
     /// its version was loaded), with the headers a `200` would carry; else
     /// `None`: answer in full. The one precondition check of every route.
-    pub(super) fn precondition(&self, etag: &str, format: Format, model: Option<&Model>) -> Option<Response> {
+    pub(super) fn precondition(&self, etag: &str, model: Option<&Model>) -> Option<Response> {
         let unmodified = model.is_some_and(|m| self.unmodified_since(m));
         if !self.not_modified(etag) && !unmodified {
             return None;
         }
-        let mut r = self.not_modified_response(etag, format);
-        if let Some(m) = model {
-            last_modified(&mut r, m);
-        }
-        Some(r)
+        Some(self.not_modified_response(etag, model))
     }
 
     pub(super) fn format(&self, offers: &[Format], q: &Query) -> Result<Format, ApiError> {
@@ -84,9 +80,7 @@ impl Ask {
 
     /// The strong ETag of one representation of one resource.
     pub(super) fn etag(&self, version: &str, resource: &str, format: Format) -> String {
-        let mut h = Sha256::new();
-        h.update(format!("{version}|{resource}|{}|{}", format.name(), self.encoding.name()));
-        format!("\"{}\"", &hex::encode(h.finalize())[..32])
+        etag(version, resource, format, self.encoding)
     }
 
     /// `If-Modified-Since` (only without `If-None-Match`, which wins, RFC
@@ -98,9 +92,7 @@ impl Ask {
     }
 
     pub(super) fn not_modified(&self, etag: &str) -> bool {
-        self.if_none_match
-            .as_deref()
-            .is_some_and(|h| h.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == etag || t == "*"))
+        self.if_none_match.as_deref().is_some_and(|h| holds(h, etag))
     }
 
     /// Headers every successful answer carries.
@@ -114,19 +106,54 @@ impl Ask {
         }
     }
 
-    fn not_modified_response(&self, etag: &str, format: Format) -> Response {
+    fn not_modified_response(&self, etag: &str, model: Option<&Model>) -> Response {
         let mut r = Response::new(StatusCode::NotModified);
-        self.headers(&mut r, etag, format);
-        r.remove_header("Content-Type");
+        for (name, value) in not_modified_headers(etag, self.encoding, model) {
+            r.insert_header(name, value);
+        }
         r
     }
+}
+
+/// The strong ETag of one representation (format and encoding) of one
+/// resource of one version.
+pub(super) fn etag(version: &str, resource: &str, format: Format, encoding: Encoding) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("{version}|{resource}|{}|{}", format.name(), encoding.name()));
+    format!("\"{}\"", hex::encode(&h.finalize()[..16]))
+}
+
+/// Whether an `If-None-Match` value names `etag` (or is `*`); weak
+/// comparison, as RFC 9110 13.1.2 asks of it.
+pub(super) fn holds(if_none_match: &str, etag: &str) -> bool {
+    if_none_match.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == etag || t == "*")
+}
+
+/// A `304`'s headers: those of the `200` it stands for (RFC 9110 15.4.5)
+/// but `Content-Type`; with `model`, its `Last-Modified`.
+pub(super) fn not_modified_headers(etag: &str, encoding: Encoding, model: Option<&Model>) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("ETag", etag.to_string()),
+        ("Cache-Control", "no-cache".to_string()),
+        ("Vary", "Accept, Accept-Encoding".to_string()),
+    ];
+    if encoding == Encoding::Zstd {
+        headers.push(("Content-Encoding", "zstd".to_string()));
+    }
+    if let Some(m) = model {
+        headers.push(("Last-Modified", last_modified_date(m)));
+    }
+    headers
 }
 
 /// `Last-Modified`: when this version of the model was loaded (its bytes
 /// never change after), for `curl -z` and `wget -N`.
 pub(super) fn last_modified(r: &mut Response, model: &Model) {
-    let loaded = std::time::UNIX_EPOCH + Duration::from_millis(model.published_at_ms);
-    r.insert_header("Last-Modified", httpdate::fmt_http_date(loaded));
+    r.insert_header("Last-Modified", last_modified_date(model));
+}
+
+fn last_modified_date(model: &Model) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(model.published_at_ms))
 }
 
 /// Ranges, for resuming a download: on identity bodies of known length only

@@ -76,7 +76,7 @@ pub(super) async fn serve(
                 .await;
             Ok(None)
         };
-        let head = match deadline(limit, read_head(&mut reader).or(stopping)).await {
+        let read = match deadline(limit, read_head(&mut reader).or(stopping)).await {
             Ok(Some(head)) => head,
             Ok(None) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(()),
@@ -84,19 +84,29 @@ pub(super) async fn serve(
         };
         slot.busy();
         limit = IDLE;
-        let parsed = match head.and_then(|h| request(&h)) {
+        let parsed = match read.and_then(|h| request(&h, Some(&state))) {
             Ok(parsed) => parsed,
             Err(refusal) => return refuse(&mut out, &mut reader, refusal).await,
         };
         if let Err(refusal) = drain_body(&mut reader, parsed.body).await {
             return refuse(&mut out, &mut reader, refusal).await;
         }
-        let method = parsed.request.method();
-        let response = super::respond(&state, parsed.request).await;
-        let zstd = response.header("Content-Encoding").is_some_and(|e| e.as_str() == "zstd");
-        let sent = write(&mut out, &mut pace, method, response, parsed.close, parsed.http10).await;
-        state.metrics.body_bytes(zstd, *sent.as_ref().unwrap_or(&0));
-        sent?;
+        match parsed.answer {
+            Answer::NotModified(headers) => {
+                let headers = headers.iter().map(|(name, value)| (*name, value.as_str()));
+                write_all(&mut out, &mut pace, &head(StatusCode::NotModified, headers, Framing::None, parsed.close))
+                    .await?;
+                out.flush().await?;
+            }
+            Answer::Respond(request) => {
+                let method = request.method();
+                let response = super::respond(&state, request).await;
+                let zstd = response.header("Content-Encoding").is_some_and(|e| e.as_str() == "zstd");
+                let sent = write(&mut out, &mut pace, method, response, parsed.close, parsed.http10).await;
+                state.metrics.body_bytes(zstd, *sent.as_ref().unwrap_or(&0));
+                sent?;
+            }
+        }
         if parsed.close {
             return Ok(());
         }
@@ -225,7 +235,7 @@ fn find_blank_line(buf: &[u8]) -> Option<usize> {
 
 /// A parsed request and how its connection goes on.
 pub(crate) struct Parsed {
-    request: Request,
+    answer: Answer,
     /// Bytes of request body that follow the head.
     body: u64,
     /// Close after answering (HTTP/1.0 without keep-alive, or asked).
@@ -233,8 +243,17 @@ pub(crate) struct Parsed {
     http10: bool,
 }
 
-/// Parses a head into a request, or the refusal it deserves.
-pub(crate) fn request(head: &[u8]) -> Result<Parsed, Refusal> {
+/// What a parsed request needs.
+enum Answer {
+    /// A device's poll for what it holds: the `304`'s headers (`poll`).
+    NotModified(Vec<(&'static str, String)>),
+    /// Anything else: the request, for [`super::respond`].
+    Respond(Request),
+}
+
+/// Parses a head into a request, or the refusal it deserves; with `state`,
+/// a poll for a manifest the client holds is answered at once.
+pub(crate) fn request(head: &[u8], state: Option<&super::State>) -> Result<Parsed, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -251,6 +270,17 @@ pub(crate) fn request(head: &[u8]) -> Result<Parsed, Refusal> {
     })?;
     let path = req.path.unwrap_or("/");
     let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let body = body_length(header("Content-Length"), header("Transfer-Encoding"))?;
+    let connection = header("Connection").map(|c| String::from_utf8_lossy(c).to_ascii_lowercase());
+    let close = match connection.as_deref() {
+        Some(c) if c.contains("close") => true,
+        Some(c) if c.contains("keep-alive") => false,
+        _ => http10,
+    };
+    let poll = super::poll::Poll { method: req.method.unwrap_or(""), path, headers: req.headers };
+    if let Some(headers) = state.and_then(|state| super::poll::not_modified(state, &poll)) {
+        return Ok(Parsed { answer: Answer::NotModified(headers), body, close, http10 });
+    }
     let host = match header("Host") {
         Some(h) => std::str::from_utf8(h).map_err(|_| refusal(StatusCode::BadRequest, "Host is not UTF-8"))?,
         None if http10 => "localhost",
@@ -271,14 +301,7 @@ pub(crate) fn request(head: &[u8]) -> Result<Parsed, Refusal> {
             .ok_or_else(|| refusal(StatusCode::BadRequest, format!("header {} is not ASCII", h.name)))?;
         request.append_header(h.name, value);
     }
-    let body = body_length(header("Content-Length"), header("Transfer-Encoding"))?;
-    let connection = header("Connection").map(|c| String::from_utf8_lossy(c).to_ascii_lowercase());
-    let close = match connection.as_deref() {
-        Some(c) if c.contains("close") => true,
-        Some(c) if c.contains("keep-alive") => false,
-        _ => http10,
-    };
-    Ok(Parsed { request, body, close, http10 })
+    Ok(Parsed { answer: Answer::Respond(request), body, close, http10 })
 }
 
 /// The request body's length: `Content-Length` (at most [`MAX_BODY`]); a
@@ -326,6 +349,11 @@ async fn write(
     let len = body.len();
     let status = res.status();
     let bodiless = status == StatusCode::NotModified || u16::from(status) < 200;
+    if bodiless {
+        // `take_body` copied the empty body's type (application/octet-stream)
+        // into the head: a 304 stands for a representation of another type.
+        res.remove_header("Content-Type");
+    }
     // HTTP/1.0 has no chunked encoding: a body of unknown length ends with
     // the connection.
     let framing = match (bodiless, len) {
@@ -336,7 +364,8 @@ async fn write(
     };
     let close = close || (http10 && len.is_none() && !bodiless);
     let chunked = matches!(framing, Framing::Chunked);
-    let head = head(&res, framing, close);
+    let headers = res.iter().flat_map(|(name, values)| values.iter().map(move |v| (name.as_str(), v.as_str())));
+    let head = head(status, headers, framing, close);
     if method == Method::Head || bodiless {
         write_all(out, pace, &head).await?;
         out.flush().await?;
@@ -405,17 +434,23 @@ enum Framing {
 }
 
 /// Status line and headers, with the framing, `connection: close` and `date`.
-fn head(res: &Response, framing: Framing, close: bool) -> Vec<u8> {
+fn head<'a>(
+    status: StatusCode,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    framing: Framing,
+    close: bool,
+) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
-    let status = res.status();
-    head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", u16::from(status), reason(status)).as_bytes());
-    for (name, values) in res.iter() {
-        for v in values.iter() {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(v.as_str().as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(u16::from(status).to_string().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(reason(status).as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
     match framing {
         Framing::Length(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),

@@ -121,7 +121,7 @@ async fn serve(
     model: Option<&Model>,
     produce: impl Future<Output = Result<bytes::Bytes, ApiError>>,
 ) -> Result<Response, ApiError> {
-    if let Some(not_modified) = ask.precondition(etag, format, None) {
+    if let Some(not_modified) = ask.precondition(etag, None) {
         return Ok(not_modified);
     }
     let body = produce.await?;
@@ -172,10 +172,9 @@ pub(super) async fn listing(state: &State, ask: &Ask, q: &Query, scope: &Scope) 
 /// the hub has a key.
 pub(super) async fn manifest(state: &State, ask: &Ask, q: &Query, model: Arc<Model>) -> Result<Response, ApiError> {
     let format = ask.format(Format::DOCUMENTS, q)?;
-    // A signed manifest changes each signing period: so does its ETag.
     let signer = state.options.signer.clone();
-    let period = signer.as_ref().map(|s| s.period(crate::wire::unix_ms()));
-    let etag = ask.etag(model.version(), &format!("manifest|{:?}|{period:?}", q.dtype), format);
+    let period = signing_period(state);
+    let etag = manifest_etag(&model, q.dtype, period, format, ask.encoding);
     let (m, repr) = (model.clone(), q.dtype);
     let variant = format!("manifest-{repr:?}-{}-{period:?}", format.name());
     let body = model_document(&model, variant, ask.encoding, state.options.zstd_level, move || {
@@ -186,6 +185,24 @@ pub(super) async fn manifest(state: &State, ask: &Ask, q: &Query, model: Arc<Mod
         Ok(manifest::render_manifest(&doc, format))
     });
     serve(ask, &etag, format, Some(&model), body).await
+}
+
+/// The signing period a manifest signed now falls in (`None`: unsigned).
+pub(super) fn signing_period(state: &State) -> Option<u64> {
+    state.options.signer.as_ref().map(|s| s.period(crate::wire::unix_ms()))
+}
+
+/// The ETag of a manifest representation. A signed manifest changes each
+/// signing period: so does its ETag.
+pub(super) fn manifest_etag(
+    model: &Model,
+    dtype: Option<crate::onnx::cast::Target>,
+    period: Option<u64>,
+    format: Format,
+    encoding: Encoding,
+) -> String {
+    let resource = format!("manifest|{dtype:?}|{period:?}");
+    super::conditional::etag(model.version(), &resource, format, encoding)
 }
 
 /// `/v1/models/{m}/stats`: each tensor's statistics, computed and rendered
@@ -231,7 +248,7 @@ async fn version_document(
 pub(super) async fn graph(state: &State, ask: &Ask, model: Arc<Model>) -> Result<Response, ApiError> {
     let format = Format::Protobuf; // only for the ETag: the body is an ONNX file
     let etag = ask.etag(model.version(), "graph", format);
-    if let Some(not_modified) = ask.precondition(&etag, format, Some(&model)) {
+    if let Some(not_modified) = ask.precondition(&etag, Some(&model)) {
         return Ok(not_modified);
     }
     let body = match ask.encoding {

@@ -4,7 +4,8 @@
 //! Rooms: [`server`] (the server's life), `conn` (one connection),
 //! `routes` (the route table and dispatch), `auth` (tokens), `cors`,
 //! `conditional` (ETags, 304, ranges), `negotiate` (format, encoding,
-//! query), `documents` and `tensors` (the handlers), `body` (streamed
+//! query), `poll` (a device's poll answered from its head), `documents` and
+//! `tensors` (the handlers), `body` (streamed
 //! bodies), `error`, `metrics`, `tls`, `reloading`.
 
 mod auth;
@@ -16,6 +17,7 @@ mod documents;
 mod error;
 mod metrics;
 mod negotiate;
+mod poll;
 mod reloading;
 mod routes;
 mod server;

@@ -28,7 +28,7 @@ pub(super) async fn tensors(
     let format = ask.format(if single { Format::TENSOR } else { Format::BUNDLES }, q)?;
     let resource = format!("tensors|{single}|{:?}|{}|{}|{:?}", q.dtype, q.compress, q.bytegroup, tensors);
     let etag = ask.etag(model.version(), &resource, format);
-    if let Some(not_modified) = ask.precondition(&etag, format, Some(&model)) {
+    if let Some(not_modified) = ask.precondition(&etag, Some(&model)) {
         return Ok(not_modified);
     }
     let repr = q.dtype;

@@ -565,3 +565,68 @@ def test_a_cast_blob_is_found_through_the_tensor_it_comes_from_not_by_casting_ev
     assert s2.get(f"/v1/blobs/sha256/{cast['sha256']}?dtype=f16").status_code == 200, "now b's f16 view is cast"
     unknown = "0" * 64
     assert s2.get(f"/v1/blobs/sha256/{unknown}?dtype=bf16&from={unknown}").status_code == 404
+
+
+# ------------------------------------------------- 6. polls answered from their head
+
+
+def raw_head(server, head):
+    """Sends one request head as written; returns (status, {header: value}) of the answer."""
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) as c:
+        c.sendall(head.encode("latin-1"))
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    lines = got.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return int(lines[0].split()[1]), headers
+
+
+def test_a_poll_answered_from_its_head_gets_the_304_the_general_way_gives(serve, tmp_path):
+    """`GET /v1/models/m` with the manifest's ETag is answered without building a
+    request (the poll path); `?format=protobuf` (the same representation, so
+    the same ETag) goes the general way. Both must give the same 304 — and the
+    token rule must hold on the poll path as on the other."""
+    named_model(tmp_path / "m.onnx", ["w1"], n=64)
+    named_model(tmp_path / "other.onnx", ["w2"], n=64)
+    (tmp_path / "tokens").write_text(f"{EVERYONE} *\n{GOOD_ONLY} m\n")
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'tokens_file = "{tmp_path / "tokens"}"\n'
+                   f'[[models]]\nname = "m"\npath = "{tmp_path / "m.onnx"}"\n'
+                   f'[[models]]\nname = "other"\npath = "{tmp_path / "other.onnx"}"\n')
+    s = serve("--runtime", "none", "--config", cfg)
+    for encoding in ["identity", "zstd"]:
+        etag = s.get("/v1/models/m", headers={**auth(GOOD_ONLY), "Accept-Encoding": encoding}).headers["ETag"]
+
+        def ask(method, target, token=GOOD_ONLY, extra=""):
+            authz = f"Authorization: Bearer {token}\r\n" if token else ""
+            return raw_head(s, f"{method} {target} HTTP/1.1\r\nHost: hub\r\nAccept-Encoding: {encoding}\r\n"
+                               f"If-None-Match: {etag}\r\n{authz}{extra}\r\n")
+
+        for method in ["GET", "HEAD"]:
+            status, poll = ask(method, "/v1/models/m")
+            status2, general = ask(method, "/v1/models/m?format=protobuf")
+            assert status == status2 == 304, (status, status2)
+            poll.pop("date"), general.pop("date")
+            assert poll == general, (poll, general)
+            assert poll["etag"] == [etag]
+        # The token rule on the poll path: none, a wrong one, one for another model.
+        assert ask("GET", "/v1/models/m", token=None)[0] == 401
+        assert ask("GET", "/v1/models/m", token="wrong-token-0123456789")[0] == 401
+        assert ask("GET", "/v1/models/other", token=GOOD_ONLY)[0] == 403
+        # What the general way refuses, the poll path refuses too.
+        assert ask("GET", "/v1/models/m", extra="User-Agent: caf\xe9\r\n")[0] == 400
+        assert ask("POST", "/v1/models/m")[0] == 405
+        # An ETag the client does not hold: the full manifest.
+        status, headers = raw_head(s, f"GET /v1/models/m HTTP/1.1\r\nHost: hub\r\nAccept-Encoding: {encoding}\r\n"
+                                      f'If-None-Match: "other"\r\nAuthorization: Bearer {GOOD_ONLY}\r\n\r\n')
+        assert status == 200 and headers["etag"] == [etag]
+    # Polls are counted like any other answer.
+    text = s.get("/metrics", headers=auth(EVERYONE)).text
+    assert metric(text, 'weightcast_requests_total{route="manifest",status="304"}') >= 8, text

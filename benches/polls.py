@@ -1,0 +1,159 @@
+"""Polls: conditional GETs of a manifest that end in `304` — what every
+device sends every interval — against nginx answering `304` for the same
+bytes from a file, on loopback, with wrk at c=64. weightcast runs in the
+default configuration (ONNX Runtime on), with and without tokens. Runs
+alternate (weightcast, nginx, weightcast with a token) so that a machine's
+drift hits all three alike; the ratio is each round's, and the table gives
+their median. Prints a table, writes JSON.
+
+    cargo build --release && .venv/bin/python benches/polls.py [--quick] [--out benches/polls.json]
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / "target" / "release" / "weightcast"
+TOKEN = "poll-bench-token-0123456789"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.headers, r.read()
+
+
+def wait_up(url, headers=None):
+    for _ in range(600):
+        try:
+            return get(url, headers)
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+class Weightcast:
+    def __init__(self, model, tmp, tokens, binary=BIN):
+        port = free_port()
+        args = [str(binary), "serve", "--listen", f"127.0.0.1:{port}"]
+        if tokens:
+            (tmp / "tokens").write_text(f"{TOKEN} *\n")
+            (tmp / "wc.toml").write_text(f'tokens_file = "{tmp / "tokens"}"\n[[models]]\nname = "demo"\npath = "{model}"\n')
+            args += ["--config", str(tmp / "wc.toml")]
+        else:
+            args.append(str(model))
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(tmp / f"wc-{port}.log", "w"),
+                                     env=dict(os.environ, RUST_LOG="warn", NO_COLOR="1"))
+        self.url = f"http://127.0.0.1:{port}/v1/models/demo"
+        self.headers = {"Authorization": f"Bearer {TOKEN}"} if tokens else {}
+        h, self.body = wait_up(self.url, self.headers)
+        self.etag = h["ETag"]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+class Nginx:
+    def __init__(self, root, tmp):
+        port = free_port()
+        conf = tmp / "nginx.conf"
+        conf.write_text(f"""
+worker_processes {os.cpu_count()};
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; etag on;
+  server {{ listen 127.0.0.1:{port} backlog=4096; root {root}; }}
+}}""")
+        os.chmod(tmp, 0o755)
+        os.chmod(root, 0o755)
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}/demo.pb"
+        h, _ = wait_up(self.url)
+        self.etag = h["ETag"]
+        self.headers = {}
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGQUIT)
+        self.proc.wait()
+
+
+def wrk(server, seconds, connections=64):
+    """304s per second; every answer must be a 304."""
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-H", f"If-None-Match: {server.etag}"]
+    for k, v in server.headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(cmd + [server.url], capture_output=True, text=True, check=True).stdout
+    assert "Non-2xx or 3xx" not in out and "Socket errors" not in out, out
+    # Each answer must be the 304 (a 200 would be 2xx too): checked once per run.
+    req = urllib.request.Request(server.url, headers={"If-None-Match": server.etag, **server.headers})
+    try:
+        urllib.request.urlopen(req, timeout=5)
+        raise AssertionError(f"{server.url} answered 200 to its own ETag")
+    except urllib.error.HTTPError as e:
+        assert e.code == 304, e.code
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 3 s (the CI short form)")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--before", type=Path, help="another build of weightcast, measured in the same rounds")
+    args = ap.parse_args()
+    rounds, seconds = (2, 3) if args.quick else (3, 5)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        model = tmp / "demo.onnx"
+        subprocess.run([str(BIN), "demo", str(model)], check=True, capture_output=True)
+        www = tmp / "www"
+        www.mkdir()
+        plain = Weightcast(model, tmp, tokens=False)
+        (www / "demo.pb").write_bytes(plain.body)
+        servers = {"weightcast": plain, "weightcast+token": Weightcast(model, tmp, tokens=True),
+                   "nginx": Nginx(www, tmp)}
+        if args.before:
+            servers["before"] = Weightcast(model, tmp, tokens=False, binary=args.before)
+            servers["before+token"] = Weightcast(model, tmp, tokens=True, binary=args.before)
+        rates = {name: [] for name in servers}
+        try:
+            for _ in range(rounds):
+                for name, server in servers.items():
+                    rates[name].append(wrk(server, seconds))
+        finally:
+            for s in servers.values():
+                s.stop()
+    ratio = {name: statistics.median(r / n for r, n in zip(rates[name], rates["nginx"])) for name in rates}
+    print(f"304s of the manifest at c=64, wrk -t2, {rounds} rounds of {seconds} s, {os.cpu_count()} cores")
+    print(f"  {'server':18s} {'req/s (each round)':>40s} {'× nginx':>8s}")
+    for name, r in rates.items():
+        print(f"  {name:18s} {', '.join(f'{x:,.0f}' for x in r):>40s} {ratio[name]:>7.2f}×")
+    token_cost = 1 - statistics.median(t / p for t, p in zip(rates["weightcast+token"], rates["weightcast"]))
+    print(f"  a token check costs {token_cost:.1%} of the rate")
+    if args.out:
+        args.out.write_text(json.dumps({"rates": rates, "ratio": ratio, "token_cost": token_cost}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
