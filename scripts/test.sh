@@ -26,6 +26,9 @@ cargo fmt --check            # formatting is part of the suite
 python3 scripts/check-layers.py   # the module layering of src/lib.rs, no import cycle
 cargo clippy --locked --all-targets -- -D warnings
 cargo build --locked
+# The fuzz crate's lock file names every package the crate uses (a stale
+# one fails `cargo fuzz run --locked`, and any offline build of it).
+cargo metadata --locked --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null
 cargo test --locked
 cargo bench --locked --no-run   # the benchmarks compile (PERFORMANCE.md runs them)
 # Four workers (pytest-xdist): most tests wait on servers, pulls and

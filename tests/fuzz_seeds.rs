@@ -61,9 +61,28 @@ fn run(seeds: &[Vec<u8>], target: fn(&[u8]), rounds: usize) {
     }
 }
 
+/// The committed seeds of a target (`fuzz/seeds/TARGET`, made by `fuzz/seed.sh`).
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
 #[test]
 fn model_parsing_and_graph_rewriting_survive_mutations() {
-    run(&[weightcast::demo::model_bytes()], fuzz::model, 1500);
+    run(&[fuzz::model_input(&weightcast::demo::model_bytes(), &[])], |d| _ = fuzz::model(d), 1500);
+}
+
+#[test]
+fn every_committed_model_seed_parses_so_the_fuzzer_starts_deep() {
+    let seeds = seeds("model");
+    assert!(seeds.len() >= 8, "fuzz/seeds/model holds {} seeds", seeds.len());
+    for seed in &seeds {
+        assert!(seed.len() <= 128 << 10, "a seed of {} bytes is over scripts/fuzz.sh's -max_len", seed.len());
+        assert!(fuzz::model(seed), "a committed seed no longer parses: regenerate with fuzz/seed.sh");
+    }
+    run(&seeds, |d| _ = fuzz::model(d), 100);
 }
 
 #[test]

@@ -15,6 +15,10 @@ use super::OnnxError;
 pub(super) struct ExternalFiles {
     dir: PathBuf,
     maps: HashMap<PathBuf, Bytes>,
+    /// Files given in memory, by location (the fuzz target's: no disk, so
+    /// the reads of offsets and lengths are explored at thousands of inputs
+    /// a second); `None`: read `dir`.
+    given: Option<HashMap<String, Bytes>>,
 }
 
 impl ExternalFiles {
@@ -26,7 +30,12 @@ impl ExternalFiles {
     }
 
     pub(super) fn new(dir: &Path) -> ExternalFiles {
-        ExternalFiles { dir: dir.to_path_buf(), maps: HashMap::new() }
+        ExternalFiles { dir: dir.to_path_buf(), maps: HashMap::new(), given: None }
+    }
+
+    /// External data from `files` (location → bytes), nothing from disk.
+    pub(super) fn in_memory(files: HashMap<String, Bytes>) -> ExternalFiles {
+        ExternalFiles { dir: PathBuf::new(), maps: HashMap::new(), given: Some(files) }
     }
 
     /// The bytes `t`'s `external_data` entries point at.
@@ -72,6 +81,12 @@ impl ExternalFiles {
     }
 
     fn map(&mut self, location: &str) -> Result<Bytes, String> {
+        if let Some(files) = &self.given {
+            plain(location)?;
+            let bytes = files.get(location).ok_or_else(|| format!("cannot open external data '{location}'"))?;
+            self.maps.insert(PathBuf::from(location), bytes.clone());
+            return Ok(bytes.clone());
+        }
         let path = confined(&self.dir, location)?;
         if let Some(b) = self.maps.get(&path) {
             return Ok(b.clone());
@@ -90,17 +105,23 @@ impl ExternalFiles {
 
 /// `location` joined to `dir`, if it names a file inside `dir`.
 fn confined(dir: &Path, location: &str) -> Result<PathBuf, String> {
+    plain(location)?;
     let rel = Path::new(location);
-    let plain = rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-    if location.is_empty() || !plain {
-        return Err(format!("external data location '{location}' must be a relative path inside the model's folder"));
-    }
     let base = dir_or_cwd(dir).canonicalize().map_err(|e| format!("cannot resolve the model's folder: {e}"))?;
     let path = base.join(rel).canonicalize().map_err(|e| format!("cannot open external data '{location}': {e}"))?;
     if !path.starts_with(&base) {
         return Err(format!("external data location '{location}' leaves the model's folder (through a symlink)"));
     }
     Ok(path)
+}
+
+/// `location` is a relative path of plain names (no `..`, no root).
+fn plain(location: &str) -> Result<(), String> {
+    let plain = Path::new(location).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    match !location.is_empty() && plain {
+        true => Ok(()),
+        false => Err(format!("external data location '{location}' must be a relative path inside the model's folder")),
+    }
 }
 
 fn dir_or_cwd(dir: &Path) -> &Path {

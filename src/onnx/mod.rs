@@ -16,7 +16,7 @@ pub mod mmap;
 pub mod stats;
 mod typed;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -196,10 +196,20 @@ impl OnnxModel {
     /// Reads a model from bytes already in memory; external data is looked up
     /// in `dir` and read from private snapshots, like [`OnnxModel::open`].
     pub fn from_bytes(path: &Path, bytes: Bytes, dir: &Path) -> Result<OnnxModel, OnnxError> {
+        Self::read(path, bytes, ExternalFiles::new(dir))
+    }
+
+    /// Reads a model whose external data files are given in memory
+    /// (location → bytes): the fuzz target's way, with no disk.
+    pub(crate) fn from_memory(bytes: Bytes, files: HashMap<String, Bytes>) -> Result<OnnxModel, OnnxError> {
+        Self::read(Path::new("fuzz.onnx"), bytes, ExternalFiles::in_memory(files))
+    }
+
+    fn read(path: &Path, bytes: Bytes, external: ExternalFiles) -> Result<OnnxModel, OnnxError> {
         let model = proto::ModelProto::decode(bytes.clone())
             .map_err(|source| OnnxError::Decode { path: path.to_path_buf(), source })?;
         let graph = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.to_path_buf() })?;
-        let mut reader = Reader::new(Some(ExternalFiles::new(dir)), bytes.len() as u64);
+        let mut reader = Reader::new(Some(external), bytes.len() as u64);
         reader.graph(graph, "")?;
         let info = model_info(&model, graph);
         let external_files = reader.external.map(|e| e.files()).unwrap_or_default();
