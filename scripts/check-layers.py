@@ -18,12 +18,13 @@ ALLOWED = {
     "store": {"onnx", "runtime", "wire"},
     "encode": {"onnx", "store", "wire"},
     "prepare": {"encode", "store"},
-    "http": {"encode", "onnx", "store", "wire"},
+    "fleet": {"store", "onnx", "wire"},
+    "http": {"encode", "fleet", "onnx", "store", "wire"},
     "net": set(),
     "oci": {"net", "wire"},
     "updater": {"net", "oci", "onnx", "wire"},
     "push": {"encode", "oci", "onnx", "store", "wire"},
-    "config": {"runtime", "encode", "store"},
+    "config": {"runtime", "encode", "fleet", "store"},
     "demo": {"onnx"},
 }
 

@@ -27,5 +27,5 @@ esac
 mkdir -p "fuzz/corpus/$target"
 # The pin applies inside fuzz/ only: name it, so a run from anywhere uses it.
 cd fuzz
-exec cargo "+$toolchain" fuzz run --locked "$target" "corpus/$target" "seeds/$target" -- \
+exec cargo "+$toolchain" fuzz run "$target" "corpus/$target" "seeds/$target" -- \
   -max_len=$max_len -max_total_time="$seconds" -print_final_stats=1

@@ -59,6 +59,11 @@ pub struct Config {
     pub runtime: SessionOptions,
     /// The `[[models]]` to serve, besides those named on the command line.
     pub models: Vec<ModelEntry>,
+    /// Folder of the fleet table (`fleet.sqlite`) and of the versions a
+    /// rollout keeps. Default: `$STATE_DIRECTORY` (systemd's
+    /// `StateDirectory=`), else `$XDG_STATE_HOME/weightcast/serve`, else
+    /// `~/.local/state/weightcast/serve`.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -80,11 +85,25 @@ impl Default for Config {
             tls: None,
             runtime: SessionOptions::default(),
             models: Vec::new(),
+            state_dir: None,
         }
     }
 }
 
 impl Config {
+    /// The state folder in effect (see [`Config::state_dir`]); `None`: no
+    /// home to put it in (the fleet table is then kept in memory only).
+    pub fn state_folder(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.state_dir {
+            return Some(dir.clone());
+        }
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        env("STATE_DIRECTORY")
+            .map(|d| d.join("serve"))
+            .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("weightcast/serve")))
+            .or_else(|| env("HOME").map(|d| d.join(".local/state/weightcast/serve")))
+    }
+
     /// The cache folder in effect (see [`Config::cache_dir`]); `None`: memory only.
     pub fn cache_folder(&self) -> Option<PathBuf> {
         match &self.cache_dir {
@@ -119,6 +138,44 @@ pub struct ModelEntry {
     pub name: Option<String>,
     /// Relative paths are relative to the config file's folder.
     pub path: PathBuf,
+    /// `[models.rollout]`: a new file's version reaches the devices in
+    /// stages (README, "Rolling out to a fleet"); without it, all at once.
+    pub rollout: Option<RolloutEntry>,
+}
+
+/// A `[models.rollout]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutEntry {
+    /// Percent of the model's known devices offered a new version in each
+    /// stage, rising, the last 100 (e.g. `[5, 25, 100]`).
+    pub stages: Vec<u8>,
+    /// How long a stage's devices must all have reported the new version
+    /// committed before the next stage opens, e.g. "10m".
+    pub wait: String,
+    /// Devices reporting the new version failed (or rolled back from it)
+    /// that halt the rollout (default 1).
+    #[serde(default = "one_failure")]
+    pub max_failures: u32,
+}
+
+fn one_failure() -> u32 {
+    1
+}
+
+impl RolloutEntry {
+    /// The rollout plan, checked: stages rise, none is 0, the last is 100.
+    pub fn plan(&self) -> Result<crate::fleet::Plan, String> {
+        let rising = self.stages.windows(2).all(|w| w[0] < w[1]);
+        if self.stages.is_empty() || !rising || self.stages[0] == 0 || self.stages.last() != Some(&100) {
+            return Err(format!("stages = {:?}: give rising percents ending at 100, e.g. [5, 25, 100]", self.stages));
+        }
+        if self.max_failures == 0 {
+            return Err("max_failures = 0 would halt every rollout at once: give 1 or more".into());
+        }
+        let wait = parse_duration(&self.wait).map_err(|e| format!("wait = \"{}\": {e}", self.wait))?;
+        Ok(crate::fleet::Plan { stages: self.stages.clone(), wait, max_failures: self.max_failures })
+    }
 }
 
 /// Why a config could not be used.
@@ -196,8 +253,13 @@ impl Config {
             }
         }
         let tls = config.tls.as_mut().map(|t| [&mut t.cert, &mut t.key]).into_iter().flatten();
-        let paths =
-            [&mut config.runtime.ort_lib, &mut config.tokens_file, &mut config.signing_key, &mut config.cache_dir];
+        let paths = [
+            &mut config.runtime.ort_lib,
+            &mut config.tokens_file,
+            &mut config.signing_key,
+            &mut config.cache_dir,
+            &mut config.state_dir,
+        ];
         for path in paths.into_iter().flatten().chain(tls) {
             if path.is_relative() && !path.as_os_str().is_empty() {
                 *path = base.join(&*path);
@@ -260,5 +322,16 @@ mod tests {
         assert!(e.contains("gpu"), "{e}");
         let e = Config::parse("prepare = [\"zstd+f8\"]\n").unwrap_err().to_string();
         assert!(e.contains("'f8'"), "{e}");
+    }
+
+    #[test]
+    fn rollout_stages_must_rise_to_100_and_the_wait_must_parse() {
+        let bad = |stages: Vec<u8>, wait: &str, max_failures| {
+            RolloutEntry { stages, wait: wait.into(), max_failures }.plan().is_err()
+        };
+        assert!(bad(vec![50, 25, 100], "1s", 1) && bad(vec![5, 25], "1s", 1) && bad(vec![0, 100], "1s", 1));
+        assert!(bad(vec![5, 100], "soon", 1) && bad(vec![5, 100], "1s", 0));
+        let plan = RolloutEntry { stages: vec![5, 100], wait: "10m".into(), max_failures: 2 }.plan().unwrap();
+        assert_eq!(plan.wait, std::time::Duration::from_secs(600));
     }
 }

@@ -19,6 +19,8 @@
 //!   zstd, casts), streamed in chunks.
 //! - [`prepare`]: prepares encodings in the background and reloads replaced
 //!   model files.
+//! - [`fleet`]: the devices' reports (the fleet table, in SQLite) and each
+//!   model's staged rollout: which version each device is offered.
 //! - [`http`]: routes, negotiation, errors, the connection loop.
 //!
 //! A pulled tensor goes from the socket to the device's disk through
@@ -48,6 +50,7 @@ compile_error!("weightcast serves tensor bytes as they lie in memory and needs a
 pub mod config;
 pub mod demo;
 pub mod encode;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;

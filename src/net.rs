@@ -155,6 +155,9 @@ pub struct Client {
     pub timeout: Duration,
     /// How `https://` hubs are verified ([`tls_config`]).
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Headers sent with every request: a device's report to its hub
+    /// (`wire::report`), never set on a registry's client.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// TLS for `https://` hubs: the hub's certificate must chain to the CA in
@@ -191,6 +194,11 @@ pub fn tls_config(ca: Option<&std::path::Path>) -> Result<std::sync::Arc<rustls:
 }
 
 impl Client {
+    /// This client, sending `headers` with every request too.
+    pub fn with_headers(&self, headers: Vec<(&'static str, String)>) -> Client {
+        Client { headers, ..self.clone() }
+    }
+
     /// GETs `url` into `dl.path`: appended after `dl.have` bytes on a `206`,
     /// written from the start on a `200`. The reply's body is left empty.
     pub async fn download(&self, url: &Url, headers: &[(&str, &str)], dl: Download<'_>) -> Result<Reply, FetchError> {
@@ -311,6 +319,9 @@ impl Client {
         req.insert_header("Connection", "close");
         if let Some(a) = auth {
             req.insert_header("Authorization", a);
+        }
+        for (k, v) in &self.headers {
+            req.insert_header(*k, v.as_str());
         }
         for (k, v) in headers {
             req.insert_header(*k, *v);

@@ -131,7 +131,11 @@ pub(super) fn holds(if_none_match: &str, etag: &str) -> bool {
 
 /// A `304`'s headers: those of the `200` it stands for (RFC 9110 15.4.5)
 /// but `Content-Type`; with `model`, its `Last-Modified`.
-pub(super) fn not_modified_headers(etag: &str, encoding: Encoding, model: Option<&Model>) -> Vec<(&'static str, String)> {
+pub(super) fn not_modified_headers(
+    etag: &str,
+    encoding: Encoding,
+    model: Option<&Model>,
+) -> Vec<(&'static str, String)> {
     let mut headers = vec![
         ("ETag", etag.to_string()),
         ("Cache-Control", "no-cache".to_string()),

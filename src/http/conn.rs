@@ -100,7 +100,7 @@ pub(super) async fn serve(
             }
             Answer::Respond(request) => {
                 let method = request.method();
-                let response = super::respond(&state, request).await;
+                let response = super::respond(&state, *request).await;
                 let zstd = response.header("Content-Encoding").is_some_and(|e| e.as_str() == "zstd");
                 let sent = write(&mut out, &mut pace, method, response, parsed.close, parsed.http10).await;
                 state.metrics.body_bytes(zstd, *sent.as_ref().unwrap_or(&0));
@@ -247,8 +247,9 @@ pub(crate) struct Parsed {
 enum Answer {
     /// A device's poll for what it holds: the `304`'s headers (`poll`).
     NotModified(Vec<(&'static str, String)>),
-    /// Anything else: the request, for [`super::respond`].
-    Respond(Request),
+    /// Anything else: the request, for [`super::respond`] (boxed: a
+    /// `Request` is 400 bytes, a poll's answer 24).
+    Respond(Box<Request>),
 }
 
 /// Parses a head into a request, or the refusal it deserves; with `state`,
@@ -301,7 +302,7 @@ pub(crate) fn request(head: &[u8], state: Option<&super::State>) -> Result<Parse
             .ok_or_else(|| refusal(StatusCode::BadRequest, format!("header {} is not ASCII", h.name)))?;
         request.append_header(h.name, value);
     }
-    Ok(Parsed { answer: Answer::Respond(request), body, close, http10 })
+    Ok(Parsed { answer: Answer::Respond(Box::new(request)), body, close, http10 })
 }
 
 /// The request body's length: `Content-Length` (at most [`MAX_BODY`]); a

@@ -102,10 +102,19 @@ pub(super) fn readyz(state: &State, seen: Option<&Scope>) -> Response {
     r
 }
 
+/// `/v1/fleet`: the devices and rollouts of the models `scope` may read.
+pub(super) fn fleet(state: &State, scope: &Scope) -> Response {
+    let mut r = Response::new(StatusCode::Ok);
+    r.set_body(serde_json::to_vec(&state.fleet.document(|m| scope.may_read(m))).unwrap_or_default());
+    r.insert_header("Content-Type", "application/json");
+    r.insert_header("Cache-Control", "no-store");
+    r
+}
+
 /// `/metrics`: Prometheus' text format.
 pub(super) fn metrics(state: &State) -> Response {
     let mut r = Response::new(StatusCode::Ok);
-    r.set_body(state.metrics.render(&state.store));
+    r.set_body(state.metrics.render(&state.store) + &state.fleet.metrics());
     r.insert_header("Content-Type", "text/plain; version=0.0.4");
     r.insert_header("Cache-Control", "no-store");
     r

@@ -113,6 +113,8 @@ pub struct State {
     pub tokens: Option<Tokens>,
     /// `[tls]`: connections speak TLS; `None`: plain HTTP.
     pub tls: Option<ServerTls>,
+    /// The devices' reports and the models' rollouts.
+    pub fleet: Arc<crate::fleet::Fleet>,
     metrics: metrics::Metrics,
     slots: Arc<slots::Slots>,
 }
@@ -120,7 +122,22 @@ pub struct State {
 impl State {
     /// What the handlers of a server of `store` see.
     pub fn new(store: Store, options: ServeOptions, tokens: Option<Tokens>) -> State {
-        State { store, options, tokens, tls: None, metrics: metrics::Metrics::default(), slots: Default::default() }
+        State {
+            store,
+            options,
+            tokens,
+            tls: None,
+            fleet: Default::default(),
+            metrics: metrics::Metrics::default(),
+            slots: Default::default(),
+        }
+    }
+
+    /// The version of `name` to serve `device` (`None`: not a device): the
+    /// one its file holds, or the stable one where a rollout says so.
+    pub(crate) fn model_for(&self, name: &str, device: Option<&str>) -> Option<Arc<crate::store::Model>> {
+        let current = self.store.get(name)?;
+        Some(self.fleet.offer(name, &current, device).unwrap_or(current))
     }
 }
 

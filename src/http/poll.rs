@@ -58,7 +58,13 @@ pub(crate) fn not_modified(state: &State, poll: &Poll) -> Option<Vec<(&'static s
     }
     let format = negotiate::format(Format::DOCUMENTS, None, poll.header("Accept"))?;
     let encoding = negotiate::encoding(poll.header("Accept-Encoding"));
-    let model = state.store.get(name)?;
+    let header = |n: &str| poll.header(n);
+    let report = crate::wire::report::DeviceReport::from_headers(header);
+    let device = report.as_ref().map(|r| r.device.as_str());
+    let model = state.model_for(name, device)?;
+    if let Some(report) = &report {
+        state.fleet.report(name, report);
+    }
     let etag = documents::manifest_etag(&model, None, documents::signing_period(state), format, encoding);
     if !conditional::holds(held, &etag) {
         return None;

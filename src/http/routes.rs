@@ -22,6 +22,8 @@ pub(super) enum Route {
     Metrics,
     /// `/v1/models`.
     Models,
+    /// `/v1/fleet`: devices and rollouts.
+    Fleet,
     /// `/v1/models/{model}`.
     Manifest {
         model: String,
@@ -50,7 +52,8 @@ pub(super) enum Route {
 }
 
 /// Every route, for the 404 of an unknown one.
-pub(super) const ROUTES: &str = "/ (the page), /healthz, /readyz, /metrics, /v1/models, /v1/models/{model}, \
+pub(super) const ROUTES: &str =
+    "/ (the page), /healthz, /readyz, /metrics, /v1/fleet, /v1/models, /v1/models/{model}, \
     /v1/models/{model}/weights, /v1/models/{model}/tensors/{name}, /v1/models/{model}/graph, \
     /v1/models/{model}/stats, /v1/models/{model}/changes, /v1/blobs/sha256/{digest}";
 
@@ -69,6 +72,7 @@ impl Route {
             ["readyz"] => Route::Readyz,
             ["metrics"] => Route::Metrics,
             ["v1", "models"] => Route::Models,
+            ["v1", "fleet"] => Route::Fleet,
             ["v1", "models", m] => Route::Manifest { model: model(m) },
             ["v1", "models", m, "weights"] => Route::Weights { model: model(m) },
             ["v1", "models", m, "graph"] => Route::Graph { model: model(m) },
@@ -91,6 +95,7 @@ impl Route {
             Some(Route::Readyz) => "readyz",
             Some(Route::Metrics) => "metrics",
             Some(Route::Models) => "models",
+            Some(Route::Fleet) => "fleet",
             Some(Route::Manifest { .. }) => "manifest",
             Some(Route::Weights { .. }) => "weights",
             Some(Route::Graph { .. }) => "graph",
@@ -153,6 +158,9 @@ pub(super) async fn dispatch(state: Arc<State>, req: Request, route: Option<Rout
     let q = negotiate::query(pairs, route.query_keys()).map_err(bad_request)?;
     let ask = Ask::of(&req);
     let state = &*state;
+    let header = |name: &str| req.header(name).map(|v| v.as_str());
+    let device = header(crate::wire::report::DEVICE).filter(|d| crate::wire::report::valid_device_id(d));
+    let find_model = |name: &str| find_model(state, name, device);
     match route {
         Route::Page => Ok(documents::page(&ask)),
         Route::Healthz => Ok(documents::healthz()),
@@ -171,17 +179,26 @@ pub(super) async fn dispatch(state: Arc<State>, req: Request, route: Option<Rout
         // A browser opening the listing gets the page that shows it.
         Route::Models if q.format.is_none() && ask.wants_html() => Ok(documents::page(&ask)),
         Route::Models => documents::listing(state, &ask, &q, &scope).await,
-        Route::Manifest { model } => documents::manifest(state, &ask, &q, find_model(state, &model)?).await,
-        Route::Stats { model } => documents::stats(state, &ask, find_model(state, &model)?).await,
-        Route::Changes { model } => documents::changes(state, &ask, find_model(state, &model)?).await,
-        Route::Graph { model } => documents::graph(state, &ask, find_model(state, &model)?).await,
+        Route::Fleet => Ok(documents::fleet(state, &scope)),
+        Route::Manifest { model } => {
+            // A device's report rides on its poll (here, or on `poll`'s path).
+            if let Some(report) = crate::wire::report::DeviceReport::from_headers(header) {
+                if state.store.get(&model).is_some() {
+                    state.fleet.report(&model, &report);
+                }
+            }
+            documents::manifest(state, &ask, &q, find_model(&model)?).await
+        }
+        Route::Stats { model } => documents::stats(state, &ask, find_model(&model)?).await,
+        Route::Changes { model } => documents::changes(state, &ask, find_model(&model)?).await,
+        Route::Graph { model } => documents::graph(state, &ask, find_model(&model)?).await,
         Route::Weights { model } => {
-            let model = find_model(state, &model)?;
+            let model = find_model(&model)?;
             let selection = tensors::select(&model, q.names.as_deref())?;
             tensors::tensors(state, &ask, &q, model, selection, false).await
         }
         Route::Tensor { model, name } => {
-            let model = find_model(state, &model)?;
+            let model = find_model(&model)?;
             let index = model.position(&name).ok_or_else(|| tensors::unknown_tensor(&model, &name))?;
             tensors::tensors(state, &ask, &q, model, vec![index], true).await
         }
@@ -189,10 +206,11 @@ pub(super) async fn dispatch(state: Arc<State>, req: Request, route: Option<Rout
     }
 }
 
-/// The loaded model of that name, or why there is none.
-fn find_model(state: &State, name: &str) -> Result<Arc<Model>, ApiError> {
-    if let Some(m) = state.store.get(name) {
-        return Ok(m.clone());
+/// The loaded model of that name in the version `device` is offered, or
+/// why there is none.
+fn find_model(state: &State, name: &str, device: Option<&str>) -> Result<Arc<Model>, ApiError> {
+    if let Some(m) = state.model_for(name, device) {
+        return Ok(m);
     }
     Err(match state.store.failure(name) {
         Some(error) => ApiError::new(StatusCode::NotFound, "model failed to load", error.to_string()),

@@ -68,7 +68,13 @@ pub(super) async fn blob(
     let not_found = || not_found("unknown blob", format!("no tensor served has sha256 {digest}"));
     let digest_of = |hex_digest: &str| -> Option<[u8; 32]> { hex::decode(hex_digest).ok()?.try_into().ok() };
     let want = digest_of(digest).ok_or_else(not_found)?;
-    let models: Vec<Arc<Model>> = state.store.models().into_iter().filter(|m| scope.may_read(&m.name)).collect();
+    let models: Vec<Arc<Model>> = state
+        .store
+        .models()
+        .into_iter()
+        .chain(state.fleet.stable_models())
+        .filter(|m| scope.may_read(&m.name))
+        .collect();
     // Only views already computed are searched; a cast view is computed for
     // the one model that holds the tensor it was cast `from` (the manifest's
     // blob URL names it): a request for an unknown digest costs no cast.

@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn credentials_never_follow_a_redirect_to_another_origin() {
-        let client = Client { auth: None, timeout: std::time::Duration::from_secs(1), tls: None };
+        let client = Client { auth: None, timeout: std::time::Duration::from_secs(1), tls: None, headers: Vec::new() };
         let auth = RegistryAuth::new("http://127.0.0.1:5000", Credentials::from_pair("u:p"), client);
         *auth.granted.lock().unwrap() = Granted::Bearer("tok".into());
         let here = Url::parse("http://127.0.0.1:5000/v2/m/blobs/sha256:00").unwrap();

@@ -88,6 +88,12 @@ impl Store {
         &self.cache
     }
 
+    /// The shared cache, for a model loaded beside the store's (a rollout's
+    /// stable version).
+    pub fn shared_cache(&self) -> Arc<Cache> {
+        self.cache.clone()
+    }
+
     /// Reloads every model one of whose files (the model, its external data)
     /// changed since it was loaded and has held still since the last look;
     /// returns the models loaded anew. A model whose new files fail to load

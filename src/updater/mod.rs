@@ -12,7 +12,7 @@
 //! graph), [`check`] (what is verified, and `--check`), [`write`] (reuse and
 //! the new folder), [`fetch`] (tensors over the wire), [`layout`] (the
 //! folder, its lock and links), [`record`] (version states, failures, the
-//! last round), [`health`] (the health gate), [`rollback`] (rollback and
+//! last round), [`report`] (what the device tells its hub), [`health`] (the health gate), [`rollback`] (rollback and
 //! retry), [`status`], [`verify`] (offline), [`schedule`] (the next round).
 
 mod check;
@@ -23,6 +23,7 @@ mod health;
 mod layout;
 mod lock;
 mod record;
+mod report;
 mod rollback;
 mod schedule;
 mod source;
@@ -33,6 +34,7 @@ mod write;
 
 pub use check::{verify_manifest, Check, CheckFailure, Inconsistent, LoadCheck};
 pub use record::{Cause, Failure, LastRound, VersionState};
+pub use report::default_device_id;
 pub use rollback::{retry, rollback, RetryError, RollbackError};
 pub use schedule::{next_wait, MAX_BACKOFF};
 pub use status::{status, KeptVersion, Status};
@@ -73,6 +75,8 @@ pub struct Options {
     pub url: Url,
     /// The model this device wants: a manifest of another is refused.
     pub model: String,
+    /// This device's id, in its reports to a hub (`--device-id`).
+    pub device_id: String,
     /// The device's folder (`--dest`).
     pub dest: PathBuf,
     /// Versions kept on disk (`--keep`).
@@ -285,6 +289,9 @@ async fn locked_round(opts: &Options, client: &Client, dest: &Dest) -> Result<Ou
     let current_dir = current.as_ref().map(|c| c.1.as_path());
     held_model(opts, dest)?;
     let source = Source::new(opts, client)?;
+    // Every request to a hub carries the device's report; a registry's
+    // client is its own and hears nothing of it.
+    let client = &client.with_headers(report::of(opts, dest).headers());
     let etag = state.etag.clone().filter(|_| current.is_some());
     let Some(offer) = source.offer(client, etag.as_deref()).await? else {
         still_signed(opts, &state)?;

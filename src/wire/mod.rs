@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::onnx::{DataType, TensorData};
 
+pub mod report;
 pub mod signature;
 
 /// Messages of `proto/weightcast/v1/weightcast.proto`.

@@ -61,7 +61,10 @@ class Server:
     def __init__(self, args, tmp_path, env=None):
         self.log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")
-        full_env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
+        # Each server its own state folder (the fleet table): servers of
+        # parallel tests must not share one.
+        full_env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1",
+                        XDG_STATE_HOME=str(tmp_path / "xdg-state"))
         full_env.update(env or {})
         self.proc = subprocess.Popen([str(binary()), "serve", "--listen", "127.0.0.1:0", *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, env=full_env)

@@ -46,11 +46,29 @@ pub(crate) enum Command {
     },
     /// Keep a local copy of a model current with a hub: fetch only changed
     /// tensors, verify them, switch versions atomically.
-    Pull(PullArgs),
+    Pull(Box<PullArgs>),
     /// Publish a model version to an OCI registry (oci://HOST[:PORT]/REPO:TAG):
     /// one layer per tensor, named by its sha256; blobs the registry holds are
     /// not uploaded again.
     Push(PushArgs),
+    /// See and steer a model's staged rollout on this hub: status, pause,
+    /// resume, abort (no further device is offered the new version) or
+    /// promote (every device is). Acts on the hub's state folder; the
+    /// running hub follows within a second.
+    Rollout {
+        /// status, pause, resume, abort or promote.
+        #[arg(value_parser = ["status", "pause", "resume", "abort", "promote"])]
+        action: String,
+        /// The model (as the hub names it).
+        model: String,
+        /// The hub's state folder [default: serve's: $STATE_DIRECTORY/serve,
+        /// $XDG_STATE_HOME/weightcast/serve or ~/.local/state/weightcast/serve].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// status: one JSON object (the model's part of /v1/fleet's rollout).
+        #[arg(long)]
+        json: bool,
+    },
     /// Point `current` back at the newest committed version installed
     /// before it (never forward); the version left is recorded failed and
     /// not installed again until `weightcast retry`.
@@ -219,6 +237,11 @@ pub(crate) struct PullArgs {
     /// File holding a bearer token for the hub.
     #[arg(long)]
     pub(crate) token_file: Option<PathBuf>,
+    /// This device's id in the hub's fleet table, sent with every request
+    /// to a hub (never to a registry) with its version and state
+    /// [default: /etc/machine-id, else the hostname].
+    #[arg(long)]
+    pub(crate) device_id: Option<String>,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
     /// Print one JSON object per round on stdout (for fleet tooling).

@@ -27,7 +27,7 @@ pub(crate) fn client_for(
         Some("https") => Some(net::tls_config(ca)?),
         _ => return Err(format!("'{url}': give http://, https:// or oci://")),
     };
-    let plain = Client { auth: None, timeout: args.timeout, tls };
+    let plain = Client { auth: None, timeout: args.timeout, tls, headers: Vec::new() };
     if !url.starts_with("oci://") {
         if args.registry_credentials.is_some() || args.plain_http {
             return Err("--registry-credentials and --plain-http are for oci:// registries".into());

@@ -29,6 +29,7 @@ mod keys;
 mod process;
 mod pull;
 mod push;
+mod rollout;
 mod serve;
 
 use cli::{Cli, Command};
@@ -52,8 +53,11 @@ fn main() -> ExitCode {
             serve::serve(config, listen, runtime, ort_lib, models)
         }
         Command::Inspect { model } => inspect::inspect(&model),
-        Command::Pull(args) => return pull::pull(args),
+        Command::Pull(args) => return pull::pull(*args),
         Command::Push(args) => push::push(args),
+        Command::Rollout { action, model, state_dir, json } => {
+            rollout::rollout(&action, &model, state_dir.as_deref(), json)
+        }
         Command::Rollback { dest, exec } => folder::rollback(&dest, exec.as_deref()),
         Command::Status { dest, json } => folder::status(&dest, json),
         Command::Retry { dest, version } => folder::retry(&dest, &version),

@@ -60,9 +60,21 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         Some(model) => model,
         None => return Err(format!("cannot tell the model's name from {url}: give --model NAME")),
     };
+    let device_id = match &a.device_id {
+        Some(id) => id.clone(),
+        None => updater::default_device_id()
+            .ok_or("cannot tell this device's id (no /etc/machine-id, no hostname): give --device-id ID")?,
+    };
+    if !weightcast::wire::report::valid_device_id(&device_id) {
+        return Err(format!(
+            "--device-id '{device_id}': give 1 to {} visible ASCII characters (no spaces)",
+            weightcast::wire::report::MAX_DEVICE_ID
+        ));
+    }
     let opts = Options {
         url,
         model,
+        device_id,
         health: a.health.clone(),
         probation: a.probation,
         dest: a.dest.clone(),

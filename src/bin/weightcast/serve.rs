@@ -67,9 +67,18 @@ pub(crate) fn serve(
     let heartbeat = crate::process::watchdog();
     let options =
         ServeOptions { zstd_level: cfg.zstd_level, json_max_bytes: cfg.json_max_bytes, signer, cors, heartbeat };
+    let fleet = fleet(&cfg, &specs, &store)?;
     let mut state = http::State::new(store, options, tokens);
     state.tls = tls;
+    state.fleet = fleet.clone();
     let state = Arc::new(state);
+    // The fleet thread: the table written, rollout commands, new versions
+    // and stages, once a second.
+    let ticking = state.clone();
+    std::thread::spawn(move || loop {
+        fleet.tick(&ticking.store);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    });
     // Encodings are prepared in the background and replaced model files
     // reloaded, while requests are served (`prepare`).
     let watched = state.clone();
@@ -96,6 +105,35 @@ pub(crate) fn serve(
         .map_err(|e| format!("server stopped: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The fleet table in the state folder, with each model's rollout config;
+/// in memory only where there is no state folder and no rollout needs one.
+fn fleet(cfg: &Config, specs: &[store::ModelSpec], store: &Store) -> Result<Arc<weightcast::fleet::Fleet>, String> {
+    let mut rollouts = std::collections::HashMap::new();
+    for (entry, spec) in cfg.models.iter().zip(specs) {
+        if let Some(r) = &entry.rollout {
+            let plan = r.plan().map_err(|e| format!("model '{}': [models.rollout] {e}", spec.name))?;
+            rollouts.insert(spec.name.clone(), plan);
+        }
+    }
+    let Some(dir) = cfg.state_folder() else {
+        if !rollouts.is_empty() {
+            return Err("[models.rollout] needs a state folder: set state_dir (no $HOME to default to)".into());
+        }
+        tracing::warn!("no state folder (no $HOME): the fleet table is kept in memory only");
+        return Ok(Arc::default());
+    };
+    tracing::info!(dir = %dir.display(), rollouts = rollouts.len(), "state folder");
+    let staged = !rollouts.is_empty();
+    match weightcast::fleet::Fleet::open(dir, rollouts, store) {
+        Ok(fleet) => Ok(Arc::new(fleet)),
+        Err(e) if staged => Err(e),
+        Err(e) => {
+            tracing::warn!("{e}: the fleet table is kept in memory only (set state_dir to a writable folder)");
+            Ok(Arc::default())
+        }
+    }
 }
 
 /// The config's models and those named on the command line; the built-in
