@@ -498,9 +498,15 @@ def constrained_link(tmp, a):
         out["first_install"] = measure(link, log, full, rate, interval, dests, start_devices)
         time.sleep(2)  # every device past its install round
         out["idle"] = idle(link, log, 5)
-        for key, model_file, nbytes in (("one_tensor", v2, one), ("full_model", v3, full)):
-            time.sleep(2)
-            out[key] = measure(link, log, nbytes, rate, interval, dests, publish(hub, served, model_file))
+        try:
+            for key, model_file, nbytes in (("one_tensor", v2, one), ("full_model", v3, full)):
+                time.sleep(2)
+                out[key] = measure(link, log, nbytes, rate, interval, dests, publish(hub, served, model_file))
+        finally:
+            if a.logs:
+                a.logs.mkdir(parents=True, exist_ok=True)
+                for f in [log, tmp / "hub.log", *(Path(f"{d}.{x}") for d in dests for x in ("log", "err"))]:
+                    shutil.copy(f, a.logs / f.name)
     return out
 
 
@@ -558,6 +564,7 @@ def main():
     ap.add_argument("--mb", type=float, help="with --link: model size [32; 12 with --quick]")
     ap.add_argument("--cache", choices=("all", "blobs"), default="all",
                     help="with --link: what nginx caches: all (README's block) or only /v1/blobs/")
+    ap.add_argument("--logs", type=Path, help="with --link: copy nginx's, the hub's and the devices' logs here")
     a = ap.parse_args()
     if a.link:
         # SIGTERM ends the run like ^C: namespaces, qdiscs and processes go.

@@ -23,6 +23,7 @@ import requests
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import binary
+from test_page import browse, rows
 
 DEVICES = 10
 # The health check a device runs on a new version: v3 carries this marker.
@@ -168,6 +169,16 @@ def test_a_new_version_reaches_a_first_stage_then_everyone_and_a_bad_one_halts_t
     assert f'weightcast_rollout_halted{{model="m",candidate="{v3}"}} 1' in metrics, metrics
     assert f'weightcast_fleet_devices{{model="m",version="{v2}",state="committed"}}' in metrics
 
+    # The page shows it: the halted rollout and why, every device, who rolled back.
+    dom = browse(hub.url + "/#/fleet", "fleet-halted.png", (1400, 900))
+    assert 'data-status="halted"' in dom and "max_failures = 1" in dom, dom[-3000:]
+    shown = rows(dom, "device")
+    assert len(shown) == DEVICES, shown.keys()
+    for device in failed:
+        assert shown[device]["state"] == "rolled-back" and "health" in shown[device]["failure"], shown[device]
+    counted = {name: int(r["_cells"][2]) for name, r in rows(dom, "fleet-version").items()}
+    assert sum(counted.values()) == DEVICES, counted
+
     # The hub restarts: the halt, the stable version and the table hold.
     hub.stop()
     fleet["hub"] = hub = Hub(fleet["cfg"], fleet["port"], fleet["tmp"] / "hub.log")
@@ -246,3 +257,17 @@ def test_reports_need_a_token_that_may_read_the_model_and_hostile_ids_are_kept_a
     time.sleep(2.5)
     db = sqlite3.connect(tmp_path / "state" / "fleet.sqlite")
     assert {d for (d,) in db.execute("SELECT device FROM devices")} == {hostile, "good-device"}
+
+
+def test_the_fleet_page_shows_a_hostile_device_id_as_text(serve, tmp_path):
+    path = tmp_path / "m.onnx"
+    model(path, 1)
+    s = serve("--runtime", "none", path)
+    hostile = "<img/src=x/onerror=alert(1)>"
+    h = {"X-Weightcast-Device": hostile, "X-Weightcast-Device-State": "committed"}
+    assert s.get("/v1/models/m", headers=h).status_code == 200
+    dom = browse(s.url + "/#/fleet", "fleet-hostile.png", (1200, 400))
+    shown = rows(dom, "device")
+    assert list(shown) == [hostile] and shown[hostile]["_cells"][0] == hostile, shown
+    assert "<img" not in dom.split("<main>", 1)[1], "the id was parsed as markup"
+    assert 'id="fleet-link"' in browse(s.url + "/", None, (1200, 400))
