@@ -107,12 +107,13 @@ def republish(hub, served, model):
 
 class Hub:
     """`weightcast serve` in its default configuration; `prefix` wraps the
-    command (`ip netns exec NS`), `ns` is the network namespace it listens in."""
+    command (`ip netns exec NS`), `ns` is the network namespace it listens in,
+    `env` its environment."""
 
-    def __init__(self, model, log, listen="127.0.0.1:0", prefix=(), ns=None):
+    def __init__(self, model, log, listen="127.0.0.1:0", prefix=(), ns=None, env=None):
         self.log = open(log, "w")
         self.proc = subprocess.Popen([*prefix, str(BIN), "serve", "--listen", listen, str(model)],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         self.url = self.proc.stdout.readline().split()[-1]
         self.port = int(self.url.rsplit(":", 1)[1])
         self.name = Path(model).stem
@@ -268,9 +269,9 @@ class Link:
         for ns, dev, ip in ((self.hub, self.hub_if, HUB_IP), (self.site, self.site_if, SITE_IP)):
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             # One MTU-sized packet per frame, as a real link carries them: with
-            # veth's default 64 KiB GSO frames, the counters saw one set of
-            # TCP/IP headers per up to 44 packets (a 29 MB change read 1.037×
-            # where one frame per packet reads ~1.06×).
+            # veth's default GSO frames (up to 64 KiB), the counters saw one
+            # set of TCP/IP headers per several packets (the 29 MB change read
+            # 1.037× the changed bytes; one frame per packet, 1.095×).
             sh("ip", "-n", ns, "link", "set", dev, "gso_max_segs", "1")
             sh("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
@@ -395,7 +396,9 @@ def rounds(dests, offsets):
     for d in dests:
         with open(f"{d}.log") as f:
             f.seek(offsets[d])
-            for line in f.read().splitlines():
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # being written
                 r = json.loads(line)
                 status[r["status"]] = status.get(r["status"], 0) + 1
                 if r["status"] == "failed":
@@ -409,13 +412,13 @@ def rounds(dests, offsets):
 
 
 def measure(link, log, changed_bytes, rate, interval, dests, begin):
-    """One change: `begin()` makes it and returns its time and the version
-    the hub then offers. The last device's time against the link's limit;
-    the bytes across the uplink, as frames and as HTTP, against the changed
-    bytes."""
+    """One change: `begin()` makes it and returns its time, the version the
+    hub then offers and when it began to. The last device's time against the
+    link's limit; the bytes across the uplink, as frames and as HTTP, against
+    the changed bytes."""
     c0, off, offsets = link.counters(), log.stat().st_size, log_sizes(dests)
-    t0, version = begin()
-    hub_s = time.monotonic() - t0
+    t0, version, offered = begin()
+    hub_s = offered - t0
     limit = changed_bytes * 8 / rate
     at = arrivals(dests, version, t0, 3 * (limit + interval) + 30)
     c1 = link.counters()
@@ -443,7 +446,7 @@ def publish(hub, served, model):
             if time.monotonic() - t0 > 60:
                 raise RuntimeError("the hub did not offer the new file within 60 s")
             time.sleep(0.02)
-        return t0, v
+        return t0, v, time.monotonic()
 
     return begin
 
@@ -474,7 +477,11 @@ def constrained_link(tmp, a):
         served = tmp / "hub" / "model.onnx"
         served.parent.mkdir()
         shutil.copy(v1, served)
-        hub = Hub(served, tmp / "hub.log", listen=f"{HUB_IP}:8080", prefix=link.prefix(link.hub), ns=link.hub)
+        # Default configuration; its cache and state folders (systemd's
+        # variables) fresh in this run, not the caller's home.
+        env = dict(os.environ, CACHE_DIRECTORY=str(tmp / "hub-cache"), STATE_DIRECTORY=str(tmp / "hub-state"))
+        hub = Hub(served, tmp / "hub.log", listen=f"{HUB_IP}:8080", prefix=link.prefix(link.hub), ns=link.hub,
+                  env=env)
         link.procs.append(hub.proc)
 
         def ready(url):
@@ -486,19 +493,22 @@ def constrained_link(tmp, a):
         link.procs.append(nginx)
         log = tmp / "nginx" / "access.log"
         dests = [tmp / f"device{d}" for d in range(a.devices)]
+        # Builds since the fleet table (#24 parts 1-3) send a device id,
+        # /etc/machine-id by default: the same for all 20 here.
+        ids = "--device-id" in run("pull", "--help")[1]
 
         def start_devices():
-            t0 = time.monotonic()
+            version, t0 = hub.version(), time.monotonic()
             for d in dests:
                 link.start(link.site, [BIN, "pull", f"{front}/v1/models/model", "--dest", d, "--interval",
-                                       f"{interval:g}s", "--json"], stdout=open(f"{d}.log", "w"),
-                           stderr=open(f"{d}.err", "w"))
-            return t0, hub.version()
+                                       f"{interval:g}s", "--json", *(["--device-id", d.name] if ids else [])],
+                           stdout=open(f"{d}.log", "w"), stderr=open(f"{d}.err", "w"))
+            return t0, version, t0
 
-        out["first_install"] = measure(link, log, full, rate, interval, dests, start_devices)
-        time.sleep(2)  # every device past its install round
-        out["idle"] = idle(link, log, 5)
         try:
+            out["first_install"] = measure(link, log, full, rate, interval, dests, start_devices)
+            time.sleep(2)  # every device past its install round
+            out["idle"] = idle(link, log, 5)
             for key, model_file, nbytes in (("one_tensor", v2, one), ("full_model", v3, full)):
                 time.sleep(2)
                 out[key] = measure(link, log, nbytes, rate, interval, dests, publish(hub, served, model_file))
@@ -506,7 +516,8 @@ def constrained_link(tmp, a):
             if a.logs:
                 a.logs.mkdir(parents=True, exist_ok=True)
                 for f in [log, tmp / "hub.log", *(Path(f"{d}.{x}") for d in dests for x in ("log", "err"))]:
-                    shutil.copy(f, a.logs / f.name)
+                    if f.exists():
+                        shutil.copy(f, a.logs / f.name)
     return out
 
 

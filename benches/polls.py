@@ -2,7 +2,7 @@
 device sends every interval — against nginx answering `304` for the same
 bytes from a file, on loopback, with wrk at c=64. weightcast runs in the
 default configuration (ONNX Runtime on), with and without tokens. Runs
-alternate (weightcast, nginx, weightcast with a token) so that a machine's
+alternate (weightcast, with devices' reports, with a token, nginx) so that a machine's
 drift hits all three alike; the ratio is each round's, and the table gives
 their median. Prints a table, writes JSON.
 
@@ -64,7 +64,7 @@ class Weightcast:
         self.url = f"http://127.0.0.1:{port}/v1/models/demo"
         self.headers = {"Authorization": f"Bearer {TOKEN}"} if tokens else {}
         h, self.body = wait_up(self.url, self.headers)
-        self.etag = h["ETag"]
+        self.etag, self.version = h["ETag"], h["X-Weightcast-Model-Version"]
 
     def stop(self):
         self.proc.send_signal(signal.SIGKILL)
@@ -98,11 +98,31 @@ http {{
         self.proc.wait()
 
 
-def wrk(server, seconds, connections=64):
+# Each request a device's report (issue #24): one of 1,000 device ids, its
+# version and state, as `weightcast pull` sends them. The run it is compared
+# with sends the same headers under names the hub ignores, through the same
+# script: wrk's Lua costs the load generator (on the same 2 cores) alike.
+REPORTS = """
+local n = 0
+request = function()
+  n = n + 1
+  wrk.headers["X-PREFIX-Device"] = "device-" .. (n % 1000)
+  return wrk.format(nil)
+end
+"""
+
+
+def wrk(server, seconds, connections=64, reports=None):
     """304s per second; every answer must be a 304."""
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-H", f"If-None-Match: {server.etag}"]
     for k, v in server.headers.items():
         cmd += ["-H", f"{k}: {v}"]
+    if reports is not None:
+        prefix = "Weightcast" if reports else "Ignored"
+        script = Path(tempfile.mkdtemp()) / "reports.lua"
+        script.write_text(REPORTS.replace("PREFIX", prefix))
+        cmd += ["-s", str(script), "-H", f"X-{prefix}-Device-State: committed",
+                "-H", f"X-{prefix}-Device-Version: {server.version}"]
     out = subprocess.run(cmd + [server.url], capture_output=True, text=True, check=True).stdout
     assert "Non-2xx or 3xx" not in out and "Socket errors" not in out, out
     # Each answer must be the 304 (a 200 would be 2xx too): checked once per run.
@@ -135,11 +155,13 @@ def main():
         if args.before:
             servers["before"] = Weightcast(model, tmp, tokens=False, binary=args.before)
             servers["before+token"] = Weightcast(model, tmp, tokens=True, binary=args.before)
-        rates = {name: [] for name in servers}
+        runs = [(name, server, None) for name, server in servers.items()]
+        runs[1:1] = [("weightcast (script)", plain, False), ("weightcast+reports", plain, True)]
+        rates = {name: [] for name, _, _ in runs}
         try:
             for _ in range(rounds):
-                for name, server in servers.items():
-                    rates[name].append(wrk(server, seconds))
+                for name, server, reports in runs:
+                    rates[name].append(wrk(server, seconds, reports=reports))
         finally:
             for s in servers.values():
                 s.stop()
@@ -150,8 +172,11 @@ def main():
         print(f"  {name:18s} {', '.join(f'{x:,.0f}' for x in r):>40s} {ratio[name]:>7.2f}×")
     token_cost = 1 - statistics.median(t / p for t, p in zip(rates["weightcast+token"], rates["weightcast"]))
     print(f"  a token check costs {token_cost:.1%} of the rate")
+    reports = statistics.median(r / p for r, p in zip(rates["weightcast+reports"], rates["weightcast (script)"]))
+    print(f"  with devices' reports (1,000 devices): {reports:.2f}× the rate without")
     if args.out:
-        args.out.write_text(json.dumps({"rates": rates, "ratio": ratio, "token_cost": token_cost}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"rates": rates, "ratio": ratio, "token_cost": token_cost,
+                                        "reports_ratio": reports}, indent=1) + "\n")
     return 0
 
 

@@ -153,13 +153,15 @@ impl Fleet {
             news: true,
         });
         let d = &mut row.device;
-        let news = d.version != report.version || d.state != report.state || d.failure != report.failure;
         d.last_seen_ms = now;
-        d.version = report.version.clone();
-        d.state = report.state;
-        d.failure = report.failure.clone();
-        row.news |= news;
         row.dirty = true;
+        // Most polls report what the last one did: nothing copied then.
+        if d.version != report.version || d.state != report.state || d.failure != report.failure {
+            d.version = report.version.clone();
+            d.state = report.state;
+            d.failure = report.failure.clone();
+            row.news = true;
+        }
         let (Some(rollout), Some(plan)) = (m.rollout.as_mut(), self.rollouts.get(model)) else { return };
         let committed = report.state == DeviceState::Committed;
         let failed = report.failure.as_ref().map(|f| f.version.as_str());

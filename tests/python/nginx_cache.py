@@ -1,6 +1,7 @@
 """A real HTTP cache for tests and benchmarks: nginx with `proxy_cache` in
 front of `upstream`, in folder `d` (its config, cache and access.log; each
-line ends with the cache status and the bytes taken from upstream)."""
+line ends with the cache status, the upstream's status, the bytes received
+from it and sent to it, and the request's time)."""
 
 import os
 import socket
