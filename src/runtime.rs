@@ -176,7 +176,8 @@ pub struct LibrarySearch {
 
 /// Finds libonnxruntime: the flag, `ORT_DYLIB_PATH`, the config, the
 /// project-local `.ort/<arch>/` (next to the binary or in the working
-/// directory or its parents), then an installed Python `onnxruntime`.
+/// directory or its parents), the system's library folders, then an
+/// installed Python `onnxruntime`.
 pub fn find_library(search: &LibrarySearch) -> Result<PathBuf, RuntimeError> {
     let mut searched = Vec::new();
     let mut candidates: Vec<(String, PathBuf)> = Vec::new();
@@ -217,6 +218,17 @@ pub fn find_library(search: &LibrarySearch) -> Result<PathBuf, RuntimeError> {
     }
     searched.push("--ort-lib, ORT_DYLIB_PATH, [runtime] ort_lib (none set)".to_string());
     searched.push(format!("{} next to the binary and in the working directory and its parents", local.display()));
+    // Where system packages put it: a distribution's or JetPack's multiarch
+    // folder, /usr/local (a source build), /opt/onnxruntime (NVIDIA's and
+    // Microsoft's release archives, unpacked).
+    let multiarch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
+    for dir in [multiarch.as_str(), "/usr/local/lib", "/opt/onnxruntime/lib"] {
+        let path = Path::new(dir).join("libonnxruntime.so");
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    searched.push(format!("{multiarch}, /usr/local/lib, /opt/onnxruntime/lib"));
     if let Some(p) = python_onnxruntime() {
         return Ok(p);
     }

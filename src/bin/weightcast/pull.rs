@@ -36,12 +36,6 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         }
         Some(cmd) => Check::Command(cmd.to_string()),
     };
-    let token = match &a.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?.trim().to_string(),
-        ),
-        None => None,
-    };
     let output = if a.format == "safetensors" { updater::Output::Safetensors } else { updater::Output::Onnx };
     if output == updater::Output::Onnx && a.dtype.is_some() {
         return Err("--dtype needs --format safetensors: an ONNX graph declares its initializers' types".into());
@@ -54,12 +48,30 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
     }
     let trust =
         a.trust.iter().map(|t| read_trusted_key(t)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    let client = client_for(&a.url, token, &a.client)?;
-    let plain_http = a.client.plain_http;
     let model = match a.model.clone().or_else(|| updater::model_of(&url)) {
         Some(model) => model,
         None => return Err(format!("cannot tell the model's name from {url}: give --model NAME")),
     };
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let token = match &a.token_file {
+        Some(p) => Some(read(p)?),
+        // systemd's credential (`LoadCredential=weightcast-pull-%i.token` in
+        // the packaged unit): a root-only file handed to this service alone.
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => {
+                let path = std::path::Path::new(&dir).join(format!("weightcast-pull-{model}.token"));
+                path.exists().then(|| read(&path)).transpose()?
+            }
+            None => None,
+        },
+    };
+    let token = token.filter(|t| !t.is_empty());
+    let client = client_for(&a.url, token, &a.client)?;
+    let plain_http = a.client.plain_http;
     let device_id = match &a.device_id {
         Some(id) => id.clone(),
         None => updater::default_device_id()
