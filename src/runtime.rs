@@ -133,6 +133,12 @@ pub struct SessionOptions {
     pub cuda: CudaOptions,
     /// `[runtime.tensorrt]`.
     pub tensorrt: TensorrtOptions,
+    /// The warm-up's input shapes, by input name (`input_shapes = { images
+    /// = [1, 3, 320, 320] }`, or `pull --check-shape images=1,3,320,320`):
+    /// real models reject made-up ones (nudenet's 1×3×1×1 image, silero's
+    /// one sample), so without them a failed warm-up only warns; with them
+    /// it fails the check.
+    pub input_shapes: std::collections::BTreeMap<String, Vec<i64>>,
 }
 
 impl Default for SessionOptions {
@@ -145,6 +151,7 @@ impl Default for SessionOptions {
             session: SessionPolicy::Keep,
             cuda: Default::default(),
             tensorrt: Default::default(),
+            input_shapes: Default::default(),
         }
     }
 }
@@ -272,8 +279,12 @@ impl Runtime {
             let env = ort::init_from(&library)
                 .map_err(|e| load_error(e.to_string()))?
                 .with_name("weightcast")
+                .with_logger(std::sync::Arc::new(ort_log))
                 .build()
                 .map_err(|e| load_error(e.to_string()))?;
+            // Nothing below warnings is made (verbose lines would be
+            // formatted by ONNX Runtime for nothing).
+            env.set_log_level(ort::logging::LogLevel::Warning);
             tracing::info!(library = %library.display(), "loaded ONNX Runtime");
             let rt = Runtime { library, env, reported: Mutex::new(HashSet::new()) };
             Ok(&*Box::leak(Box::new(rt)))
@@ -460,18 +471,24 @@ pub fn shareable(dtype: crate::onnx::DataType) -> bool {
 
 /// What `weightcast pull --check ort` asks of a new version: ONNX Runtime
 /// opens it by path (the graph resolves, shape inference runs, every external
-/// tensor is read). A warm-up on zero inputs (symbolic dims as 1) is tried
-/// too, but its failure only warns: such made-up inputs are not valid for
-/// every model (a reflect Pad needs at least 2 samples); `--check CMD` runs a
-/// real one.
+/// tensor is read), and runs one inference on zero inputs. With the inputs'
+/// shapes given (`input_shapes`, `--check-shape`), a failed inference fails
+/// the check; without, symbolic dims are 1 and a failure only warns: such
+/// made-up inputs are not valid for every model (a reflect Pad needs at
+/// least 2 samples).
 pub fn check_model(search: &LibrarySearch, options: &SessionOptions, model: &Path) -> Result<(), RuntimeError> {
     let rt = Runtime::load(search)?;
+    let told = !options.input_shapes.is_empty();
     let options = SessionOptions { warmup: false, ..options.clone() };
     let mut session = rt.open(model, &options)?;
-    if let Err(e) = session.warmup() {
-        tracing::warn!("the new version loads in ONNX Runtime; a warm-up on zero inputs failed (not a rejection): {e}");
+    match session.warmup() {
+        Ok(()) => Ok(()),
+        Err(e) if told => Err(e),
+        Err(e) => {
+            tracing::warn!("the new version loads in ONNX Runtime; a warm-up on zero inputs failed (not a rejection; give the inputs' shapes with --check-shape NAME=D0,D1,… to make it one): {e}");
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 pub(crate) fn cuda_provider(o: &CudaOptions) -> ep::CUDA {
@@ -549,6 +566,8 @@ pub struct OpenSession {
     pub warmed_up: bool,
     /// `None` once closed after validation ([`SessionPolicy::Validate`]).
     session: Option<Mutex<Session>>,
+    /// The warm-up's input shapes ([`SessionOptions::input_shapes`]).
+    input_shapes: std::collections::BTreeMap<String, Vec<i64>>,
     /// The bytes the session uses in place; declared after `session`, so
     /// dropped after it.
     _shared: Vec<bytes::Bytes>,
@@ -568,6 +587,7 @@ impl OpenSession {
             outputs: session.outputs().iter().map(|o| value_info(o.name(), o.dtype())).collect(),
             warmed_up: false,
             session: Some(Mutex::new(session)),
+            input_shapes: options.input_shapes.clone(),
             _shared: shared,
         };
         if options.warmup {
@@ -585,16 +605,24 @@ impl OpenSession {
         self.session.is_some()
     }
 
-    /// Runs one inference with every input zero-filled (symbolic dims as 1).
+    /// Runs one inference with every input zero-filled, in the shapes
+    /// `input_shapes` gives (symbolic dims as 1 where it gives none).
     pub fn warmup(&mut self) -> Result<(), RuntimeError> {
         let session = self.session.as_ref().ok_or_else(|| RuntimeError::Warmup("the session was closed".into()))?;
         let mut session = session.lock().map_err(|_| RuntimeError::Warmup("session lock poisoned".into()))?;
         let mut inputs: Vec<(String, ort::value::DynValue)> = Vec::new();
+        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        if let Some(unknown) = self.input_shapes.keys().find(|k| !names.contains(&k.as_str())) {
+            return Err(RuntimeError::Warmup(format!(
+                "a shape is given for input '{unknown}', and the model's inputs are {names:?}"
+            )));
+        }
         for input in session.inputs() {
             let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
                 return Err(RuntimeError::Warmup(format!("input '{}' is not a tensor", input.name())));
             };
-            let dims: Vec<i64> = shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let dims =
+                input_dims(input.name(), shape, self.input_shapes.get(input.name())).map_err(RuntimeError::Warmup)?;
             let value =
                 zeros(*ty, &dims).map_err(|e| RuntimeError::Warmup(format!("input '{}': {e}", input.name())))?;
             inputs.push((input.name().to_string(), value));
@@ -603,6 +631,36 @@ impl OpenSession {
         drop(session);
         self.warmed_up = true;
         Ok(())
+    }
+}
+
+/// ONNX Runtime's own log lines, through weightcast's logger (one format in
+/// the journal), target `onnxruntime`. Its errors come back through the API
+/// too and weightcast reports them with what they mean (a warm-up that may
+/// fail, a provider that is missing): its own copy, a red `[E:onnxruntime:…]`
+/// line on stderr at every install of a healthy model (nudenet's warm-up on
+/// made-up shapes), goes to debug. Its warnings (a provider falling back,
+/// an unused initializer) are info.
+fn ort_log(level: ort::logging::LogLevel, _category: &str, _id: &str, location: &str, message: &str) {
+    use ort::logging::LogLevel::*;
+    match level {
+        Error | Fatal => tracing::debug!(target: "onnxruntime", %location, "{message}"),
+        Warning => tracing::info!(target: "onnxruntime", "{message}"),
+        Info => tracing::debug!(target: "onnxruntime", "{message}"),
+        Verbose => tracing::trace!(target: "onnxruntime", "{message}"),
+    }
+}
+
+/// An input's warm-up dims: those given (their rank and fixed dims must be
+/// the model's), else the model's with symbolic dims as 1.
+fn input_dims(name: &str, model: &[i64], given: Option<&Vec<i64>>) -> Result<Vec<i64>, String> {
+    let Some(given) = given else {
+        return Ok(model.iter().map(|&d| if d < 0 { 1 } else { d }).collect());
+    };
+    let fits = given.len() == model.len() && model.iter().zip(given).all(|(&m, &g)| g > 0 && (m < 0 || m == g));
+    match fits {
+        true => Ok(given.clone()),
+        false => Err(format!("input '{name}' is {model:?} in the model (-1: any), and the shape given is {given:?}")),
     }
 }
 

@@ -190,6 +190,18 @@ pub(crate) struct PushArgs {
     pub(crate) client: ClientArgs,
 }
 
+/// `NAME=D0,D1,…`, every dim a positive number.
+fn parse_shape(s: &str) -> Result<(String, Vec<i64>), String> {
+    let bad = || format!("'{s}': give NAME=D0,D1,… (e.g. images=1,3,320,320)");
+    let (name, dims) = s.split_once('=').ok_or_else(bad)?;
+    let dims: Vec<i64> =
+        dims.split(',').map(|d| d.trim().parse::<i64>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    if name.is_empty() || dims.iter().any(|&d| d <= 0) {
+        return Err(bad());
+    }
+    Ok((name.to_string(), dims))
+}
+
 /// `weightcast pull`'s flags.
 #[derive(clap::Args)]
 pub(crate) struct PullArgs {
@@ -215,6 +227,12 @@ pub(crate) struct PullArgs {
     /// by path: graph, shape inference, every tensor), or a shell command ($WEIGHTCAST_DIR is the new folder).
     #[arg(long)]
     pub(crate) check: Option<String>,
+    /// With --check ort: an input's shape for the check's inference
+    /// (NAME=D0,D1,…; repeat per input; also `[runtime] input_shapes`).
+    /// Given, a failed inference fails the version; without, symbolic dims
+    /// are 1 and a failure only warns.
+    #[arg(long, value_name = "NAME=D0,D1,…", value_parser = parse_shape)]
+    pub(crate) check_shape: Vec<(String, Vec<i64>)>,
     /// Shell command run after a switch, and after each rollback
     /// ($WEIGHTCAST_DIR is the version now current).
     #[arg(long)]

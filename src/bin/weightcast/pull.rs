@@ -23,7 +23,8 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         None => Check::None,
         Some("ort") => {
             let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
-            let options = cfg.runtime.clone();
+            let mut options = cfg.runtime.clone();
+            options.input_shapes.extend(a.check_shape.iter().cloned());
             Check::Load(std::sync::Arc::new(move |model| {
                 runtime::check_model(&search, &options, model).map_err(|e| match e {
                     // The library, not the version: fix the device, try again.
@@ -36,6 +37,9 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         }
         Some(cmd) => Check::Command(cmd.to_string()),
     };
+    if !a.check_shape.is_empty() && !matches!(check, Check::Load(..)) {
+        return Err("--check-shape gives the inputs of --check ort's inference: add --check ort".into());
+    }
     let output = if a.format == "safetensors" { updater::Output::Safetensors } else { updater::Output::Onnx };
     if output == updater::Output::Onnx && a.dtype.is_some() {
         return Err("--dtype needs --format safetensors: an ONNX graph declares its initializers' types".into());
