@@ -139,6 +139,9 @@ pub struct SessionOptions {
     /// one sample), so without them a failed warm-up only warns; with them
     /// it fails the check.
     pub input_shapes: std::collections::BTreeMap<String, Vec<i64>>,
+    /// The warm-up's value of every element of an input, by name (`input_values
+    /// = { sr = 16000 }`, `pull --check-value sr=16000`); others are zeros.
+    pub input_values: std::collections::BTreeMap<String, f64>,
 }
 
 impl Default for SessionOptions {
@@ -152,6 +155,7 @@ impl Default for SessionOptions {
             cuda: Default::default(),
             tensorrt: Default::default(),
             input_shapes: Default::default(),
+            input_values: Default::default(),
         }
     }
 }
@@ -478,7 +482,7 @@ pub fn shareable(dtype: crate::onnx::DataType) -> bool {
 /// least 2 samples).
 pub fn check_model(search: &LibrarySearch, options: &SessionOptions, model: &Path) -> Result<(), RuntimeError> {
     let rt = Runtime::load(search)?;
-    let told = !options.input_shapes.is_empty();
+    let told = !options.input_shapes.is_empty() || !options.input_values.is_empty();
     let options = SessionOptions { warmup: false, ..options.clone() };
     let mut session = rt.open(model, &options)?;
     match session.warmup() {
@@ -566,8 +570,9 @@ pub struct OpenSession {
     pub warmed_up: bool,
     /// `None` once closed after validation ([`SessionPolicy::Validate`]).
     session: Option<Mutex<Session>>,
-    /// The warm-up's input shapes ([`SessionOptions::input_shapes`]).
+    /// The warm-up's input shapes and values ([`SessionOptions::input_shapes`]).
     input_shapes: std::collections::BTreeMap<String, Vec<i64>>,
+    input_values: std::collections::BTreeMap<String, f64>,
     /// The bytes the session uses in place; declared after `session`, so
     /// dropped after it.
     _shared: Vec<bytes::Bytes>,
@@ -588,6 +593,7 @@ impl OpenSession {
             warmed_up: false,
             session: Some(Mutex::new(session)),
             input_shapes: options.input_shapes.clone(),
+            input_values: options.input_values.clone(),
             _shared: shared,
         };
         if options.warmup {
@@ -612,9 +618,10 @@ impl OpenSession {
         let mut session = session.lock().map_err(|_| RuntimeError::Warmup("session lock poisoned".into()))?;
         let mut inputs: Vec<(String, ort::value::DynValue)> = Vec::new();
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        if let Some(unknown) = self.input_shapes.keys().find(|k| !names.contains(&k.as_str())) {
+        let given = self.input_shapes.keys().chain(self.input_values.keys());
+        if let Some(unknown) = given.into_iter().find(|k| !names.contains(&k.as_str())) {
             return Err(RuntimeError::Warmup(format!(
-                "a shape is given for input '{unknown}', and the model's inputs are {names:?}"
+                "a shape or value is given for input '{unknown}', and the model's inputs are {names:?}"
             )));
         }
         for input in session.inputs() {
@@ -623,8 +630,9 @@ impl OpenSession {
             };
             let dims =
                 input_dims(input.name(), shape, self.input_shapes.get(input.name())).map_err(RuntimeError::Warmup)?;
+            let fill = self.input_values.get(input.name()).copied().unwrap_or(0.0);
             let value =
-                zeros(*ty, &dims).map_err(|e| RuntimeError::Warmup(format!("input '{}': {e}", input.name())))?;
+                filled(*ty, &dims, fill).map_err(|e| RuntimeError::Warmup(format!("input '{}': {e}", input.name())))?;
             inputs.push((input.name().to_string(), value));
         }
         session.run(inputs).map_err(|e| RuntimeError::Warmup(e.to_string()))?;
@@ -664,30 +672,33 @@ fn input_dims(name: &str, model: &[i64], given: Option<&Vec<i64>>) -> Result<Vec
     }
 }
 
-fn zeros(ty: TensorElementType, dims: &[i64]) -> Result<ort::value::DynValue, std::string::String> {
-    fn make<T: Clone + Default + ort::value::PrimitiveTensorElementType + std::fmt::Debug + 'static>(
+/// An input of `dims` with every element `value` (zero unless `input_values`
+/// gives one: a sample rate, a flag).
+fn filled(ty: TensorElementType, dims: &[i64], value: f64) -> Result<ort::value::DynValue, std::string::String> {
+    fn make<T: Clone + ort::value::PrimitiveTensorElementType + std::fmt::Debug + 'static>(
         dims: &[i64],
+        value: T,
     ) -> Result<ort::value::DynValue, std::string::String> {
         let n: i64 = dims.iter().product();
-        let shape: Vec<i64> = dims.to_vec();
-        Tensor::<T>::from_array((shape, vec![T::default(); n.max(0) as usize]))
+        Tensor::<T>::from_array((dims.to_vec(), vec![value; n.max(0) as usize]))
             .map(|t| t.into_dyn())
             .map_err(|e| e.to_string())
     }
     use TensorElementType::*;
+    // `as` saturates: a value out of an integer type's range is its bound.
     match ty {
-        Float32 => make::<f32>(dims),
-        Float64 => make::<f64>(dims),
-        Int8 => make::<i8>(dims),
-        Int16 => make::<i16>(dims),
-        Int32 => make::<i32>(dims),
-        Int64 => make::<i64>(dims),
-        Uint8 => make::<u8>(dims),
-        Uint16 => make::<u16>(dims),
-        Uint32 => make::<u32>(dims),
-        Uint64 => make::<u64>(dims),
-        Bool => make::<bool>(dims),
-        other => Err(format!("weightcast cannot make a zero {other:?} input for warm-up")),
+        Float32 => make(dims, value as f32),
+        Float64 => make(dims, value),
+        Int8 => make(dims, value as i8),
+        Int16 => make(dims, value as i16),
+        Int32 => make(dims, value as i32),
+        Int64 => make(dims, value as i64),
+        Uint8 => make(dims, value as u8),
+        Uint16 => make(dims, value as u16),
+        Uint32 => make(dims, value as u32),
+        Uint64 => make(dims, value as u64),
+        Bool => make(dims, value != 0.0),
+        other => Err(format!("weightcast cannot make a {other:?} input for warm-up")),
     }
 }
 

@@ -202,6 +202,17 @@ fn parse_shape(s: &str) -> Result<(String, Vec<i64>), String> {
     Ok((name.to_string(), dims))
 }
 
+/// `NAME=V`, a number.
+fn parse_value(s: &str) -> Result<(String, f64), String> {
+    let bad = || format!("'{s}': give NAME=V (e.g. sr=16000)");
+    let (name, v) = s.split_once('=').ok_or_else(bad)?;
+    let v: f64 = v.trim().parse().map_err(|_| bad())?;
+    match name.is_empty() || !v.is_finite() {
+        true => Err(bad()),
+        false => Ok((name.to_string(), v)),
+    }
+}
+
 /// `weightcast pull`'s flags.
 #[derive(clap::Args)]
 pub(crate) struct PullArgs {
@@ -233,6 +244,10 @@ pub(crate) struct PullArgs {
     /// are 1 and a failure only warns.
     #[arg(long, value_name = "NAME=D0,D1,…", value_parser = parse_shape)]
     pub(crate) check_shape: Vec<(String, Vec<i64>)>,
+    /// With --check ort: the value of every element of an input where zeros
+    /// will not do (NAME=V, e.g. sr=16000; also `[runtime] input_values`).
+    #[arg(long, value_name = "NAME=V", value_parser = parse_value)]
+    pub(crate) check_value: Vec<(String, f64)>,
     /// Shell command run after a switch, and after each rollback
     /// ($WEIGHTCAST_DIR is the version now current).
     #[arg(long)]

@@ -25,6 +25,7 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
             let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
             let mut options = cfg.runtime.clone();
             options.input_shapes.extend(a.check_shape.iter().cloned());
+            options.input_values.extend(a.check_value.iter().cloned());
             Check::Load(std::sync::Arc::new(move |model| {
                 runtime::check_model(&search, &options, model).map_err(|e| match e {
                     // The library, not the version: fix the device, try again.
@@ -37,8 +38,10 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         }
         Some(cmd) => Check::Command(cmd.to_string()),
     };
-    if !a.check_shape.is_empty() && !matches!(check, Check::Load(..)) {
-        return Err("--check-shape gives the inputs of --check ort's inference: add --check ort".into());
+    if !(a.check_shape.is_empty() && a.check_value.is_empty()) && !matches!(check, Check::Load(..)) {
+        return Err(
+            "--check-shape and --check-value give the inputs of --check ort's inference: add --check ort".into()
+        );
     }
     let output = if a.format == "safetensors" { updater::Output::Safetensors } else { updater::Output::Onnx };
     if output == updater::Output::Onnx && a.dtype.is_some() {
