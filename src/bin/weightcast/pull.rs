@@ -38,7 +38,8 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         }
         Some(cmd) => Check::Command(cmd.to_string()),
     };
-    if !(a.check_shape.is_empty() && a.check_value.is_empty()) && !matches!(check, Check::Load(..)) {
+    let inputs_given = !a.check_shape.is_empty() || !a.check_value.is_empty();
+    if inputs_given && !matches!(check, Check::Load(..)) {
         return Err(
             "--check-shape and --check-value give the inputs of --check ort's inference: add --check ort".into()
         );
