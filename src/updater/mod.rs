@@ -257,6 +257,16 @@ pub async fn round(opts: &Options, client: &Client) -> Result<Outcome, UpdateErr
     result
 }
 
+/// Reports the device to a hub at `url` (its model's URL there) with
+/// `client`: for a device pulling from a registry (`pull --report`); from a
+/// hub, reports ride on the polls. A failure is logged, never returned.
+pub async fn report_to(opts: &Options, client: &Client, url: &Url) {
+    match Dest::reading(&opts.dest) {
+        Ok(dest) => report::send(opts, client, &dest, url).await,
+        Err(e) => tracing::debug!("no report: {e}"),
+    }
+}
+
 /// Saves how the round ended when that differs from the last one.
 fn remember(dest: &Dest, result: &Result<Outcome, UpdateError>) {
     let (status, version, error) = match result {

@@ -48,3 +48,21 @@ pub fn default_device_id() -> Option<String> {
         .map(|s| s.trim().to_string())
         .find(|s| crate::wire::report::valid_device_id(s))
 }
+
+/// Sends the report to a hub (`--report`, for a device pulling from a
+/// registry): a `GET` of the model's manifest with `If-None-Match: *`, which
+/// the hub answers with a bodiless `304`. A failure is logged, never the
+/// round's: the report is not the update.
+pub(super) async fn send(opts: &Options, client: &crate::net::Client, dest: &Dest, url: &http_types::Url) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let client = client.with_headers(of(opts, dest).headers());
+    let problem = match client.get(url, &[("If-None-Match", "*")], 64 << 10).await {
+        Ok(reply) if matches!(reply.status, 200 | 304) => return,
+        Ok(reply) => format!("{url} answered {}", reply.status),
+        Err(e) => e.to_string(),
+    };
+    match WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        false => tracing::warn!("cannot report to the hub (--report): {problem}; told once, then at debug"),
+        true => tracing::debug!("cannot report to the hub (--report): {problem}"),
+    }
+}

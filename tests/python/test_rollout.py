@@ -271,3 +271,35 @@ def test_the_fleet_page_shows_a_hostile_device_id_as_text(serve, tmp_path):
     assert list(shown) == [hostile] and shown[hostile]["_cells"][0] == hostile, shown
     assert "<img" not in dom.split("<main>", 1)[1], "the id was parsed as markup"
     assert 'id="fleet-link"' in browse(s.url + "/", None, (1200, 400))
+
+
+def test_a_device_pulling_from_a_registry_reports_to_the_hub_and_tells_the_registry_nothing(serve, tmp_path):
+    from proxy import Proxy
+    from registry import Registry
+    path = tmp_path / "m.onnx"
+    model(path, 1)
+    token = "device-token-0123456789abcdef"
+    (tmp_path / "tokens").write_text(f"{token} m\n")
+    (tmp_path / "token").write_text(token)
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'tokens_file = "{tmp_path / "tokens"}"\n[[models]]\nname = "m"\npath = "{path}"\n')
+    hub = serve("--runtime", "none", "--config", cfg)
+    reg = Registry(tmp_path)
+    proxy = Proxy(reg.port)
+    target = f"oci://127.0.0.1:{proxy.port}/fleet/m:prod"
+    run = lambda *a: subprocess.run([str(binary()), *a], capture_output=True, text=True, timeout=120)
+    r = run("push", str(path), target, "--plain-http")
+    assert r.returncode == 0, r.stderr
+    r = run("pull", target, "--plain-http", "--dest", str(tmp_path / "d"), "--once", "--device-id", "oci-device-1",
+            "--report", f"{hub.url}/v1/models/m", "--token-file", str(tmp_path / "token"))
+    assert r.returncode == 0, r.stderr
+    doc = hub.get("/v1/fleet", headers={"Authorization": f"Bearer {token}"}).json()
+    devices = [d for m in doc["models"] for d in m["devices"]]
+    assert [d["device"] for d in devices] == ["oci-device-1"] and devices[0]["state"] == "committed", doc
+    assert devices[0]["version"] == current(tmp_path / "d")
+    heads = proxy.heads("/")
+    assert heads and not any("x-weightcast-device" in h.lower() for h in heads), "a report reached the registry"
+    # --report from a hub source is refused: there, reports ride on the polls.
+    r = run("pull", f"{hub.url}/v1/models/m", "--dest", str(tmp_path / "e"), "--once",
+            "--report", f"{hub.url}/v1/models/m")
+    assert r.returncode == 1 and "ride on the polls" in r.stderr, r.stderr

@@ -275,6 +275,12 @@ pub(crate) struct PullArgs {
     /// [default: /etc/machine-id, else the hostname].
     #[arg(long)]
     pub(crate) device_id: Option<String>,
+    /// Pulling from a registry: after each round, report this device (id,
+    /// version, state, last failure) to a hub serving the model, at its URL
+    /// (http://hub:8080/v1/models/NAME; --token-file's token goes with it).
+    /// From a hub, reports ride on the polls.
+    #[arg(long)]
+    pub(crate) report: Option<String>,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
     /// Print one JSON object per round on stdout (for fleet tooling).

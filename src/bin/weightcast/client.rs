@@ -46,3 +46,19 @@ pub(crate) fn client_for(
     let auth = oci::RegistryAuth::new(&origin, credentials, plain.clone());
     Ok(Client { auth: Some(std::sync::Arc::new(auth)), ..plain })
 }
+
+/// The client for reports to a hub (`pull --report`) beside a registry's:
+/// the hub's token and TLS; the registry's flags are not its.
+pub(crate) fn report_client(
+    url: &str,
+    token: Option<String>,
+    args: &ClientArgs,
+) -> Result<weightcast::net::Client, String> {
+    use weightcast::net::{self, Client};
+    let tls = match url.starts_with("https://") {
+        true => Some(net::tls_config(args.ca.as_deref())?),
+        false => None,
+    };
+    let auth = token.map(|t| std::sync::Arc::new(net::Bearer(t)) as std::sync::Arc<dyn net::Authorizer>);
+    Ok(Client { auth, timeout: args.timeout, tls, headers: Vec::new() })
+}

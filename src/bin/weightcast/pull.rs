@@ -12,7 +12,10 @@ use crate::cli::PullArgs;
 use crate::client::client_for;
 
 /// What `weightcast pull` was told, checked: the updater's options and its client.
-fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast::net::Client), String> {
+/// A hub to report to (`--report`), and the client that reaches it.
+type HubReport = Option<(http_types::Url, weightcast::net::Client)>;
+
+fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast::net::Client, HubReport), String> {
     use weightcast::updater::{self, Check, Options};
     let url = http_types::Url::parse(&a.url).map_err(|e| format!("bad URL '{}': {e}", a.url))?;
     let cfg = match &a.config {
@@ -78,6 +81,19 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         },
     };
     let token = token.filter(|t| !t.is_empty());
+    // From a registry with --report, the token is the hub's, for the reports.
+    let (token, report) = match &a.report {
+        None => (token, None),
+        Some(_) if url.scheme() != "oci" => {
+            return Err("--report is for devices pulling from a registry: from a hub, reports ride on the polls".into())
+        }
+        Some(r) => match http_types::Url::parse(r) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.path().contains("/v1/models/") => {
+                (None, Some((u, crate::client::report_client(r, token, &a.client)?)))
+            }
+            _ => return Err(format!("--report {r}: give the model's URL on the hub, http://hub:8080/v1/models/NAME")),
+        },
+    };
     let client = client_for(&a.url, token, &a.client)?;
     let plain_http = a.client.plain_http;
     let device_id = match &a.device_id {
@@ -106,12 +122,12 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         trust,
         plain_http,
     };
-    Ok((opts, client))
+    Ok((opts, client, report))
 }
 
 pub(crate) fn pull(a: PullArgs) -> ExitCode {
     use weightcast::updater;
-    let (opts, client) = match pull_setup(&a) {
+    let (opts, client, hub) = match pull_setup(&a) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("weightcast: {e}");
@@ -129,6 +145,9 @@ pub(crate) fn pull(a: PullArgs) -> ExitCode {
         let started = std::time::Instant::now();
         let result = smol::block_on(crate::process::beating(updater::round(&opts, &client), heartbeat.as_ref()));
         let ms = started.elapsed().as_millis() as u64;
+        if let Some((url, hub_client)) = &hub {
+            smol::block_on(crate::process::beating(updater::report_to(&opts, hub_client, url), heartbeat.as_ref()));
+        }
         let report = report(&result, ms, a.exit_no_change.unwrap_or(0), &mut quiet);
         tell_systemd(round == 0, &opts.dest, &result);
         if a.json {
