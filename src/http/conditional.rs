@@ -50,6 +50,12 @@ impl Ask {
         self.accept.as_deref().is_some_and(|a| a.contains("text/html"))
     }
 
+    /// A browser navigating (`text/html` first in `Accept`, as Chromium and
+    /// Firefox send), not a program that also takes HTML.
+    pub(super) fn browser(&self) -> bool {
+        self.accept.as_deref().is_some_and(|a| a.trim_start().starts_with("text/html"))
+    }
+
     /// The `304` where the client holds this representation already
     /// (`If-None-Match`; with `model`, also `If-Modified-Since` against when
     /// its version was loaded), with the headers a `200` would carry; else

@@ -63,6 +63,16 @@ pub(super) fn page(ask: &Ask) -> Response {
     r
 }
 
+/// A browser on a model's API URL: the page, at that model (`/#/m/{m}`).
+pub(super) fn to_page(model: &str) -> Response {
+    let mut r = Response::new(StatusCode::Found);
+    let name = percent_encoding::utf8_percent_encode(model, percent_encoding::NON_ALPHANUMERIC);
+    r.insert_header("Location", format!("/#/m/{name}"));
+    r.insert_header("Cache-Control", "no-store");
+    r.insert_header("Vary", "Accept");
+    r
+}
+
 pub(super) fn healthz() -> Response {
     let mut r = Response::new(StatusCode::Ok);
     r.set_body("ok\n");

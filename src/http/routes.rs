@@ -145,6 +145,14 @@ pub(super) async fn dispatch(state: Arc<State>, req: Request, route: Option<Rout
     if !matches!(req.method(), Method::Get | Method::Head) {
         return Err(method_not_allowed(format!("{} is not served; use GET or HEAD", req.method())));
     }
+    // A browser opening a model's API URL (it asks for text/html first)
+    // gets the page at that model, not protobuf to download; programs ask
+    // for */*, protobuf or JSON.
+    if let Some(model) = route.as_ref().and_then(Route::model) {
+        if Ask::of(&req).browser() && !req.url().query_pairs().any(|(k, _)| k == "format") {
+            return Ok(documents::to_page(model));
+        }
+    }
     let scope = match route.as_ref().is_some_and(Route::is_open) {
         true => Scope::All,
         false => auth::scope(&state, &req)?,

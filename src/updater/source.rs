@@ -210,8 +210,17 @@ async fn fetch_manifest(client: &Client, hub: &Hub, etag: Option<&str>) -> Resul
         };
     }
     expect_ok(&url, &reply)?;
-    let manifest = Manifest::decode(reply.body.as_slice())
-        .map_err(|e| UpdateError::Manifest { problem: format!("not a weightcast.v1.Manifest: {e}") })?;
+    let content_type = reply.header("Content-Type").unwrap_or("no Content-Type").to_string();
+    if content_type.starts_with("text/html") {
+        let problem = format!("{url} answered a web page (text/html), not a manifest: is it a model's URL on a weightcast hub (http://hub:8080/v1/models/NAME)?");
+        return Err(UpdateError::Manifest { problem });
+    }
+    let manifest = Manifest::decode(reply.body.as_slice()).map_err(|e| UpdateError::Manifest {
+        problem: format!(
+            "{url} answered {} bytes of {content_type} that are not a weightcast manifest ({e}); is it a model's URL on a weightcast hub?",
+            reply.body.len()
+        ),
+    })?;
     verify_manifest(&manifest)?;
     Ok(Some(Offer {
         model_version: reply.header(MODEL_VERSION).unwrap_or_default().to_string(),

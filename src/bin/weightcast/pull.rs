@@ -59,6 +59,7 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
     }
     let trust =
         a.trust.iter().map(|t| read_trusted_key(t)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    hub_model_url(&url)?;
     let model = match a.model.clone().or_else(|| updater::model_of(&url)) {
         Some(model) => model,
         None => return Err(format!("cannot tell the model's name from {url}: give --model NAME")),
@@ -292,4 +293,24 @@ fn report(
         quiet.changed();
     }
     Report { code, retry_after, json }
+}
+
+/// A hub URL must name a model (`…/v1/models/NAME`): the hub's root, its
+/// page (`/#/m/NAME`, copied from a browser) or the listing answer other
+/// things, which would fail later as "not a manifest".
+fn hub_model_url(url: &http_types::Url) -> Result<(), String> {
+    if url.scheme() == "oci" {
+        return Ok(());
+    }
+    let segments: Vec<&str> = url.path().split('/').filter(|s| !s.is_empty()).collect();
+    if let [.., "v1", "models", _] = segments.as_slice() {
+        return Ok(());
+    }
+    let base = url.origin().ascii_serialization();
+    let from_page = url.fragment().and_then(|f| f.strip_prefix("/m/")).and_then(|r| r.split('/').next());
+    let give = match from_page.filter(|n| !n.is_empty()) {
+        Some(name) => format!("{base}/v1/models/{name}"),
+        None => format!("{base}/v1/models/NAME ({base}/v1/models lists the models)"),
+    };
+    Err(format!("{url} is not a model's URL on a hub: give {give}"))
 }

@@ -23,6 +23,18 @@ pub(crate) fn push(a: PushArgs) -> Result<(), String> {
         weightcast::wire::signature::sign(&mut manifest, key);
     }
     let registry = oci::Registry::new(&reference, client);
+    // A tag that holds another model keeps its name unless --name says
+    // otherwise: devices pulling it would take a renamed model (their
+    // --model, the repository's last segment, refuses it).
+    if a.name.is_none() {
+        if let Some(held) = smol::block_on(held_model(&registry, &reference.reference)).filter(|h| *h != model.name) {
+            return Err(format!(
+                "{} holds model '{held}', and this push would name it '{}' (the repository's last segment): \
+                 give --name {held} to publish a new version of it, or --name {} to rename it on purpose",
+                a.target, model.name, model.name
+            ));
+        }
+    }
     let pushed = smol::block_on(weightcast::push::push(&model, &manifest, &registry, &reference.reference))
         .map_err(|e| e.to_string())?;
     let ms = started.elapsed().as_millis();
@@ -38,4 +50,10 @@ pub(crate) fn push(a: PushArgs) -> Result<(), String> {
         pushed.artifact_bytes
     );
     Ok(())
+}
+
+/// The model the artifact at `tag` holds, if the tag exists and is one of ours.
+async fn held_model(registry: &weightcast::oci::Registry, tag: &str) -> Option<String> {
+    let found = registry.manifest(tag, None).await.ok()??;
+    found.manifest.annotations().as_ref()?.get("dev.weightcast.model").cloned()
 }
