@@ -22,6 +22,10 @@ pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
     let rt = &model.runtime;
     let info = &model.info;
     let stored = model.view(None);
+    // Where /graph keeps each tensor it moved out (read back from /graph
+    // itself, so the two cannot disagree).
+    let locations: std::collections::HashMap<String, String> =
+        crate::onnx::graph_parts(model.graph().clone()).map(|p| p.external.into_iter().collect()).unwrap_or_default();
     let value_info = |v: &crate::onnx::ValueInfo| proto::ValueInfo {
         name: v.name.clone(),
         dtype: v.dtype.clone(),
@@ -74,6 +78,7 @@ pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
                     ),
                     (_, None) => format!("/v1/blobs/sha256/{}", hex::encode(m.sha256)),
                 },
+                location: locations.get(&t.name).cloned().unwrap_or_default(),
             })
             .collect(),
         graph_sha256: hex::encode(model.graph_sha256()),
@@ -121,6 +126,9 @@ fn manifest_json(m: &proto::Manifest) -> Value {
                 "sha256": t.sha256, "storage": t.storage, "constant": t.constant});
             if !t.blob.is_empty() {
                 o["blob"] = t.blob.clone().into();
+            }
+            if !t.location.is_empty() {
+                o["location"] = t.location.clone().into();
             }
             if t.source_dtype != 0 {
                 o["source_dtype"] = dtype_name(t.source_dtype);

@@ -342,3 +342,25 @@ def test_many_tiny_incompressible_tensors_are_no_larger_compressed(serve, tmp_pa
         compressed = raw(server, path_q, "zstd")[1]
         print(f"\ntiny {q}: identity {len(identity)}, zstd {len(compressed)} ({len(compressed) / len(identity):.3f})")
         assert len(compressed) <= len(identity) * (1 + SLACK_RATIO) + SLACK_BYTES, q
+
+
+def external_locations(graph):
+    """(name, external data `location`) of every tensor a graph (and its
+    subgraphs, and its Constant nodes) keeps outside; a name may repeat
+    across subgraphs."""
+    return [(t.name, {e.key: e.value for e in t.external_data}["location"])
+            for t in all_tensors(graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_manifest_says_where_graph_keeps_each_tensor(corpus_server, name):
+    """An onnxruntime-web app builds `externalData` from the manifest alone."""
+    m = corpus_server.get(f"/v1/models/{name}?format=json").json()
+    graph = onnx.load_from_string(corpus_server.get(f"/v1/models/{name}/graph").content)
+    want = external_locations(graph.graph)
+    got = {t["name"]: t["location"] for t in m["tensors"] if "location" in t}
+    # Subgraph tensors are named by their scope in the manifest
+    # ("If_0/else_branch/w"); an app needs the paths: every one, once.
+    assert sorted(got.values()) == sorted(location for _, location in want), name
+    for tensor, location in want:
+        assert got.get(tensor, location) == location, tensor
