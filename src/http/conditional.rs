@@ -15,6 +15,7 @@ use crate::encode::{Encoding, Format};
 use crate::store::Model;
 
 /// What the client's headers ask for.
+#[derive(Clone)]
 pub(super) struct Ask {
     if_none_match: Option<String>,
     if_modified_since: Option<String>,
@@ -43,6 +44,13 @@ impl Ask {
                 None => negotiate::encoding(header("Accept-Encoding").as_deref()),
             },
         }
+    }
+
+    /// The same ask, answered in identity (Hugging Face's clients size and
+    /// name a file by the bytes on the wire).
+    pub(super) fn identity(mut self) -> Ask {
+        self.encoding = Encoding::Identity;
+        self
     }
 
     /// A browser asking for a page (`Accept: text/html`).

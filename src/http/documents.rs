@@ -73,6 +73,15 @@ pub(super) fn to_page(model: &str) -> Response {
     r
 }
 
+/// An empty JSON list (a Hugging Face tree listing below the top: every
+/// file of a repo is at its top).
+pub(super) fn empty_list() -> Response {
+    let mut r = Response::new(StatusCode::Ok);
+    r.set_body("[]");
+    r.insert_header("Content-Type", "application/json");
+    r
+}
+
 pub(super) fn healthz() -> Response {
     let mut r = Response::new(StatusCode::Ok);
     r.set_body("ok\n");

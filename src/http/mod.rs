@@ -5,7 +5,7 @@
 //! `routes` (the route table and dispatch), `auth` (tokens), `cors`,
 //! `conditional` (ETags, 304, ranges), `negotiate` (format, encoding,
 //! query), `poll` (a device's poll answered from its head), `documents` and
-//! `tensors` (the handlers), `body` (streamed
+//! `tensors` (the handlers), `hf` (Hugging Face's read API), `body` (streamed
 //! bodies), `error`, `metrics`, `tls`, `reloading`.
 
 mod auth;
@@ -15,6 +15,7 @@ pub(crate) mod conn;
 mod cors;
 mod documents;
 mod error;
+mod hf;
 mod metrics;
 mod negotiate;
 mod poll;

@@ -134,6 +134,9 @@ pub(super) fn query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Qu
             // Split by the route, which knows the names.
             "names" => q.names.get_or_insert_with(Vec::new).push(value),
             "from" => q.from = Some(value),
+            // Hugging Face's tree listing: every file is at the top, so a
+            // listing is the same recursive or not, expanded or not.
+            "recursive" | "expand" | "cursor" => {}
             // `allowed` names only the parameters above.
             _ => return Err(QueryError::NoneTaken { key }),
         }

@@ -9,7 +9,7 @@ use http_types::{Method, Request, Response, StatusCode};
 use super::auth::{self, Scope};
 use super::conditional::Ask;
 use super::error::{bad_request, method_not_allowed, not_found, ApiError};
-use super::{documents, negotiate, tensors, State};
+use super::{documents, hf, negotiate, tensors, State};
 use crate::store::Model;
 
 /// A route, its path's names percent-decoded.
@@ -49,13 +49,31 @@ pub(super) enum Route {
     Blob {
         digest: String,
     },
+    /// Hugging Face's `/api/models/{repo}[/revision/{rev}]` (`hf`).
+    HfInfo {
+        model: String,
+        revision: String,
+    },
+    /// Hugging Face's `/api/models/{repo}/tree/{rev}[/{path}]`.
+    HfTree {
+        model: String,
+        revision: String,
+        path: String,
+    },
+    /// Hugging Face's `/{repo}/resolve/{rev}/{file}`.
+    HfFile {
+        model: String,
+        revision: String,
+        file: String,
+    },
 }
 
 /// Every route, for the 404 of an unknown one.
 pub(super) const ROUTES: &str =
     "/ (the page), /healthz, /readyz, /metrics, /v1/fleet, /v1/models, /v1/models/{model}, \
     /v1/models/{model}/weights, /v1/models/{model}/tensors/{name}, /v1/models/{model}/graph, \
-    /v1/models/{model}/stats, /v1/models/{model}/changes, /v1/blobs/sha256/{digest}";
+    /v1/models/{model}/stats, /v1/models/{model}/changes, /v1/blobs/sha256/{digest}; for Hugging Face's clients: \
+    /api/models/{model}/revision/{rev}, /api/models/{model}/tree/{rev}, /{model}/resolve/{rev}/{file}";
 
 fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
@@ -82,6 +100,14 @@ impl Route {
                 Route::Tensor { model: model(m), name: decode(&name.join("/")) }
             }
             ["v1", "blobs", "sha256", digest] => Route::Blob { digest: digest.to_string() },
+            ["api", "models", m] => Route::HfInfo { model: model(m), revision: "main".into() },
+            ["api", "models", m, "revision", rev] => Route::HfInfo { model: model(m), revision: decode(rev) },
+            ["api", "models", m, "tree", rev, path @ ..] => {
+                Route::HfTree { model: model(m), revision: decode(rev), path: decode(&path.join("/")) }
+            }
+            [m, "resolve", rev, file @ ..] if !file.is_empty() && *m != "v1" => {
+                Route::HfFile { model: model(m), revision: decode(rev), file: decode(&file.join("/")) }
+            }
             _ => return None,
         })
     }
@@ -103,6 +129,7 @@ impl Route {
             Some(Route::Changes { .. }) => "changes",
             Some(Route::Tensor { .. }) => "tensor",
             Some(Route::Blob { .. }) => "blob",
+            Some(Route::HfInfo { .. } | Route::HfTree { .. } | Route::HfFile { .. }) => "hf",
             None => "other",
         }
     }
@@ -115,6 +142,7 @@ impl Route {
             Route::Weights { .. } => &["format", "dtype", "names", "compress", "codec"],
             Route::Tensor { .. } => &["format", "dtype", "compress", "codec"],
             Route::Blob { .. } => &["dtype", "from"],
+            Route::HfTree { .. } => &["recursive", "expand", "cursor"],
             _ => &[],
         }
     }
@@ -133,7 +161,10 @@ impl Route {
             | Route::Graph { model }
             | Route::Stats { model }
             | Route::Changes { model }
-            | Route::Tensor { model, .. } => Some(model),
+            | Route::Tensor { model, .. }
+            | Route::HfInfo { model, .. }
+            | Route::HfTree { model, .. }
+            | Route::HfFile { model, .. } => Some(model),
             _ => None,
         }
     }
@@ -211,6 +242,14 @@ pub(super) async fn dispatch(state: Arc<State>, req: Request, route: Option<Rout
             tensors::tensors(state, &ask, &q, model, vec![index], true).await
         }
         Route::Blob { digest } => tensors::blob(state, &ask, &q, &digest, &scope).await,
+        Route::HfInfo { model, revision } => Ok(hf::info(&*hf::revision(state, &model, &revision)?)),
+        Route::HfTree { model, revision, path } => match path.is_empty() {
+            true => hf::tree(state, &ask, hf::revision(state, &model, &revision)?).await,
+            false => Ok(documents::empty_list()),
+        },
+        Route::HfFile { model, revision, file } => {
+            hf::file(state, &ask, hf::revision(state, &model, &revision)?, &file).await
+        }
     }
 }
 

@@ -162,7 +162,7 @@ async fn view(model: &Arc<Model>, repr: crate::store::Representation) -> Arc<cra
 
 /// `r` with `chunks` as its body (a `206` or `416` where a range asks), the
 /// body holding its model's version until it is sent.
-fn with_body(
+pub(super) fn with_body(
     ask: &Ask,
     etag: &str,
     mut r: Response,

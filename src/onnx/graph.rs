@@ -218,6 +218,14 @@ pub fn for_session(
     rewrite(model, &|_: &str| placeholder.to_string(), &data_of, Some(&share))
 }
 
+/// The model with every tensor's data inline (`raw_data`): one file that
+/// needs nothing beside it (a client whose cache links files from elsewhere
+/// — Hugging Face's `blobs/` — cannot give ONNX Runtime external data in the
+/// model's folder). `data_of` as for [`externalize`].
+pub fn inline(model: &Bytes, data_of: impl Fn(&str) -> Option<Bytes>) -> Result<Vec<u8>, RewriteError> {
+    rewrite(model, &|_: &str| String::new(), &data_of, Some(&|_: &str| false)).map(|(graph, _)| graph)
+}
+
 fn rewrite(
     model: &Bytes,
     locate: &dyn Fn(&str) -> String,
