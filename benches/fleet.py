@@ -12,7 +12,7 @@ nginx `proxy_cache` and N polling devices in another, the two joined by a
 veth pair shaped by `tbf`; how long a one-tensor and a full-model change
 take to reach every device, and the bytes that cross the uplink.
 
-    .venv/bin/python benches/fleet.py --link            # 29 MB model, 20 devices, 20mbit (~1.5 min)
+    .venv/bin/python benches/fleet.py --link            # 29 MB model, 20 devices, 20mbit (~1 min; writes benches/fleet-link.json)
     .venv/bin/python benches/fleet.py --link --quick    # 8 MB model, 20 devices
 
 Everything on loopback, release build unless WEIGHTCAST_BIN says otherwise;

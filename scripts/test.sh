@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: fetches the ONNX Runtime
 # library, makes the Python test venv (pinned versions), builds, then runs
-# `cargo test`, checks that the benchmarks compile, and runs the Python
+# `cargo test` (clippy --all-targets has compiled the benchmarks), and runs the Python
 # reference/interop/updater suite (pytest) and the real-model corpus
 # (tests/corpus), then builds the aarch64 (Jetson) binary and smoke-tests it
 # under qemu.
@@ -32,7 +32,6 @@ cargo build --locked
 # one fails `cargo fuzz run --locked`, and any offline build of it).
 cargo metadata --locked --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null
 cargo test --locked
-cargo bench --locked --no-run   # the benchmarks compile (PERFORMANCE.md runs them)
 # Four workers (pytest-xdist): most tests wait on servers, pulls and
 # timers, not the CPU; on 2 cores the Python suite took 13 min in one process
 # and 4.6 min in four (2026-12-06).

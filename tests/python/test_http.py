@@ -94,7 +94,10 @@ def test_errors(demo):
     error(r, 405, "POST")
     assert r.headers["Allow"] == "GET, HEAD"
     error(requests.delete(demo.url + "/v1/models/demo", timeout=10), 405)
-    error(demo.get("/v1/models/demo", headers={"Accept": "text/html"}), 406, "text/html")
+    error(demo.get("/v1/models/demo", headers={"Accept": "image/png"}), 406, "image/png")
+    # A browser (text/html first) is sent to the page instead (issue #26).
+    r = demo.get("/v1/models/demo", headers={"Accept": "text/html"}, allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"] == "/#/m/demo"
     assert demo.get("/v1/models/demo", headers={"Accept": "application/json"}).headers["Content-Type"] == "application/json"
 
 
