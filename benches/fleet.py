@@ -14,6 +14,12 @@ take to reach every device, and the bytes that cross the uplink.
 
     .venv/bin/python benches/fleet.py --link            # 29 MB model, 20 devices, 20mbit (~1 min; writes benches/fleet-link.json)
     .venv/bin/python benches/fleet.py --link --quick    # 8 MB model, 20 devices
+    .venv/bin/python benches/fleet.py --link --stages 20,100 --wait 3s   # staged (writes fleet-link-staged.json)
+
+With `--stages`, the hub's model has a `[models.rollout]` table (those
+stages, that wait, max_failures 1; its fleet table in the run's folder): a
+change reaches the first stage's devices, and the rest only after those have
+reported it committed for the wait; `/v1/fleet` is read along the way.
 
 Everything on loopback, release build unless WEIGHTCAST_BIN says otherwise;
 the hub runs in its default configuration (ONNX Runtime on). The registry is
@@ -106,13 +112,15 @@ def republish(hub, served, model):
 
 
 class Hub:
-    """`weightcast serve` in its default configuration; `prefix` wraps the
-    command (`ip netns exec NS`), `ns` is the network namespace it listens in,
-    `env` its environment."""
+    """`weightcast serve` in its default configuration, or with `config` (a
+    TOML file serving `model` under its stem); `prefix` wraps the command
+    (`ip netns exec NS`), `ns` is the network namespace it listens in, `env`
+    its environment."""
 
-    def __init__(self, model, log, listen="127.0.0.1:0", prefix=(), ns=None, env=None):
+    def __init__(self, model, log, listen="127.0.0.1:0", prefix=(), ns=None, env=None, config=None):
         self.log = open(log, "w")
-        self.proc = subprocess.Popen([*prefix, str(BIN), "serve", "--listen", listen, str(model)],
+        what = ["--config", str(config)] if config else [str(model)]
+        self.proc = subprocess.Popen([*prefix, str(BIN), "serve", "--listen", listen, *what],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         self.url = self.proc.stdout.readline().split()[-1]
         self.port = int(self.url.rsplit(":", 1)[1])
@@ -120,8 +128,23 @@ class Hub:
         self.ns = ns
 
     def version(self):
+        """The version offered to a client that is no device (during a
+        rollout, the stable one)."""
         with inside(self.ns):
             return requests.get(f"{self.url}/v1/models/{self.name}?format=json", timeout=10).json()["version"]
+
+    def fleet(self):
+        """This model's part of `/v1/fleet`: its stable version, its rollout
+        (None when there is none), its devices."""
+        with inside(self.ns):
+            doc = requests.get(f"{self.url}/v1/fleet", timeout=10).json()
+        return next(m for m in doc["models"] if m["model"] == self.name)
+
+    def newest(self):
+        """The newest version the hub offers any device: a rollout's
+        candidate from the moment the rollout begins, else the stable one."""
+        m = self.fleet()
+        return (m["rollout"] or {}).get("candidate") or m["stable"]
 
     def stop(self):
         self.proc.kill()
@@ -341,8 +364,9 @@ def current(dest):
         return None
 
 
-def arrivals(dests, version, t0, timeout):
-    """Seconds from `t0` until each device's `current` names `version`, sorted."""
+def arrivals(dests, version, t0, timeout, watch=None):
+    """Seconds from `t0` until each device's `current` names `version`, by
+    device; `watch()` is called on every look (it samples what it wants)."""
     at = {}
     while len(at) < len(dests):
         now = time.monotonic() - t0
@@ -352,8 +376,52 @@ def arrivals(dests, version, t0, timeout):
         if now > timeout:
             behind = [d.name for d in dests if d not in at]
             raise RuntimeError(f"{len(behind)} devices not on {version[:16]} after {timeout:.0f} s: {behind[:5]}")
+        if watch:
+            watch()
         time.sleep(0.02)
-    return sorted(at.values())
+    return at
+
+
+class RolloutWatch:
+    """The hub's rollout of `version` as `/v1/fleet` shows it, read every
+    `every` s while a change travels: when it began and each stage opened
+    (the hub's own clock, as seconds from the rename at monotonic `t0`), the
+    most devices admitted and committed seen in each stage, and when the
+    committed count last rose (as read: ±`every`). 0.2 s: the hub moves
+    stages once a second, and 20 devices' reports are what it counts, not
+    these reads."""
+
+    def __init__(self, hub, version, t0, every=0.2):
+        self.hub, self.version, self.t0, self.every, self.due = hub, version, t0, every, 0.0
+        self.t0_wall = time.time() - (time.monotonic() - t0)
+        self.began_s, self.stages = None, {}
+
+    def __call__(self):
+        if time.monotonic() < self.due:
+            return
+        self.due = time.monotonic() + self.every
+        r = self.hub.fleet()["rollout"]
+        if not r or r["candidate"] != self.version:
+            return  # not begun yet, or done (the candidate is the stable version)
+        self.began_s = r["started_ms"] / 1000 - self.t0_wall
+        k = self.stages.setdefault(r["stage"], dict(percent=r["percent"], admitted=0, committed=0, committed_s=None))
+        if r["committed"] > k["committed"]:
+            k["committed_s"] = time.monotonic() - self.t0
+        k.update(opened_s=r["stage_opened_ms"] / 1000 - self.t0_wall, status=r["status"],
+                 admitted=max(k["admitted"], r["admitted"]), committed=max(k["committed"], r["committed"]))
+
+
+def by_stage(at, watch):
+    """The devices that got the new version in each stage: those current
+    after the stage opened and before the next did (a stage opens only when
+    every device of the one before reports it committed), their count, the
+    first and the last."""
+    out, opened = [], [watch.stages[k]["opened_s"] for k in sorted(watch.stages)] + [float("inf")]
+    for i, (k, stage) in enumerate(sorted(watch.stages.items())):
+        times = sorted(t for t in at.values() if opened[i] <= t < opened[i + 1])
+        out.append(dict(stage, stage=k, devices=len(times), first_s=times[0] if times else None,
+                        last_s=times[-1] if times else None))
+    return out
 
 
 UPSTREAM = re.compile(r'"\S+ (\S+) [^"]*" \d+ \d+ cache=\S+ upstream=(\S+) upstream_bytes=(\S+) upstream_sent=(\S+)')
@@ -411,38 +479,48 @@ def rounds(dests, offsets):
                 install_ms_max=ms[-1] if ms else None, fetched_bytes=fetched)
 
 
-def measure(link, log, changed_bytes, rate, interval, dests, begin):
+def measure(link, log, changed_bytes, rate, interval, dests, begin, hub=None, waits=0.0):
     """One change: `begin()` makes it and returns its time, the version the
     hub then offers and when it began to. The last device's time against the
-    link's limit; the bytes across the uplink, as frames and as HTTP, against
-    the changed bytes."""
+    link's limit (plus `waits`, a rollout's waits between stages); the bytes
+    across the uplink, as frames and as HTTP, against the changed bytes.
+    With `hub` (a staged rollout), its stages as `/v1/fleet` showed them."""
     c0, off, offsets = link.counters(), log.stat().st_size, log_sizes(dests)
     t0, version, offered = begin()
     hub_s = offered - t0
     limit = changed_bytes * 8 / rate
-    at = arrivals(dests, version, t0, 3 * (limit + interval) + 30)
+    watch = RolloutWatch(hub, version, t0) if hub else None
+    by_device = arrivals(dests, version, t0, 3 * (limit + interval + waits) + 30, watch)
+    at = sorted(by_device.values())
     c1 = link.counters()
     down, up = c1["down"] - c0["down"], c1["up"] - c0["up"]
     http = upstream(log, off)
     http_bytes = sum(k["received"] + k["sent"] for k in http.values())
     time.sleep(1)  # a round's status line comes just after its switch
-    return dict(version=version, changed_bytes=changed_bytes, limit_s=limit, hub_s=hub_s, first_s=at[0],
-                median_s=at[len(at) // 2], last_s=at[-1], time_ratio=at[-1] / (limit + interval),
-                offer_ratio=(at[-1] - hub_s) / (limit + interval), down_bytes=down, up_bytes=up,
-                wire_ratio=(down + up) / changed_bytes, http_bytes=http_bytes, http_ratio=http_bytes / changed_bytes,
-                drops=c1["drops"] - c0["drops"], upstream=http, rounds=rounds(dests, offsets))
+    budget = limit + interval + waits
+    out = dict(version=version, changed_bytes=changed_bytes, limit_s=limit, waits_s=waits, hub_s=hub_s,
+               first_s=at[0], median_s=at[len(at) // 2], last_s=at[-1], time_ratio=at[-1] / budget,
+               offer_ratio=(at[-1] - hub_s) / budget, down_bytes=down, up_bytes=up,
+               wire_ratio=(down + up) / changed_bytes, http_bytes=http_bytes, http_ratio=http_bytes / changed_bytes,
+               drops=c1["drops"] - c0["drops"], upstream=http, rounds=rounds(dests, offsets))
+    if watch:
+        out.update(rollout_began_s=watch.began_s, stages=by_stage(by_device, watch))
+    return out
 
 
-def publish(hub, served, model):
+def publish(hub, served, model, staged=False):
     """A change for `measure`: `model` copied beside the served file, then
     renamed over it (the clock starts at the rename), and a wait until the
-    hub offers a new version."""
+    hub offers a new version (`staged`: to the first stage, which a client
+    that is no device is not offered; `/v1/fleet` shows the rollout)."""
+    offered = hub.newest if staged else hub.version
+
     def begin():
-        before = hub.version()
+        before = offered()
         shutil.copy(model, served.with_suffix(".tmp"))
         t0 = time.monotonic()
         os.replace(served.with_suffix(".tmp"), served)
-        while (v := hub.version()) == before:
+        while (v := offered()) == before:
             if time.monotonic() - t0 > 60:
                 raise RuntimeError("the hub did not offer the new file within 60 s")
             time.sleep(0.02)
@@ -461,6 +539,25 @@ def idle(link, log, seconds):
                 up_per_s=(c1["up"] - c0["up"]) / seconds, upstream=upstream(log, off))
 
 
+def seconds(text):
+    """A duration as the hub's config writes it ("3s", "500ms", "2m") in seconds."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", text)
+    if not m:
+        raise SystemExit(f"--wait {text}: give ms, s or m (e.g. 3s)")
+    return float(m[1]) * {"ms": 1e-3, "s": 1, "m": 60}[m[2]]
+
+
+def staged_config(tmp, served, stages, wait):
+    """The hub's config for a staged rollout of `served`: `stages` (percent
+    of the known devices), `wait` between them, halting at the first failure;
+    its fleet table and kept versions in this run's folder."""
+    cfg = tmp / "hub.toml"
+    cfg.write_text(f'state_dir = "{tmp / "hub-state"}"\n\n[[models]]\nname = "{served.stem}"\npath = "{served}"\n'
+                   f'[models.rollout]\nstages = [{", ".join(map(str, stages))}]\nwait = "{wait}"\n'
+                   "max_failures = 1\n")
+    return cfg
+
+
 def constrained_link(tmp, a):
     mb = a.mb or (12 if a.quick else 32)
     rate, interval = bits_per_s(a.rate), 1.0
@@ -473,6 +570,10 @@ def constrained_link(tmp, a):
           f"and a {a.rate} uplink; one-tensor change: '{tensor}' ({one / 1e6:.1f} MB)")
     out = dict(rate=a.rate, rate_bits=rate, devices=a.devices, interval_s=interval, cache=a.cache, model_bytes=full,
                tensors=tensors)
+    # A staged rollout waits `wait` between each two stages.
+    waits = seconds(a.wait) * (len(a.stages) - 1) if a.stages else 0.0
+    if a.stages:
+        out.update(stages=a.stages, wait=a.wait, waits_s=waits)
     with Link(a.rate) as link:
         served = tmp / "hub" / "model.onnx"
         served.parent.mkdir()
@@ -480,8 +581,9 @@ def constrained_link(tmp, a):
         # Default configuration; its cache and state folders (systemd's
         # variables) fresh in this run, not the caller's home.
         env = dict(os.environ, CACHE_DIRECTORY=str(tmp / "hub-cache"), STATE_DIRECTORY=str(tmp / "hub-state"))
+        config = staged_config(tmp, served, a.stages, a.wait) if a.stages else None
         hub = Hub(served, tmp / "hub.log", listen=f"{HUB_IP}:8080", prefix=link.prefix(link.hub), ns=link.hub,
-                  env=env)
+                  env=env, config=config)
         link.procs.append(hub.proc)
 
         def ready(url):
@@ -496,6 +598,8 @@ def constrained_link(tmp, a):
         # Builds since the fleet table (#24 parts 1-3) send a device id,
         # /etc/machine-id by default: the same for all 20 here.
         ids = "--device-id" in run("pull", "--help")[1]
+        if a.stages and not ids:
+            raise SystemExit("--stages: this build's pull has no --device-id (stages are shares of distinct ids)")
 
         def start_devices():
             version, t0 = hub.version(), time.monotonic()
@@ -511,7 +615,9 @@ def constrained_link(tmp, a):
             out["idle"] = idle(link, log, 5)
             for key, model_file, nbytes in (("one_tensor", v2, one), ("full_model", v3, full)):
                 time.sleep(2)
-                out[key] = measure(link, log, nbytes, rate, interval, dests, publish(hub, served, model_file))
+                out[key] = measure(link, log, nbytes, rate, interval, dests,
+                                   publish(hub, served, model_file, staged=bool(a.stages)),
+                                   hub=hub if a.stages else None, waits=waits)
         finally:
             if a.logs:
                 a.logs.mkdir(parents=True, exist_ok=True)
@@ -526,8 +632,11 @@ LINK_ROWS = (("first install", "first_install"), ("one-tensor change", "one_tens
 
 
 def print_link(r):
-    print(f"\n| {r['devices']} devices, {r['rate']} | changed bytes | link limit | hub offers it | first / median / "
-          f"last device | last ÷ (limit + {r['interval_s']:g} s): from rename / from offer | frames on the uplink "
+    waits = f" + {r['waits_s']:g} s waits" if r.get("stages") else ""
+    staged = f", stages {r['stages']}, wait {r['wait']}" if r.get("stages") else ""
+    print(f"\n| {r['devices']} devices, {r['rate']}{staged} | changed bytes | link limit | hub offers it | first / "
+          f"median / last device | last ÷ (limit + {r['interval_s']:g} s{waits}): from rename / from offer | frames "
+          f"on the uplink "
           f"(to site + from site) ÷ changed | HTTP hub↔site ÷ changed |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, key in LINK_ROWS:
         x = r[key]
@@ -548,21 +657,57 @@ def print_link(r):
         x = r[key]["rounds"]
         print(f"  devices' rounds, {label}: {x['status']}; install round median / longest "
               f"{x['install_ms_median']} / {x['install_ms_max']} ms" + (f"; failed: {x['errors']}" if x["errors"] else ""))
+    for label, key in LINK_ROWS[1:]:
+        if "stages" in r[key]:
+            print_stages(label, r[key])
+
+
+def print_stages(label, x):
+    """A staged change's rollout: when it began, and per stage when it
+    opened, what `/v1/fleet` counted and when its devices ran the version."""
+    parts = [f"stage {k['stage']} ({k['percent']}%) opened {k['opened_s']:.2f} s, admitted ≤ {k['admitted']}, "
+             f"committed ≤ {k['committed']} (the last at {k['committed_s'] or 0:.1f} s), {k['devices']} devices "
+             "current " + (f"{k['first_s']:.2f}–{k['last_s']:.2f} s" if k["devices"] else "—") for k in x["stages"]]
+    print(f"  rollout, {label}: began {x['rollout_began_s']:.2f} s after the rename; {'; '.join(parts)}")
 
 
 def check_link(r):
     """The issue's targets, for the two changes: HTTP bytes between hub and
     site (the frames' TCP/IP headers are the link's, ~4.6% at MTU 1500, and
     not weightcast's to save), and the time from the hub's offer (its
-    `reload_settle`, 2 s, comes before: a hub setting, not the link)."""
+    `reload_settle`, 2 s, comes before: a hub setting, not the link). A
+    staged rollout's time counts from the rename, against limit + poll + the
+    waits between stages, and its stages must have happened."""
+    when = ("from the rename", "time_ratio") if r.get("stages") else ("from the offer", "offer_ratio")
     bad = [f"{key}: {what} {r[key][field]:.3f} > {target}" for key in ("one_tensor", "full_model")
            for what, field, target in (("HTTP bytes ÷ changed", "http_ratio", TARGET_BYTES),
-                                       ("last device ÷ (limit + poll), from the offer", "offer_ratio", TARGET_TIME))
+                                       (f"last device ÷ (limit + poll + waits), {when[0]}", when[1], TARGET_TIME))
            if r[key][field] > target]
     for _, key in LINK_ROWS:
         if repeated := r[key]["upstream"].get("blob", {}).get("repeated"):
             bad.append(f"{key}: {repeated} blobs crossed the uplink more than once")
+    if r.get("stages"):
+        bad += [f"{key}: {why}" for key in ("one_tensor", "full_model") for why in staging_faults(r, r[key])]
     assert not bad, "; ".join(bad)
+
+
+def staging_faults(r, x):
+    """What says the stages did not happen as configured: a stage unseen,
+    the first stage admitting other than its share of the devices (rounded
+    up, as the hub counts), or a stage opening less than `wait` after the
+    last device of the one before ran the version (its committed report
+    comes at its next poll, so the wait counts from later still)."""
+    seen = x["stages"]
+    if len(seen) != len(r["stages"]):
+        return [f"{len(seen)} stages seen of {len(r['stages'])}"]
+    share = -(-r["devices"] * r["stages"][0] // 100)
+    faults = []
+    if not seen[0]["admitted"] == seen[0]["devices"] == share:
+        faults.append(f"stage 0 admitted {seen[0]['admitted']}, ran it on {seen[0]['devices']} devices, not {share}")
+    wait = r["waits_s"] / (len(r["stages"]) - 1)
+    faults += [f"stage {b['stage']} opened {b['opened_s'] - a['last_s']:.2f} s after stage {a['stage']}'s last device"
+               for a, b in zip(seen, seen[1:]) if a["last_s"] is None or b["opened_s"] - a["last_s"] < wait]
+    return faults
 
 
 def main():
@@ -576,6 +721,10 @@ def main():
     ap.add_argument("--cache", choices=("all", "blobs"), default="all",
                     help="with --link: what nginx caches: all (README's block) or only /v1/blobs/")
     ap.add_argument("--logs", type=Path, help="with --link: copy nginx's, the hub's and the devices' logs here")
+    ap.add_argument("--stages", type=lambda t: [int(x) for x in t.split(",")],
+                    help="with --link: a staged rollout, percent of the devices per stage (e.g. 20,100)")
+    ap.add_argument("--wait", default="3s", help="with --stages: how long a stage's devices run it committed before "
+                    "the next opens")
     a = ap.parse_args()
     if a.link:
         # SIGTERM ends the run like ^C: namespaces, qdiscs and processes go.
@@ -583,7 +732,7 @@ def main():
         with tempfile.TemporaryDirectory() as t:
             r = constrained_link(Path(t), a)
         print_link(r)
-        out = a.json or (None if a.quick else ROOT / "benches" / "fleet-link.json")
+        out = a.json or (None if a.quick else ROOT / "benches" / f"fleet-link{'-staged' if a.stages else ''}.json")
         if out:
             out.write_text(json.dumps(r, indent=1))
         check_link(r)

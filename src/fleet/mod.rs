@@ -70,6 +70,13 @@ struct ModelFleet {
     rollout_dirty: bool,
 }
 
+/// Rows and rollouts to write: (model, device, whether a history row too),
+/// and (model, its rollout or none).
+struct Batch {
+    changed: Vec<(String, Device, bool)>,
+    rollouts: Vec<(String, Option<Rollout>)>,
+}
+
 /// The fleet: devices and rollouts of every model.
 pub struct Fleet {
     /// `state_dir`: the database and the kept versions; `None`: memory only.
@@ -211,6 +218,14 @@ impl Fleet {
     pub fn tick(&self, store: &Store) {
         let now = unix_ms();
         let commands = self.with_db(|db| db.take_commands()).unwrap_or_default();
+        // A version the fleet has not seen is kept in the state folder
+        // before the table is locked: writing a model takes seconds (hundreds
+        // of MB), and every poll takes that lock.
+        for name in self.rollouts.keys() {
+            if let Some(current) = store.get(name).filter(|c| !self.seen(name, c.version())) {
+                self.keep(&current);
+            }
+        }
         let Ok(mut models) = self.models.lock() else { return };
         for (model, command) in commands {
             match models.get_mut(&model) {
@@ -234,7 +249,19 @@ impl Fleet {
                 }
             }
         }
-        self.write(&mut models, now);
+        let batch = self.batch(&mut models, now);
+        drop(models);
+        // Written with the table unlocked: polls never wait on the disk.
+        self.write(batch);
+    }
+
+    /// Whether `version` of `name` is its stable version or its candidate.
+    fn seen(&self, name: &str, version: &str) -> bool {
+        let Ok(models) = self.models.lock() else { return true };
+        models.get(name).is_some_and(|m| {
+            m.stable.as_ref().is_some_and(|s| s.version() == version)
+                || m.rollout.as_ref().is_some_and(|r| r.candidate == version)
+        })
     }
 
     /// A model's file holding a version the fleet has not seen: the first
@@ -242,7 +269,6 @@ impl Fleet {
     fn take_up(&self, name: &str, m: &mut ModelFleet, current: &Arc<Model>) {
         let version = current.version();
         let Some(stable) = m.stable.clone() else {
-            self.keep(current);
             self.with_db(|db| db.set_stable(name, version));
             m.stable = Some(current.clone());
             return;
@@ -257,7 +283,6 @@ impl Fleet {
         if m.rollout.as_ref().is_some_and(|r| r.candidate == version) {
             return;
         }
-        self.keep(current);
         if let (Some(dir), Some(old)) = (&self.state_dir, &m.rollout) {
             tracing::warn!(model = name, replaced = %short(&old.candidate), "a new file replaces the candidate: a new rollout begins");
             kept::prune(dir, name, &[stable.version(), version]);
@@ -313,8 +338,9 @@ impl Fleet {
         }
     }
 
-    /// Writes what changed: devices at most once a second each, rollouts.
-    fn write(&self, models: &mut HashMap<String, ModelFleet>, now: u64) {
+    /// What changed since the last write: devices at most once a second
+    /// each, rollouts.
+    fn batch(&self, models: &mut HashMap<String, ModelFleet>, now: u64) -> Batch {
         let mut changed = Vec::new();
         for (name, m) in models.iter_mut() {
             for row in m.rows.values_mut().filter(|r| r.dirty && now.saturating_sub(r.written_ms) >= 1000) {
@@ -330,6 +356,10 @@ impl Fleet {
                 (name.clone(), m.rollout.clone())
             })
             .collect();
+        Batch { changed, rollouts }
+    }
+
+    fn write(&self, Batch { changed, rollouts }: Batch) {
         if changed.is_empty() && rollouts.is_empty() {
             return;
         }
