@@ -225,3 +225,51 @@ def test_weightcast_diff_between_files_and_pulled_versions(serve, tmp_path):
     assert pull(f"{s.url}/v1/models/m", tmp_path / "dev")[0] == 0
     r = subprocess.run([str(binary()), "diff", first, tmp_path / "dev"], capture_output=True, text=True)
     assert r.returncode == 0 and "changed   head.weight" in r.stdout and "1 tensor differs, 3 unchanged" in r.stdout, r
+
+
+def test_the_page_for_people_long_names_inputs_intended_inf_and_a_failed_model(serve, tmp_path):
+    """Issue #26 part 6: long names wrap at their separators and nothing runs
+    past a 1400-px window; inputs and outputs are shown; a -inf mask is marked
+    but raises no banner, a NaN does; a failed model's error wraps; the header
+    is not green while a model fails."""
+    long = "/".join(["model.encoder.layers.11.self_attention.query_key_value"] * 3) + ".weight"
+    mask = np.array([0.0, -np.inf, -np.inf, 0.0], dtype=np.float32)
+    inits = [numpy_helper.from_array(np.ones((4, 4), np.float32), long),
+             numpy_helper.from_array(mask, "attention_mask_bias"),
+             numpy_helper.from_array(np.ones(4, np.float32), "head.bias")]
+    g = helper.make_graph([helper.make_node("Add", ["x", "head.bias"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    (tmp_path / "broken.onnx").write_bytes(b"not a model " * 40)
+    s = serve("--runtime", "none", tmp_path / "m.onnx", tmp_path / "broken.onnx")
+
+    dom = browse(s.url + "/", "models-failed.png", (1400, 500))
+    assert re.search(r'<span id="status" class="warn">1 of 2 models serving', dom), dom[:3000]
+    assert 'class="bad error"' in dom and 'data-overflow="false"' in dom
+
+    dom = browse(s.url + "/#/m/m", "tensors-long.png", (1400, 600))
+    assert 'data-overflow="false"' in dom, "a long name pushed the table past the window"
+    tensors = rows(dom, "tensor")
+    assert tensors[long]["_attrs"].get("class") == "tensor" and long in dom
+    assert dom.count("<wbr>") >= long.count("/") + long.count(".") + long.count("_")
+    assert "inf warn" in str(tensors["attention_mask_bias"]) or tensors["attention_mask_bias"]["inf"] == "2"
+    assert re.search(r'<div class="inputs"><span>inputs</span>x FLOAT \[\?×4\]', dom), dom[-4000:]
+    assert "no unexpected NaN or Inf (1 hold ±Inf on purpose" in dom
+    # A NaN is unexpected wherever it is.
+    nan = np.ones(4, np.float32)
+    nan[1] = np.nan
+    inits[2] = numpy_helper.from_array(nan, "head.bias")
+    g2 = helper.make_graph(g.node, "g", g.input, g.output, inits)
+    m2 = helper.make_model(g2, opset_imports=[helper.make_opsetid("", 17)])
+    m2.ir_version = 9
+    onnx.save(m2, str(tmp_path / "next.onnx"))
+    os.replace(tmp_path / "next.onnx", tmp_path / "m.onnx")
+    deadline = time.time() + 10
+    while time.time() < deadline and "head.bias" in s.get("/v1/models/m/stats").text and \
+            '"nan":1' not in s.get("/v1/models/m/stats").text.replace(" ", ""):
+        time.sleep(0.2)
+    dom = browse(s.url + "/#/m/m", "tensors-nan-mask.png", (1400, 600))
+    assert 'class="bad">1 of 3 tensors hold NaN or Inf' in dom, dom[:2000]
