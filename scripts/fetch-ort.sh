@@ -5,7 +5,7 @@
 # run time. ort's own binary download cannot work on machines without general
 # network access, so we take the library out of the pinned PyPI wheel (PyPI is
 # reachable wherever pip is). Result: .ort/<platform>/libonnxruntime.so, which
-# the binary finds on its own (see README, "Finding ONNX Runtime").
+# the binary finds on its own (see docs/devices.md, "Finding ONNX Runtime").
 #
 # Usage: scripts/fetch-ort.sh [x86_64|aarch64]   (default: this machine)
 set -euo pipefail

@@ -42,7 +42,7 @@ pub struct Config {
     /// Most connections open at once; more get a fast `503`. Default: the
     /// open-files limit (raised to its hard limit at start) less 64.
     pub max_connections: Option<usize>,
-    /// Bearer tokens and the models each may read (see README, "Trust");
+    /// Bearer tokens and the models each may read (see docs/fleet.md, "Trust");
     /// once set, every route but /healthz and /readyz needs one.
     pub tokens_file: Option<PathBuf>,
     /// Origins whose browser pages may call the API (CORS), e.g.
@@ -139,7 +139,7 @@ pub struct ModelEntry {
     /// Relative paths are relative to the config file's folder.
     pub path: PathBuf,
     /// `[models.rollout]`: a new file's version reaches the devices in
-    /// stages (README, "Rolling out to a fleet"); without it, all at once.
+    /// stages (docs/fleet.md, "Rolling out to a fleet"); without it, all at once.
     pub rollout: Option<RolloutEntry>,
 }
 

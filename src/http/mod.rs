@@ -1,5 +1,5 @@
 //! The HTTP/1.1 API (smol + async-h1's request parsing, weightcast's own
-//! connection loop in `conn`): see README.md for the API itself.
+//! connection loop in `conn`): see docs/api.md for the API itself.
 //!
 //! Rooms: [`server`] (the server's life), `conn` (one connection),
 //! `routes` (the route table and dispatch), `auth` (tokens), `cors`,

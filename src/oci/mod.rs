@@ -19,7 +19,7 @@
 //! folder (`model.onnx`, `tensors/…`): `oras pull` of the artifact gives a
 //! folder ONNX Runtime loads. No small tensors are packed together: tensors
 //! under 1 KiB already travel inside the graph, and a pack would break that
-//! property (figures in the README).
+//! property (figures in docs/fleet.md).
 //!
 //! The distribution API runs on [`crate::net`]'s smol client (the
 //! `oci-client` crate needs tokio); `oci-spec` gives the JSON types.

@@ -46,8 +46,9 @@ def test_httpx_sends_zstd_with_zstandard_and_decodes_many_frames(serve):
 
 
 def readme_blocks():
-    """The README's ```python blocks that talk to the demo hub."""
-    text = (ROOT / "README.md").read_text()
+    """The ```python blocks of the README and its guides (docs/) that talk
+    to the demo hub."""
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
     return [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "127.0.0.1:8080" in b]
 
 
