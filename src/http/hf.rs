@@ -104,9 +104,14 @@ pub(super) async fn file(state: &State, ask: &Ask, model: Arc<Model>, name: &str
     let ask = &ask.clone().identity();
     let mut r = match name {
         SAFETENSORS => {
+            // What safetensors can hold: strings and packed sub-byte types
+            // are left out (as `pull --format safetensors` leaves them), so a
+            // model with one such tensor still has its weights file.
             let q = Query { format: Some(Format::Safetensors), ..Default::default() };
-            let all = (0..model.tensors.len()).collect();
-            tensors::tensors(state, ask, &q, model.clone(), all, false).await?
+            let held = (0..model.tensors.len())
+                .filter(|&i| crate::wire::safetensors_dtype(model.tensors[i].dtype).is_some())
+                .collect();
+            tensors::tensors(state, ask, &q, model.clone(), held, false).await?
         }
         ONNX if onnx_fits(&model) => self_contained(ask, model.clone()).await?,
         ONNX => {
