@@ -404,7 +404,10 @@ class RolloutWatch:
         if not r or r["candidate"] != self.version:
             return  # not begun yet, or done (the candidate is the stable version)
         self.began_s = r["started_ms"] / 1000 - self.t0_wall
-        k = self.stages.setdefault(r["stage"], dict(percent=r["percent"], admitted=0, committed=0, committed_s=None))
+        # Counted from the stage's first read: a later stage's count starts
+        # at the devices committed before it opened.
+        k = self.stages.setdefault(r["stage"], dict(percent=r["percent"], admitted=0, committed=r["committed"],
+                                                    committed_s=None))
         if r["committed"] > k["committed"]:
             k["committed_s"] = time.monotonic() - self.t0
         k.update(opened_s=r["stage_opened_ms"] / 1000 - self.t0_wall, status=r["status"],
@@ -529,6 +532,20 @@ def publish(hub, served, model, staged=False):
     return begin
 
 
+def rollout_done(hub, timeout=60):
+    """Waits until the hub has no rollout under way; returns how long. The
+    last change's rollout completes `wait` after its last device reported it
+    committed, seconds after every device ran it; a file renamed before that
+    would measure a replaced candidate, and waits on that rollout besides:
+    the hub loads it only once the stable version it holds is let go."""
+    t0 = time.monotonic()
+    while hub.fleet()["rollout"] is not None:
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"a rollout still under way after {timeout} s")
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
 def idle(link, log, seconds):
     """The uplink while every device is current: frame bytes per second
     both ways, and what nginx asked the hub for (the devices' polls)."""
@@ -615,6 +632,8 @@ def constrained_link(tmp, a):
             out["idle"] = idle(link, log, 5)
             for key, model_file, nbytes in (("one_tensor", v2, one), ("full_model", v3, full)):
                 time.sleep(2)
+                if a.stages:
+                    out[f"{key}_waited_s"] = rollout_done(hub)
                 out[key] = measure(link, log, nbytes, rate, interval, dests,
                                    publish(hub, served, model_file, staged=bool(a.stages)),
                                    hub=hub if a.stages else None, waits=waits)
@@ -666,8 +685,10 @@ def print_stages(label, x):
     """A staged change's rollout: when it began, and per stage when it
     opened, what `/v1/fleet` counted and when its devices ran the version."""
     parts = [f"stage {k['stage']} ({k['percent']}%) opened {k['opened_s']:.2f} s, admitted ≤ {k['admitted']}, "
-             f"committed ≤ {k['committed']} (the last at {k['committed_s'] or 0:.1f} s), {k['devices']} devices "
-             "current " + (f"{k['first_s']:.2f}–{k['last_s']:.2f} s" if k["devices"] else "—") for k in x["stages"]]
+             f"committed ≤ {k['committed']}"
+             + (f" (the last seen at {k['committed_s']:.1f} s)" if k["committed_s"] else "")
+             + f", {k['devices']} devices current "
+             + (f"{k['first_s']:.2f}–{k['last_s']:.2f} s" if k["devices"] else "—") for k in x["stages"]]
     print(f"  rollout, {label}: began {x['rollout_began_s']:.2f} s after the rename; {'; '.join(parts)}")
 
 
