@@ -81,7 +81,12 @@ impl Reference {
     pub fn parse(url: &str, plain_http: bool) -> Result<Reference, ReferenceError> {
         let error =
             |problem: &str, example| ReferenceError { url: url.to_string(), problem: problem.to_string(), example };
-        let rest = url.strip_prefix("oci://").ok_or_else(|| error("does not start with oci://", false))?;
+        let rest = url.strip_prefix("oci://").ok_or_else(|| match url.starts_with("http") {
+            // A hub's URL: a hub serves the model files it is configured with
+            // and takes no pushes (and pull takes it as it is).
+            true => error("is a hub's URL; push publishes to an OCI registry (a hub serves its own model files)", true),
+            false => error("does not start with oci://", false),
+        })?;
         let bad = |why: &str| error(why, true);
         if !rest.contains('/') {
             return Err(bad("no repository"));

@@ -90,3 +90,9 @@ def test_push_to_a_tag_holding_another_model_is_refused_unless_named(tmp_path):
     assert rc == 0 and "pushed vad-v2" in out, err
     rc, out, err = wc("push", tmp_path / "vad-v3.onnx", target, "--plain-http", "--name", "vad")
     assert rc == 0 and "pushed vad " in out, (out, err)
+
+
+def test_push_to_a_hubs_url_says_where_push_publishes(tmp_path):
+    named_model(tmp_path / "m.onnx", ["w"], n=16)
+    rc, out, err = wc("push", tmp_path / "m.onnx", "http://hub.lan:8080/v1/models/m")
+    assert rc == 1 and "is a hub's URL" in err and "oci://registry.example:5000/team/detector:v1" in err, err
