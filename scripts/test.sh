@@ -12,11 +12,14 @@ scripts/fetch-ort.sh
 # docker-registry: the real OCI registry (CNCF distribution 2.8) of the OCI tests.
 # chromium: the headless browser of the page's tests.
 # wget: one of the clients the suite checks (test_clients.py).
+# npm: onnxruntime-web and the corpus's npm packages; systemd: systemd-analyze verify.
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v chromium >/dev/null || need+=(chromium)
 command -v wget >/dev/null || need+=(wget)
+command -v npm >/dev/null || need+=(npm)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}"
 fi
