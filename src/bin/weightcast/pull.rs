@@ -22,25 +22,7 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    let check = match a.check.as_deref() {
-        None => Check::None,
-        Some("ort") => {
-            let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
-            let mut options = cfg.runtime.clone();
-            options.input_shapes.extend(a.check_shape.iter().cloned());
-            options.input_values.extend(a.check_value.iter().cloned());
-            Check::Load(std::sync::Arc::new(move |model| {
-                runtime::check_model(&search, &options, model).map_err(|e| match e {
-                    // The library, not the version: fix the device, try again.
-                    runtime::RuntimeError::NotFound { .. } | runtime::RuntimeError::Load { .. } => {
-                        updater::CheckFailure::Device(e.to_string())
-                    }
-                    other => updater::CheckFailure::Version(other.to_string()),
-                })
-            }))
-        }
-        Some(cmd) => Check::Command(cmd.to_string()),
-    };
+    let check = check(a, &cfg);
     let inputs_given = !a.check_shape.is_empty() || !a.check_value.is_empty();
     if inputs_given && !matches!(check, Check::Load(..)) {
         return Err(
@@ -64,37 +46,7 @@ fn pull_setup(a: &PullArgs) -> Result<(weightcast::updater::Options, weightcast:
         Some(model) => model,
         None => return Err(format!("cannot tell the model's name from {url}: give --model NAME")),
     };
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| format!("cannot read {}: {e}", p.display()))
-    };
-    let token = match &a.token_file {
-        Some(p) => Some(read(p)?),
-        // systemd's credential (`LoadCredential=weightcast-pull-%i.token` in
-        // the packaged unit): a root-only file handed to this service alone.
-        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) => {
-                let path = std::path::Path::new(&dir).join(format!("weightcast-pull-{model}.token"));
-                path.exists().then(|| read(&path)).transpose()?
-            }
-            None => None,
-        },
-    };
-    let token = token.filter(|t| !t.is_empty());
-    // From a registry with --report, the token is the hub's, for the reports.
-    let (token, report) = match &a.report {
-        None => (token, None),
-        Some(_) if url.scheme() != "oci" => {
-            return Err("--report is for devices pulling from a registry: from a hub, reports ride on the polls".into())
-        }
-        Some(r) => match http_types::Url::parse(r) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.path().contains("/v1/models/") => {
-                (None, Some((u, crate::client::report_client(r, token, &a.client)?)))
-            }
-            _ => return Err(format!("--report {r}: give the model's URL on the hub, http://hub:8080/v1/models/NAME")),
-        },
-    };
+    let (token, report) = token_and_report(a, &url, &model)?;
     let client = client_for(&a.url, token, &a.client)?;
     let plain_http = a.client.plain_http;
     let device_id = match &a.device_id {
@@ -313,4 +265,66 @@ fn hub_model_url(url: &http_types::Url) -> Result<(), String> {
         None => format!("{base}/v1/models/NAME ({base}/v1/models lists the models)"),
     };
     Err(format!("{url} is not a model's URL on a hub: give {give}"))
+}
+
+/// `--check`: none, ONNX Runtime (with `--check-shape`/`--check-value`
+/// inputs), or a command.
+fn check(a: &PullArgs, cfg: &Config) -> weightcast::updater::Check {
+    use weightcast::updater::{self, Check};
+    match a.check.as_deref() {
+        None => Check::None,
+        Some("ort") => {
+            let search = LibrarySearch { flag: a.ort_lib.clone(), config: cfg.runtime.ort_lib.clone() };
+            let mut options = cfg.runtime.clone();
+            options.input_shapes.extend(a.check_shape.iter().cloned());
+            options.input_values.extend(a.check_value.iter().cloned());
+            Check::Load(std::sync::Arc::new(move |model| {
+                runtime::check_model(&search, &options, model).map_err(|e| match e {
+                    // The library, not the version: fix the device, try again.
+                    runtime::RuntimeError::NotFound { .. } | runtime::RuntimeError::Load { .. } => {
+                        updater::CheckFailure::Device(e.to_string())
+                    }
+                    other => updater::CheckFailure::Version(other.to_string()),
+                })
+            }))
+        }
+        Some(cmd) => Check::Command(cmd.to_string()),
+    }
+}
+
+/// The hub's token (`--token-file`, else the systemd credential), and with
+/// `--report` (a registry source) the hub to report to: the token is then
+/// the hub's.
+fn token_and_report(a: &PullArgs, url: &http_types::Url, model: &str) -> Result<(Option<String>, HubReport), String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let token = match &a.token_file {
+        Some(p) => Some(read(p)?),
+        // systemd's credential (`LoadCredential=weightcast-pull-%i.token` in
+        // the packaged unit): a root-only file handed to this service alone.
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => {
+                let path = std::path::Path::new(&dir).join(format!("weightcast-pull-{model}.token"));
+                path.exists().then(|| read(&path)).transpose()?
+            }
+            None => None,
+        },
+    };
+    let token = token.filter(|t| !t.is_empty());
+    // From a registry with --report, the token is the hub's, for the reports.
+    Ok(match &a.report {
+        None => (token, None),
+        Some(_) if url.scheme() != "oci" => {
+            return Err("--report is for devices pulling from a registry: from a hub, reports ride on the polls".into())
+        }
+        Some(r) => match http_types::Url::parse(r) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.path().contains("/v1/models/") => {
+                (None, Some((u, crate::client::report_client(r, token, &a.client)?)))
+            }
+            _ => return Err(format!("--report {r}: give the model's URL on the hub, http://hub:8080/v1/models/NAME")),
+        },
+    })
 }
