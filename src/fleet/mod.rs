@@ -221,9 +221,18 @@ impl Fleet {
         // A version the fleet has not seen is kept in the state folder
         // before the table is locked: writing a model takes seconds (hundreds
         // of MB), and every poll takes that lock.
+        let mut copies = HashMap::new();
         for name in self.rollouts.keys() {
             if let Some(current) = store.get(name).filter(|c| !self.seen(name, c.version())) {
                 self.keep(&current);
+                // The stable version stays offered beside the new one from its
+                // own copy in the state folder, not the store's: the store
+                // takes no newer file while the version before its current
+                // one is still held (three versions at most), so holding the
+                // store's copy kept a third file from ever loading.
+                if let Some(copy) = self.stable_copy(name, store) {
+                    copies.insert(name.clone(), copy);
+                }
             }
         }
         let Ok(mut models) = self.models.lock() else { return };
@@ -236,7 +245,7 @@ impl Fleet {
         for (name, plan) in &self.rollouts {
             let Some(current) = store.get(name) else { continue };
             let m = models.entry(name.clone()).or_default();
-            self.take_up(name, m, &current);
+            self.take_up(name, m, &current, copies.remove(name));
             if let Some(r) = m.rollout.as_mut() {
                 let stage = r.stage;
                 if r.advance(plan, &m.ids, now) {
@@ -255,6 +264,22 @@ impl Fleet {
         self.write(batch);
     }
 
+    /// The stable version of `name` loaded from the state folder (`None`:
+    /// none yet, or it does not load: the store's copy is kept then).
+    fn stable_copy(&self, name: &str, store: &Store) -> Option<Arc<Model>> {
+        let version = self.models.lock().ok()?.get(name)?.stable.as_ref()?.version().to_string();
+        let dir = self.state_dir.as_ref()?;
+        kept::load(dir, name, &version, store.shared_cache())
+            .map(Arc::new)
+            .map_err(|e| {
+                tracing::error!(
+                    model = name,
+                    "cannot load the stable version's copy ({e}); a newer file waits until this rollout ends"
+                )
+            })
+            .ok()
+    }
+
     /// Whether `version` of `name` is its stable version or its candidate.
     fn seen(&self, name: &str, version: &str) -> bool {
         let Ok(models) = self.models.lock() else { return true };
@@ -266,7 +291,7 @@ impl Fleet {
 
     /// A model's file holding a version the fleet has not seen: the first
     /// becomes stable; a later one, the candidate of a new rollout.
-    fn take_up(&self, name: &str, m: &mut ModelFleet, current: &Arc<Model>) {
+    fn take_up(&self, name: &str, m: &mut ModelFleet, current: &Arc<Model>, stable_copy: Option<Arc<Model>>) {
         let version = current.version();
         let Some(stable) = m.stable.clone() else {
             self.with_db(|db| db.set_stable(name, version));
@@ -286,6 +311,9 @@ impl Fleet {
         if let (Some(dir), Some(old)) = (&self.state_dir, &m.rollout) {
             tracing::warn!(model = name, replaced = %short(&old.candidate), "a new file replaces the candidate: a new rollout begins");
             kept::prune(dir, name, &[stable.version(), version]);
+        }
+        if let Some(copy) = stable_copy.filter(|c| c.version() == stable.version()) {
+            m.stable = Some(copy);
         }
         tracing::info!(model = name, stable = %short(stable.version()), candidate = %short(version), "rollout begins");
         m.rollout = Some(Rollout::new(stable.version().to_string(), version.to_string(), unix_ms()));

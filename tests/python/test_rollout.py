@@ -303,3 +303,19 @@ def test_a_device_pulling_from_a_registry_reports_to_the_hub_and_tells_the_regis
     r = run("pull", f"{hub.url}/v1/models/m", "--dest", str(tmp_path / "e"), "--once",
             "--report", f"{hub.url}/v1/models/m")
     assert r.returncode == 1 and "ride on the polls" in r.stderr, r.stderr
+
+
+def test_a_new_file_after_a_halt_starts_a_new_rollout(fleet):
+    """The hub keeps the stable version offered from its own copy: holding
+    the store's copy kept any newer file from loading while a rollout was
+    under way (seen after a halt: a third file never loaded)."""
+    hub, devices = fleet["hub"], fleet["devices"]
+    wait_for(lambda: all(current(d) for d in devices), 30)
+    model(fleet["path"], 2, bad=True)
+    wait_for(lambda: (r := hub.fleet()["models"][0]["rollout"]) and r["status"] == "halted", 30)
+    v2 = hub.fleet()["models"][0]["rollout"]["candidate"]
+    model(fleet["path"], 3)
+    v3 = wait_for(lambda: (r := hub.fleet()["models"][0]["rollout"]) and r["candidate"] != v2 and r["candidate"], 15)
+    assert hub.fleet()["models"][0]["rollout"]["status"] == "running"
+    # And it reaches everyone: its first stage, then the rest.
+    wait_for(lambda: all(current(d) == v3 for d in devices), 40)
