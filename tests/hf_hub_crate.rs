@@ -2,25 +2,8 @@
 //! hub in-process (issue #26 part 1): it resolves `main`, downloads both
 //! files into its cache, and they are the hub's bytes.
 
-use std::sync::Arc;
-
-use weightcast::http::{self, ServeOptions, State};
-use weightcast::store::{self, Cache, Store};
-
-fn start() -> (String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("demo.onnx");
-    weightcast::demo::write(&path).unwrap();
-    let specs = store::specs(&[(None, path)]).unwrap();
-    let store = Store::load(&specs, None, Arc::new(Cache::new(64 << 20)));
-    let state = Arc::new(State::new(store, ServeOptions::default(), None));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (keep_running, stop) = smol::channel::bounded::<()>(1);
-    std::mem::forget(keep_running); // never stopped: the test process ends it
-    std::thread::spawn(move || http::run(listener, state, 1024, stop));
-    (format!("http://{addr}"), dir)
-}
+mod common;
+use common::start;
 
 #[test]
 fn the_hf_hub_crate_downloads_both_files_of_a_model() {

@@ -1,28 +1,12 @@
 //! The server in-process, spoken to with async-h1's client: framing, streaming
 //! and negotiation as a Rust client sees them.
 
-use std::sync::Arc;
-
 use http_types::{Method, Request, Response, Url};
 use prost::Message;
-use weightcast::http::{self, ServeOptions, State};
-use weightcast::store::{self, Cache, Store};
 use weightcast::wire::proto::{Bundle, Manifest};
 
-fn start() -> (String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("demo.onnx");
-    weightcast::demo::write(&path).unwrap();
-    let specs = store::specs(&[(None, path)]).unwrap();
-    let store = Store::load(&specs, None, Arc::new(Cache::new(64 << 20)));
-    let state = Arc::new(State::new(store, ServeOptions::default(), None));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (keep_running, stop) = smol::channel::bounded::<()>(1);
-    std::mem::forget(keep_running); // never stopped: the test process ends it
-    std::thread::spawn(move || http::run(listener, state, 1024, stop));
-    (format!("http://{addr}"), dir)
-}
+mod common;
+use common::start;
 
 fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> (Response, Vec<u8>) {
     smol::block_on(async {

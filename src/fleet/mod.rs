@@ -3,7 +3,7 @@
 //! device is offered.
 //!
 //! Devices report on their requests (`wire::report`); the poll is answered
-//! from memory, and the fleet thread ([`Fleet::tick`], once a second)
+//! from memory, and the fleet thread ([`Fleet::tick`], four times a second)
 //! writes what changed to SQLite, takes `weightcast rollout` commands,
 //! starts a rollout when a model's file holds a new version, and opens
 //! stages. Rooms: [`rollout`] (the rules), [`db`] (the table on disk),
@@ -213,7 +213,7 @@ impl Fleet {
         models.values().filter_map(|m| m.stable.clone()).collect()
     }
 
-    /// The fleet thread's work, once a second: commands, new versions,
+    /// The fleet thread's work, four times a second: commands, new versions,
     /// stages, and the table written.
     pub fn tick(&self, store: &Store) {
         let now = unix_ms();
