@@ -33,7 +33,9 @@ def chromium():
 def browse(url, screenshot=None, size=(1400, 900)):
     """The DOM after the page's scripts ran (Chromium's virtual time lets its fetches finish)."""
     args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=15000",
-            f"--window-size={size[0]},{size[1]}", "--user-data-dir=" + str(SHOTS.parent / "chromium-profile")]
+            # A profile per test process: the suite's workers run Chromium at
+            # once, and one profile admits one browser (SingletonLock).
+            f"--window-size={size[0]},{size[1]}", "--user-data-dir=" + str(SHOTS.parent / f"chromium-profile-{os.getpid()}")]
     if screenshot:
         SHOTS.mkdir(parents=True, exist_ok=True)
         subprocess.run([*args, f"--screenshot={SHOTS / screenshot}", url], capture_output=True, timeout=120)
