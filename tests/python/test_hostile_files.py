@@ -164,7 +164,11 @@ def test_a_model_changed_in_place_never_crashes_or_serves_other_bytes(serve, tmp
         f.write(open(same_size, "rb").read())
     for t in threads:
         t.join(120)
-    time.sleep(1.5)
+    # The rewritten file settles (2 s) and loads (40 MB hashed): seconds,
+    # more under the suite's parallel load.
+    deadline = time.time() + 30
+    while len(manifests) < 2 and time.time() < deadline:
+        time.sleep(0.1)
     download(99)
     done.set()
     watcher.join()
