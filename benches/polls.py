@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,14 +23,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benches"))
+
+import e2e  # noqa: E402 (its nginx and free_port)
+from e2e import free_port  # noqa: E402
 BIN = ROOT / "target" / "release" / "weightcast"
 TOKEN = "poll-bench-token-0123456789"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url, headers=None):
@@ -72,30 +69,17 @@ class Weightcast:
 
 
 class Nginx:
+    """nginx answering `304` for the manifest's bytes from a file (benches/e2e.py's nginx)."""
+
     def __init__(self, root, tmp):
-        port = free_port()
-        conf = tmp / "nginx.conf"
-        conf.write_text(f"""
-worker_processes {os.cpu_count()};
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off; sendfile on; tcp_nopush on; etag on;
-  server {{ listen 127.0.0.1:{port} backlog=4096; root {root}; }}
-}}""")
-        os.chmod(tmp, 0o755)
-        os.chmod(root, 0o755)
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{port}/demo.pb"
+        self.server = e2e.Nginx(root, tmp)
+        self.url = self.server.url + "/demo.pb"
         h, _ = wait_up(self.url)
         self.etag = h["ETag"]
         self.headers = {}
 
     def stop(self):
-        self.proc.send_signal(signal.SIGQUIT)
-        self.proc.wait()
+        self.server.stop()
 
 
 # Each request a device's report (issue #24): one of 1,000 device ids, its

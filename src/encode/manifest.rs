@@ -22,10 +22,7 @@ pub fn manifest(model: &Model, view: &View) -> proto::Manifest {
     let rt = &model.runtime;
     let info = &model.info;
     let stored = model.view(None);
-    // Where /graph keeps each tensor it moved out (read back from /graph
-    // itself, so the two cannot disagree).
-    let locations: std::collections::HashMap<String, String> =
-        crate::onnx::graph_parts(model.graph().clone()).map(|p| p.external.into_iter().collect()).unwrap_or_default();
+    let locations = model.outside();
     let value_info = |v: &crate::onnx::ValueInfo| proto::ValueInfo {
         name: v.name.clone(),
         dtype: v.dtype.clone(),

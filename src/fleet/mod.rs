@@ -172,12 +172,10 @@ impl Fleet {
         let (Some(rollout), Some(plan)) = (m.rollout.as_mut(), self.rollouts.get(model)) else { return };
         let committed = report.state == DeviceState::Committed;
         let failed = report.failure.as_ref().map(|f| f.version.as_str());
-        let before = (rollout.failed.len(), rollout.admitted.values().filter(|a| a.committed_ms.is_some()).count());
         if let Some(halted) = rollout.report(plan, &report.device, report.version.as_deref(), committed, failed, now) {
             tracing::error!(%model, candidate = %short(&rollout.candidate), "rollout halted: {halted}; devices that took it keep it, no other device is offered it");
         }
-        let after = (rollout.failed.len(), rollout.admitted.values().filter(|a| a.committed_ms.is_some()).count());
-        m.rollout_dirty |= before != after;
+        m.rollout_dirty |= rollout.take_changed();
     }
 
     /// The version to serve `device` (`None`: not a device) of `model`,

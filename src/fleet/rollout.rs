@@ -71,6 +71,11 @@ pub struct Rollout {
     /// Each known device's place in the candidate's order (see `in_stage`).
     #[serde(skip)]
     ranks: std::collections::HashMap<String, usize>,
+    /// A report changed it since [`Rollout::take_changed`] (it is written
+    /// then): told by the report itself, not found by counting every
+    /// admitted device at every poll.
+    #[serde(skip)]
+    changed: bool,
 }
 
 /// What a device is offered.
@@ -96,6 +101,7 @@ impl Rollout {
             admitted: BTreeMap::new(),
             failed: BTreeSet::new(),
             ranks: Default::default(),
+            changed: false,
         }
     }
 
@@ -151,13 +157,15 @@ impl Rollout {
         now_ms: u64,
     ) -> Option<String> {
         if version == Some(self.candidate.as_str()) && committed {
-            if let Some(a) = self.admitted.get_mut(device) {
-                a.committed_ms.get_or_insert(now_ms);
+            if let Some(a) = self.admitted.get_mut(device).filter(|a| a.committed_ms.is_none()) {
+                a.committed_ms = Some(now_ms);
+                self.changed = true;
             }
         }
         if failed_version != Some(self.candidate.as_str()) || !self.failed.insert(device.to_string()) {
             return None;
         }
+        self.changed = true;
         let failures = self.failed.len() as u32;
         if self.status != Status::Halted && failures >= plan.max_failures {
             let reason = format!(
@@ -169,6 +177,11 @@ impl Rollout {
             return Some(reason);
         }
         None
+    }
+
+    /// Whether a report changed it since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Stops the rollout where it stands.
@@ -186,13 +199,12 @@ impl Rollout {
             return false;
         }
         let share = self.share(plan, known.len());
-        let ranks = self.rank(known);
-        let set: Vec<String> = ranks.iter().filter(|(_, &rank)| rank < share).map(|(d, _)| d.clone()).collect();
-        let all_in = !set.is_empty() && set.iter().all(|d| self.admitted.contains_key(d));
-        let committed: Option<Vec<u64>> = self.admitted.values().map(|a| a.committed_ms).collect();
-        let settled = committed
-            .and_then(|c| c.into_iter().max())
-            .is_some_and(|last| now_ms.saturating_sub(last) >= plan.wait.as_millis() as u64);
+        self.rank(known);
+        let all_in = share > 0
+            && self.ranks.iter().filter(|(_, &rank)| rank < share).all(|(d, _)| self.admitted.contains_key(d));
+        // The last commit, if every admitted device has committed.
+        let last = self.admitted.values().try_fold(None::<u64>, |last, a| a.committed_ms.map(|c| last.max(Some(c))));
+        let settled = last.flatten().is_some_and(|last| now_ms.saturating_sub(last) >= plan.wait.as_millis() as u64);
         if !(all_in && settled) {
             return false;
         }

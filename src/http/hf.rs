@@ -59,9 +59,8 @@ pub(super) fn revision(state: &State, name: &str, rev: &str) -> Result<Arc<Model
 /// Whether `model.onnx` fits in one protobuf message (its graph and the
 /// tensors `/graph` keeps outside).
 fn onnx_fits(model: &Model) -> bool {
-    let outside: u64 = crate::onnx::graph_parts(model.graph().clone())
-        .map(|p| p.external.iter().filter_map(|(n, _)| model.position(n)).map(|i| model.tensors[i].nbytes()).sum())
-        .unwrap_or(0);
+    let outside: u64 =
+        model.outside().keys().filter_map(|n| model.position(n)).map(|i| model.tensors[i].nbytes()).sum();
     model.graph().len() as u64 + outside < PROTOBUF_LIMIT
 }
 

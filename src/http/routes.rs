@@ -176,11 +176,12 @@ pub(super) async fn dispatch(state: Arc<State>, req: Request, route: Option<Rout
     if !matches!(req.method(), Method::Get | Method::Head) {
         return Err(method_not_allowed(format!("{} is not served; use GET or HEAD", req.method())));
     }
+    let ask = Ask::of(&req);
     // A browser opening a model's API URL (it asks for text/html first)
     // gets the page at that model, not protobuf to download; programs ask
     // for */*, protobuf or JSON.
     if let Some(model) = route.as_ref().and_then(Route::model) {
-        if Ask::of(&req).browser() && !req.url().query_pairs().any(|(k, _)| k == "format") {
+        if ask.browser() && !req.url().query_pairs().any(|(k, _)| k == "format") {
             return Ok(documents::to_page(model));
         }
     }
@@ -195,7 +196,6 @@ pub(super) async fn dispatch(state: Arc<State>, req: Request, route: Option<Rout
     }
     let pairs: Vec<(String, String)> = req.url().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let q = negotiate::query(pairs, route.query_keys()).map_err(bad_request)?;
-    let ask = Ask::of(&req);
     let state = &*state;
     let header = |name: &str| req.header(name).map(|v| v.as_str());
     let device = header(crate::wire::report::DEVICE).filter(|d| crate::wire::report::valid_device_id(d));

@@ -78,7 +78,7 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
             (s.is_open().then_some(s), info)
         }
     };
-    Ok(Model {
+    let model = Model {
         name: spec.name.clone(),
         path: spec.path.clone(),
         info: onnx.info,
@@ -96,7 +96,12 @@ pub fn load(spec: &ModelSpec, sessions: Option<&Sessions>, cache: Arc<Cache>) ->
         cache,
         stats: OnceLock::new(),
         changes: OnceLock::new(),
-    })
+        outside: OnceLock::new(),
+    };
+    // Read here, on the loading thread, not by the first request that needs
+    // it on the executor (a graph of thousands of nodes takes milliseconds).
+    model.outside();
+    Ok(model)
 }
 
 /// Computes what changed from `old` to `new` (after the switch: serving

@@ -107,6 +107,7 @@ pub struct Model {
     pub(super) cache: Arc<Cache>,
     pub(super) stats: OnceLock<Arc<Vec<Option<Stats>>>>,
     pub(super) changes: OnceLock<Arc<Changes>>,
+    pub(super) outside: OnceLock<std::collections::HashMap<String, String>>,
 }
 
 /// What changed from the version a model replaced to this one.
@@ -141,6 +142,15 @@ impl Model {
     /// blocking pool: it reads every tensor).
     pub fn stats(&self) -> Arc<Vec<Option<Stats>>> {
         self.stats.get_or_init(|| Arc::new(self.tensors.iter().map(crate::onnx::stats::stats).collect())).clone()
+    }
+
+    /// Where `/graph` keeps each tensor it moved out of the graph (tensor
+    /// name → external data `location`), read back from `/graph` at load: the manifest's `location`s, and the size of a self-contained
+    /// model (Hugging Face's `model.onnx`).
+    pub fn outside(&self) -> &std::collections::HashMap<String, String> {
+        self.outside.get_or_init(|| {
+            crate::onnx::graph_parts(self.graph.clone()).map(|p| p.external.into_iter().collect()).unwrap_or_default()
+        })
     }
 
     /// What changed since the version this one replaced, once computed
